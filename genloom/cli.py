@@ -1,0 +1,184 @@
+"""The `genloom` command line: a thin layer over `genloom.api`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from .errors import GenloomError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="genloom: train, sample and evaluate generative models on a laptop CPU or many GPUs.",
+)
+generate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Sample from a trained checkpoint (one sub-command per kind of content).")
+app.add_typer(generate_app, name="generate")
+
+log = logging.getLogger("genloom")
+
+OutOption = Annotated[Optional[Path], typer.Option("--out", help="Run folder for the checkpoint, metrics.csv, "
+                                                   "loss.png and samples/ (default: runs/RECIPE-DATE-TIME).")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a recipe value: section.key=value (sections: data, model, objective, train). "
+                  "Repeat for several, e.g. --set model.n_layer=4 --set train.lr=3e-4.")]
+MaxTimeOption = Annotated[Optional[float], typer.Option(
+    "--max-time", help="Stop after this many seconds of wall time; the learning-rate schedule is fitted to it.")]
+
+
+def _friendly(command: Callable) -> Callable:
+    """Print a user mistake as one clear line instead of a traceback."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GenloomError as e:
+            typer.echo(f"genloom: error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("genloom: interrupted", err=True)
+            raise typer.Exit(130) from None
+    return run
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("genloom: %(message)s" if rank == 0 else f"genloom[rank {rank}]: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    log.propagate = False
+
+
+def _train(recipe: str, out: Optional[Path], overrides: list[str], max_time: Optional[float], resume: bool):
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from . import api
+
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GenloomError("under torchrun, pass --out DIR so that every process writes to the same run folder")
+    if resume and out is None:
+        raise GenloomError("--resume needs --out DIR: the run folder to continue")
+    with logging_redirect_tqdm(loggers=[log]):
+        result = api.train(recipe, out=out, overrides=overrides, max_time=max_time, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+        typer.echo(f"genloom: {result.step} steps in {result.elapsed:.0f} s{val}; checkpoint: {result.out_dir}", err=True)
+    return result
+
+
+@app.command()
+@_friendly
+def quickstart(
+    out: OutOption = None,
+    max_time: Annotated[float, typer.Option("--max-time", help="Training budget in seconds.")] = 170.0,
+) -> None:
+    """Train a small character-level model on Shakespeare's plays (about 3 minutes on 2 CPU cores), then
+    print a sample and where the run folder is."""
+    from . import api
+
+    started = time.perf_counter()
+    typer.echo(f"genloom quickstart: training the shakespeare-char recipe for {max_time:.0f} s on built-in "
+               "Shakespeare plays", err=True)
+    result = _train("shakespeare-char", out, [], max_time, False)
+    model = api.load(result.out_dir)
+    typer.echo("\n--- a sample (seed 0, temperature 0.8) ---", err=True)
+    for piece in model.stream("\n", max_new_tokens=500, temperature=0.8, seed=0):
+        typer.echo(piece, nl=False)
+    typer.echo("\n---", err=True)
+    typer.echo(f"done in {time.perf_counter() - started:.0f} s. Run folder: {result.out_dir}\n"
+               f"  more text:  genloom generate text --checkpoint {result.out_dir} --prompt 'ROMEO:'\n"
+               f"  score it:   genloom eval --checkpoint {result.out_dir}\n"
+               f"  loss curve: {result.out_dir / 'loss.png'}", err=True)
+
+
+@app.command()
+@_friendly
+def recipes() -> None:
+    """List the built-in recipes (use a name, or a path to your own .toml file, with `genloom train`)."""
+    from .config import builtin_recipes
+
+    items = builtin_recipes()
+    width = max(map(len, items))
+    for name, description in items.items():
+        typer.echo(f"{name.ljust(width)}  {description}")
+
+
+@app.command()
+@_friendly
+def train(
+    recipe: Annotated[str, typer.Argument(help="A built-in recipe name (see `genloom recipes`) or a .toml file.")],
+    out: OutOption = None,
+    set_: SetOption = None,
+    max_time: MaxTimeOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the checkpoint in --out exactly where it "
+                                         "stopped (model, optimizer, schedule, random state, data position).")] = False,
+) -> None:
+    """Train a model from a recipe. Runs unchanged under `torchrun --nproc-per-node N`."""
+    _train(recipe, out, set_ or [], max_time, resume)
+
+
+@generate_app.command("text")
+@_friendly
+def generate_text(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train`.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue (default: start from nothing).")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate per sample.")] = 500,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", min=0, help="Sample only among the k most likely tokens; 0 = all.")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: the smallest set of "
+                                         "tokens holding this much probability; 1 = all.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; sample i uses seed + i "
+                                                "(default: a random seed, printed).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="How many samples to write.")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Continue a prompt with a text model, streaming tokens to stdout as they are sampled."""
+    import secrets
+
+    from . import api
+
+    model = api.load(checkpoint, device=device)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        typer.echo(f"genloom: seed {seed}", err=True)
+    for i in range(num_samples):
+        if num_samples > 1:
+            typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)
+        typer.echo(prompt, nl=False)
+        for piece in model.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed + i):
+            typer.echo(piece, nl=False)
+        typer.echo("")
+
+
+@app.command("eval")
+@_friendly
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train`.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Score this text file or folder instead, on its "
+                                                "validation split (its last 10%, split as training splits).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Print validation loss (nats per token), bits per character and perplexity."""
+    from . import api
+
+    result = api.load(checkpoint, device=device).evaluate(data)
+    typer.echo(result.summary())
+
+
+def main() -> None:
+    _setup_logging()
+    app(prog_name="genloom")
+
+
+if __name__ == "__main__":
+    main()

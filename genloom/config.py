@@ -1,0 +1,337 @@
+"""Run configuration: frozen dataclasses loaded from TOML recipes, overridden with `--set`.
+
+A run is `{data, model, objective, train}`. The `data`, `model` and `objective` sections name a
+`kind` that the registry maps to a dataclass; `train` is always `TrainConfig`. Every value is
+checked when the config is built, so a typo fails before any work starts, with the key named
+and the valid choices listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from . import registry
+from .errors import ConfigError
+
+__all__ = [
+    "TrainConfig",
+    "RunConfig",
+    "validate",
+    "build_section",
+    "load_recipe",
+    "builtin_recipes",
+    "apply_overrides",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Field validation shared by every config dataclass
+# ----------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` (from TOML or a `--set` string) to the field type `tp`, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            try:
+                candidate = coerce(value, type(choice), key)
+            except ConfigError:
+                continue
+            if candidate == choice:
+                return choice
+        raise ConfigError(f"{key}: {value!r} is not allowed; valid choices: {', '.join(map(repr, choices))}")
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not {' or '.join(_type_name(a) for a in typing.get_args(tp))}")
+    if origin in (tuple, list):
+        (item_type, *_rest) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return tuple(coerce(v, item_type, key) for v in value)
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        raise ConfigError(f"{key}: expected none, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def validate(config: Any, section: str) -> None:
+    """Check every field of a config against its annotation. Call from `__post_init__`."""
+    for name, tp in _field_types(type(config)).items():
+        value = getattr(config, name)
+        checked = coerce(value, tp, f"{section}.{name}")
+        if checked != value or type(checked) is not type(value):
+            object.__setattr__(config, name, checked)
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a ConfigError naming `key` unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Make `cls(**values)`, naming unknown keys (with close matches) and converting types."""
+    types_ = _field_types(cls)
+    unknown = [k for k in values if k not in types_]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, types_, n=1)
+        hint = f" Did you mean {section}.{close[0]}?" if close else ""
+        raise ConfigError(
+            f"unknown key {section}.{key}.{hint} Valid keys for {section}: {', '.join(sorted(types_))}"
+        )
+    converted = {k: coerce(v, types_[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**converted)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training section (shared by every family)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1337                 # seeds initialisation, data order and dropout
+    batch_size: int = 64             # examples per optimizer step, summed over all processes
+    micro_batch_size: int = 0        # examples per forward pass per process; 0 = batch_size / processes
+    max_steps: int = 2000            # optimizer steps (an upper bound when max_time is set)
+    max_time: float = 0.0            # wall-clock budget in seconds; 0 = none. The LR schedule follows it
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = 1e-3                 # peak learning rate
+    min_lr_ratio: float = 0.1        # final LR as a fraction of the peak
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    warmup_steps: int = 100
+    weight_decay: float = 0.1        # applied to matrices only, not to norms, biases or embeddings
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0           # max global gradient norm; 0 = off
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
+    device: str = "auto"             # auto, cpu, cuda, cuda:N
+    eval_interval: int = 250         # steps between validations (and checkpoints and samples)
+    eval_batches: int = 20           # validation batches per evaluation
+    log_interval: int = 10           # steps between rows of metrics.csv
+    checkpoint_interval: int = 0     # steps between checkpoints; 0 = at every evaluation
+    sample_length: int = 300         # tokens of sample text written at each evaluation; 0 = none
+    sample_prompt: str = ""          # prompt for those samples
+    tensorboard: bool = False        # also log to TensorBoard (needs the `tensorboard` extra)
+    progress: bool = True            # show a progress bar
+
+    def __post_init__(self) -> None:
+        validate(self, "train")
+        require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        require(self.micro_batch_size >= 0, "train.micro_batch_size", "must be 0 (auto) or positive")
+        require(self.max_steps >= 1, "train.max_steps", "must be at least 1")
+        require(self.max_time >= 0, "train.max_time", "must be 0 (no limit) or a number of seconds")
+        require(self.lr > 0, "train.lr", "must be positive")
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be between 0 and 1")
+        require(self.warmup_steps >= 0, "train.warmup_steps", "must be 0 or more")
+        require(self.eval_interval >= 1, "train.eval_interval", "must be at least 1")
+        require(self.eval_batches >= 1, "train.eval_batches", "must be at least 1")
+        require(self.log_interval >= 1, "train.log_interval", "must be at least 1")
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                "train.device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole run
+# ----------------------------------------------------------------------------------------------
+
+SECTIONS = ("data", "model", "objective", "train")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: Any
+    model: Any
+    objective: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    recipe: str = ""        # the recipe name or file this run came from
+    description: str = ""   # one line from the recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"recipe": self.recipe, "description": self.description}
+        for section in SECTIONS:
+            out[section] = dataclasses.asdict(getattr(self, section))
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "RunConfig":
+        raw = dict(raw)
+        recipe = raw.pop("recipe", "")
+        description = raw.pop("description", "")
+        unknown = [k for k in raw if k not in SECTIONS]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], SECTIONS, n=1)
+            hint = f" Did you mean [{close[0]}]?" if close else ""
+            raise ConfigError(f"{source}: unknown section [{unknown[0]}].{hint} Valid sections: {', '.join(SECTIONS)}")
+        sections: dict[str, Any] = {}
+        for section in SECTIONS:
+            values = raw.get(section, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{section}] must be a table of key = value pairs")
+            values = dict(values)
+            if section == "train":
+                sections[section] = build_section(TrainConfig, values, section)
+                continue
+            kind = values.get("kind", registry.DEFAULT_KINDS[section])
+            component = registry.lookup(section, kind)
+            values["kind"] = kind
+            sections[section] = build_section(component.config_class, values, section)
+        return cls(recipe=str(recipe), description=str(description), **sections)
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> "RunConfig":
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(raw, source=str(path))
+
+    def replace(self, section: str, **changes: Any) -> "RunConfig":
+        """A copy with some keys of one section changed (values are checked again)."""
+        current = getattr(self, section)
+        values = {**dataclasses.asdict(current), **changes}
+        new = build_section(type(current), values, section)
+        return dataclasses.replace(self, **{section: new})
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes and overrides
+# ----------------------------------------------------------------------------------------------
+
+def builtin_recipes() -> dict[str, str]:
+    """Built-in recipe names -> their one-line description."""
+    out = {}
+    for entry in sorted(resources.files("genloom.recipes").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            raw = tomllib.loads(entry.read_text(encoding="utf-8"))
+            out[entry.name[: -len(".toml")]] = str(raw.get("description", ""))
+    return out
+
+
+def _read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name_or_path} does not exist")
+        text, label = path.read_text(encoding="utf-8"), str(path)
+    else:
+        names = builtin_recipes()
+        if name_or_path not in names:
+            close = difflib.get_close_matches(name_or_path, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown recipe {name_or_path!r}.{hint} Built-in recipes: {', '.join(names)}; "
+                "or give the path of a .toml file"
+            )
+        text = resources.files("genloom.recipes").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
+        label = name_or_path
+    try:
+        return tomllib.loads(text), label
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"recipe {label}: not valid TOML ({e})") from None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value). TOML literals are understood (`[1, 2]`, `"a"`)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.lr=3e-4")
+    dotted, value_text = text.split("=", 1)
+    if dotted.count(".") != 1:
+        raise ConfigError(f"--set {text!r}: the key must be section.key, e.g. model.n_layer=4")
+    section, key = (part.strip() for part in dotted.split("."))
+    if section not in SECTIONS:
+        close = difflib.get_close_matches(section, SECTIONS, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"--set {text!r}: unknown section {section!r}.{hint} Valid sections: {', '.join(SECTIONS)}")
+    value: Any = value_text
+    stripped = value_text.strip()
+    if stripped[:1] in ('"', "'", "["):
+        try:
+            value = tomllib.loads(f"v = {stripped}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = value_text
+    return section, key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Read a built-in recipe or a TOML file, apply `section.key=value` overrides, validate."""
+    raw, label = _read_recipe(name_or_path)
+    raw.setdefault("recipe", label)
+    raw = apply_overrides(raw, overrides or [])
+    return RunConfig.from_dict(raw, source=f"recipe {label}")

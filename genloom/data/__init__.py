@@ -1,0 +1,1 @@
+"""Data sources, tokenizers and batching, per kind of content."""

@@ -1,0 +1,57 @@
+"""The contract between the one training loop and every model family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import torch
+from torch import nn
+
+__all__ = ["Objective", "DataModule"]
+
+
+class DataModule(Protocol):
+    """Examples for training and validation, addressed by integer indices."""
+
+    item_name: str  # what `items_per_example` counts, for throughput ("tok", "img")
+
+    def prepare(self) -> None:
+        """Build or open cached data (called on rank 0 first, then on the others)."""
+
+    def model_settings(self) -> dict[str, Any]:
+        """Model config values the data decides (e.g. vocab_size)."""
+
+    def save_assets(self, folder: Path) -> None:
+        """Write what a checkpoint needs to read new inputs (tokenizer, codec)."""
+
+    @property
+    def items_per_example(self) -> int: ...
+
+    def sample_indices(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        """`n` random training examples, drawn only from `generator`."""
+
+    def val_indices(self, n: int) -> torch.Tensor:
+        """The same `n` validation examples every time."""
+
+    def batch(self, indices: torch.Tensor, split: str = "train") -> Any:
+        """The examples at `indices` as tensors on the CPU."""
+
+
+class Objective(Protocol):
+    """The loss of a batch. Each phase has its own optimizer (a GAN has two; a language model one)."""
+
+    phases: tuple[str, ...]
+
+    def phase_parameters(self, phase: str, model: nn.Module) -> Iterable[nn.Parameter]:
+        """The parameters that `phase`'s optimizer updates."""
+
+    def loss(self, phase: str, model: nn.Module, batch: Any) -> torch.Tensor:
+        """A scalar loss to minimise for `phase` on `batch` (mean over the batch)."""
+
+    def eval_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The validation loss of `batch` (mean over the batch)."""
+
+    def write_samples(self, model: nn.Module, data: DataModule, folder: Path, step: int, length: int,
+                      prompt: str) -> str:
+        """Write a few samples under `folder` and return a short text to show the user."""

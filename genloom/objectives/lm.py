@@ -1,0 +1,56 @@
+"""Next-token prediction: cross-entropy of every position's logits against the following token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import validate
+from ..generate.text import sample_text
+from ..registry import register
+
+__all__ = ["LanguageModelConfig", "LanguageModelObjective"]
+
+
+@dataclass(frozen=True)
+class LanguageModelConfig:
+    kind: Literal["lm"] = "lm"
+    sample_temperature: float = 0.8   # temperature of the sample text written at each evaluation
+
+    def __post_init__(self) -> None:
+        validate(self, "objective")
+
+
+class LanguageModelObjective:
+    phases = ("model",)
+
+    def __init__(self, config: LanguageModelConfig):
+        self.config = config
+
+    def phase_parameters(self, phase: str, model: nn.Module) -> Iterable[nn.Parameter]:
+        return model.parameters()
+
+    def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch                      # (B, T) each
+        logits = model(inputs)                       # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def eval_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.loss("model", model, batch)
+
+    def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
+        text = prompt + "".join(sample_text(model, data.tokenizer, prompt, length, seed=step,
+                                            temperature=self.config.sample_temperature))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"step_{step:07d}.txt").write_text(text, encoding="utf-8")
+        return text
+
+
+@register("objective", "lm", LanguageModelConfig)
+def build_language_model_objective(config: LanguageModelConfig, run=None) -> LanguageModelObjective:
+    return LanguageModelObjective(config)

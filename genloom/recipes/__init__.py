@@ -1,0 +1,1 @@
+"""Built-in recipes (TOML), listed by `genloom recipes`."""

@@ -1,0 +1,127 @@
+"""Where training runs: process group (torchrun), device, and numeric precision."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Runtime", "setup_runtime", "choose_precision", "autocast"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        if not self.distributed:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and world_size > 1:
+        device = f"cuda:{local_rank}"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            from ..errors import ConfigError
+            raise ConfigError(f"train.device={device}: CUDA is not available on this machine; use cpu or auto")
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cpu":
+            # Share the cores between the local processes instead of oversubscribing them.
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def _matmul_seconds(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 3) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b  # warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return (time.perf_counter() - start) / repeats
+
+
+def choose_precision(preference: str, device: torch.device, width: int, rows: int) -> torch.dtype | None:
+    """The autocast dtype for training, or None for fp32.
+
+    `auto` picks bf16 on CUDA GPUs that support it. On a CPU it times a matmul of the model's
+    shape in both precisions and picks bf16 only if it is clearly faster: CPUs with AMX run bf16
+    several times faster, but CPUs with only AVX512-BF16 can be slower than fp32.
+    """
+    if preference == "fp32":
+        return None
+    if preference == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    m, k, n = min(rows, 4096), width, 4 * width
+    fp32 = _matmul_seconds(m, k, n, torch.float32)
+    bf16 = _matmul_seconds(m, k, n, torch.bfloat16)
+    speedup = fp32 / bf16
+    choice = torch.bfloat16 if speedup > 1.15 else None
+    log.info("precision auto: bf16 matmul is %.2fx fp32 on this CPU -> %s", speedup,
+             "bf16 autocast" if choice else "fp32")
+    return choice
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

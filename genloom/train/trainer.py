@@ -1,0 +1,364 @@
+"""The one training loop. Every family plugs in through a data module, a model and an `Objective`.
+
+Per optimizer step the loop draws a *global* batch of example indices from one generator shared by
+all ranks; each rank takes its slice and splits it into micro-batches. So the same recipe gives the
+same batches, and the same losses, on one process or under `torchrun --nproc-per-node N`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .. import registry
+from ..config import RunConfig
+from ..errors import CheckpointError, ConfigError, TrainingError
+from . import checkpoint as ckpt
+from .metrics import MetricsLog, plot_losses
+from .runtime import Runtime, autocast, choose_precision, setup_runtime
+
+__all__ = ["Trainer", "TrainResult", "learning_rate", "resolve_config"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    step: int
+    val_loss: float | None
+    elapsed: float
+    items_per_second: float
+    stopped_early: bool
+    sample: str
+
+
+def learning_rate(cfg, step: int, time_fraction: float = 0.0) -> float:
+    """Linear warmup over `warmup_steps`, then decay over the rest of the budget (steps or time)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, max(progress, time_fraction))
+    if cfg.schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+    elif cfg.schedule == "linear":
+        factor = 1 - progress
+    else:
+        factor = 1.0
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * factor)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _optimizer(params: list[nn.Parameter], model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms, biases or embedding tables)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
+    other = [p for p in params if not (p.dim() >= 2 and id(p) not in embeddings)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def resolve_config(config: RunConfig, data) -> RunConfig:
+    """Fill the model values the data decides (vocab_size from the tokenizer)."""
+    settings = data.model_settings()
+    changes = {}
+    for key, value in settings.items():
+        current = getattr(config.model, key)
+        if current == 0:
+            changes[key] = value
+        elif key == "vocab_size" and current < value:
+            raise ConfigError(f"model.vocab_size={current} is smaller than the tokenizer's {value} tokens")
+    return config.replace("model", **changes) if changes else config
+
+
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    out = []
+    for section in ("data", "model", "objective"):
+        for key in sorted(set(saved.get(section, {})) | set(current.get(section, {}))):
+            a, b = saved.get(section, {}).get(key), current.get(section, {}).get(key)
+            if a != b:
+                out.append(f"{section}.{key}: checkpoint {a!r}, now {b!r}")
+    return out
+
+
+class Trainer:
+    """Trains `config` into `out_dir` (a checkpoint directory); `resume=True` continues it exactly."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.resume = resume
+        self._stop_signal: int | None = None
+
+    # -- setting up --------------------------------------------------------------------------
+    def _check_out_dir(self) -> None:
+        ckpt.recover(self.out_dir)
+        has_checkpoint = (self.out_dir / ckpt.STATE_JSON).is_file()
+        if self.resume and not has_checkpoint:
+            raise CheckpointError(f"--resume: {self.out_dir} holds no checkpoint to resume "
+                                  f"(expected {ckpt.STATE_JSON}, {ckpt.MODEL_FILE} and {ckpt.CONFIG_FILE})")
+        if not self.resume and has_checkpoint:
+            raise CheckpointError(f"{self.out_dir} already holds a checkpoint; add --resume to continue it, "
+                                  "or choose another --out so nothing is overwritten")
+
+    def _build(self, rt: Runtime) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.train.seed)
+        self.data = registry.lookup("data", cfg.data.kind).build(cfg.data, cfg)
+        if rt.is_main:
+            self.data.prepare()
+        rt.barrier()
+        if not rt.is_main:
+            self.data.prepare()
+        self.config = cfg = resolve_config(cfg, self.data)
+        if self.resume:
+            saved = json.loads((self.out_dir / ckpt.CONFIG_FILE).read_text())
+            differences = _config_differences(saved, cfg.to_dict())
+            if differences:
+                raise ConfigError(f"--resume: the recipe differs from the checkpoint in {self.out_dir}: "
+                                  + "; ".join(differences))
+        self.model = registry.lookup("model", cfg.model.kind).build(cfg.model, cfg).to(rt.device)
+        self.objective = registry.lookup("objective", cfg.objective.kind).build(cfg.objective, cfg)
+        self.optimizers = {phase: _optimizer(list(self.objective.phase_parameters(phase, self.model)),
+                                             self.model, cfg.train)
+                           for phase in self.objective.phases}
+
+        t = cfg.train
+        per_rank, remainder = divmod(t.batch_size, rt.world_size)
+        micro = t.micro_batch_size or per_rank
+        if remainder or per_rank % micro:
+            raise ConfigError(f"train.batch_size={t.batch_size} must split evenly into {rt.world_size} process(es) "
+                              f"x micro-batches of train.micro_batch_size={micro}")
+        self.per_rank, self.micro, self.accumulation = per_rank, micro, per_rank // micro
+        width = getattr(cfg.model, "d_model", 256)
+        self.dtype = rt.broadcast(choose_precision(t.precision, rt.device, width, micro * self.data.items_per_example)
+                                  if rt.is_main else None)
+
+    def _save(self, rt: Runtime, step: int, tokens: int, elapsed: float, data_rng: torch.Generator) -> None:
+        """Write a checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+        rng_states = rt.gather(torch.get_rng_state())
+        if rt.is_main:
+            tensors: dict[str, torch.Tensor] = {"rng.data": data_rng.get_state()}
+            for rank, state in enumerate(rng_states):
+                tensors[f"rng.torch.{rank}"] = state
+            optimizer_meta = {}
+            for phase, optimizer in self.optimizers.items():
+                opt_tensors, optimizer_meta[phase] = ckpt.optimizer_to_tensors(optimizer.state_dict(), f"optimizer.{phase}")
+                tensors.update(opt_tensors)
+            state = {"step": step, "tokens": tokens, "elapsed": elapsed, "world_size": rt.world_size,
+                     "optimizers": optimizer_meta, "precision": str(self.dtype)}
+            model_tensors = self.model.state_dict()
+            ckpt.commit(self.out_dir, {
+                ckpt.MODEL_FILE: lambda p: ckpt.save_tensors(model_tensors, p, {"format": "genloom", "step": str(step)}),
+                ckpt.STATE_FILE: lambda p: ckpt.save_tensors(tensors, p),
+                ckpt.STATE_JSON: lambda p: p.write_text(json.dumps(state, indent=2)),
+            })
+        rt.barrier()
+
+    def _restore(self, rt: Runtime, data_rng: torch.Generator) -> tuple[int, int, float]:
+        ckpt.load_weights(self.model, self.out_dir / ckpt.MODEL_FILE)
+        tensors = ckpt.load_tensors(self.out_dir / ckpt.STATE_FILE)
+        state = json.loads((self.out_dir / ckpt.STATE_JSON).read_text())
+        for phase, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, state["optimizers"][phase], f"optimizer.{phase}"))
+        data_rng.set_state(tensors["rng.data"])
+        own = tensors.get(f"rng.torch.{rt.rank}")
+        if own is not None:
+            torch.set_rng_state(own)
+        log.info("resumed %s at step %d", self.out_dir, state["step"])
+        return state["step"], state["tokens"], state["elapsed"]
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        log.warning("stopping: the checkpoint will be saved after this step (press Ctrl-C again to abort)")
+
+    @torch.no_grad()
+    def _evaluate(self, rt: Runtime, model: nn.Module) -> float:
+        model.eval()
+        t = self.config.train
+        indices = self.data.val_indices(t.eval_batches * self.micro)
+        total = torch.zeros(2, dtype=torch.float64)
+        for b in range(rt.rank, t.eval_batches, rt.world_size):
+            batch = _to_device(self.data.batch(indices[b * self.micro:(b + 1) * self.micro], "val"), rt.device)
+            with autocast(rt.device, self.dtype):
+                total[0] += float(self.objective.eval_loss(model, batch))
+            total[1] += 1
+        rt.all_reduce_sum(total)
+        model.train()
+        return float(total[0] / total[1])
+
+    def fit(self) -> TrainResult:
+        rt = setup_runtime(self.config.train.device)
+        previous_handlers = {}
+        try:
+            if rt.is_main:
+                self._check_out_dir()
+            rt.barrier()
+            self._build(rt)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous_handlers[sig] = signal.signal(sig, self._request_stop)
+            return self._loop(rt)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            rt.close()
+
+    def _loop(self, rt: Runtime) -> TrainResult:
+        cfg, t = self.config, self.config.train
+        out = self.out_dir
+        data_rng = torch.Generator().manual_seed(t.seed + 1)   # the same on every rank
+        torch.manual_seed(t.seed + 2 + rt.rank)                # dropout and other randomness, per rank
+        step, tokens, elapsed_before = 0, 0, 0.0
+        if self.resume:
+            step, tokens, elapsed_before = self._restore(rt, data_rng)
+        if rt.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / ckpt.CONFIG_FILE).write_text(cfg.to_json())
+            self.data.save_assets(out)
+        metrics = MetricsLog(out / "metrics.csv", resume_step=step if self.resume else None) if rt.is_main else None
+        writer = self._tensorboard(out) if rt.is_main and t.tensorboard else None
+
+        model = self.model
+        if rt.distributed:
+            model = DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        model.train()
+        n_params = sum(p.numel() for p in self.model.parameters())
+        items_per_step = t.batch_size * self.data.items_per_example
+        if rt.is_main:
+            log.info("model: %.2fM parameters; batch %d x %d %s per step (%d process(es) x %d micro-batch(es) of %d); "
+                     "precision %s", n_params / 1e6, t.batch_size, self.data.items_per_example, self.data.item_name,
+                     rt.world_size, self.accumulation, self.micro, "bf16 autocast" if self.dtype else "fp32")
+
+        start = time.perf_counter()
+        bar = tqdm(total=int(t.max_time) if t.max_time else t.max_steps, initial=0 if t.max_time else step,
+                   unit="s" if t.max_time else "step", disable=not (rt.is_main and t.progress), dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+        last_val: float | None = None
+        sample = ""
+        stopped_early = False
+        window_items, window_time = 0, 0.0
+        items_per_second = 0.0
+        last_saved = step if self.resume else -1
+
+        def elapsed() -> float:
+            return elapsed_before + time.perf_counter() - start
+
+        def evaluate_and_save() -> None:
+            nonlocal last_val, sample, last_saved
+            last_val = self._evaluate(rt, model)
+            if rt.is_main:
+                metrics.write(step=step, time_s=elapsed(), tokens=tokens, val_loss=last_val)
+                if writer:
+                    writer.add_scalar("val/loss", last_val, step)
+                if t.sample_length:
+                    sample = self.objective.write_samples(self.model, self.data, out / "samples", step,
+                                                          t.sample_length, t.sample_prompt)
+                plot_losses(out / "metrics.csv", out / "loss.png", title=f"{cfg.recipe or 'run'}: loss")
+                bar.set_postfix_str(f"loss {last_loss:.3f} val {last_val:.3f} {items_per_second:,.0f} {self.data.item_name}/s")
+            self._save(rt, step, tokens, elapsed(), data_rng)
+            last_saved = step
+
+        last_loss = float("nan")
+        while step < t.max_steps:
+            if t.max_time and elapsed() >= t.max_time:
+                break
+            if self._stop_signal is not None:
+                stopped_early = True
+                break
+            step_start = time.perf_counter()
+            lr = learning_rate(t, step, elapsed() / t.max_time if t.max_time else 0.0)
+            indices = self.data.sample_indices(data_rng, t.batch_size)[rt.rank * self.per_rank:(rt.rank + 1) * self.per_rank]
+            micro_batches = [indices[i * self.micro:(i + 1) * self.micro] for i in range(self.accumulation)]
+            for phase in self.objective.phases:
+                loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of micro-batch losses, non-finite gradients)
+                optimizer = self.optimizers[phase]
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                for i, micro_indices in enumerate(micro_batches):
+                    batch = _to_device(self.data.batch(micro_indices), rt.device)
+                    sync = not rt.distributed or i == self.accumulation - 1
+                    with (contextlib.nullcontext() if sync else model.no_sync()):
+                        with autocast(rt.device, self.dtype):
+                            loss = self.objective.loss(phase, model, batch)
+                        (loss / self.accumulation).backward()
+                    loss_sum[0] += float(loss.detach())
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+                loss_sum[1] += 0 if math.isfinite(float(grad_norm)) else 1
+                rt.all_reduce_sum(loss_sum)
+                mean_loss = float(loss_sum[0]) / (self.accumulation * rt.world_size)
+                if not math.isfinite(mean_loss) or loss_sum[1] > 0:
+                    kept = f"the last good checkpoint (step {last_saved}) in {out} is kept" if last_saved >= 0 \
+                        else "no checkpoint had been saved yet"
+                    raise TrainingError(f"the {phase} loss became {mean_loss} at step {step + 1}; training stopped and "
+                                        f"{kept}. Try a lower train.lr, a smaller model or train.precision=fp32")
+                optimizer.step()
+                last_loss = mean_loss
+            step += 1
+            tokens += items_per_step
+            window_items += items_per_step
+            window_time += time.perf_counter() - step_start
+            if t.max_time:
+                bar.n = min(int(elapsed()), int(t.max_time))
+                bar.refresh()
+            else:
+                bar.update(1)
+            if step % t.log_interval == 0 or step == t.max_steps:
+                items_per_second = window_items / max(window_time, 1e-9)
+                window_items, window_time = 0, 0.0
+                if rt.is_main:
+                    metrics.write(step=step, time_s=elapsed(), tokens=tokens, lr=lr, loss=last_loss,
+                                  tokens_per_s=items_per_second)
+                    if writer:
+                        writer.add_scalar("train/loss", last_loss, step)
+                        writer.add_scalar("train/lr", lr, step)
+                    val_text = f" val {last_val:.3f}" if last_val is not None else ""
+                    bar.set_postfix_str(f"loss {last_loss:.3f}{val_text} {items_per_second:,.0f} {self.data.item_name}/s")
+            if step % t.eval_interval == 0:
+                evaluate_and_save()
+            elif t.checkpoint_interval and step % t.checkpoint_interval == 0:
+                self._save(rt, step, tokens, elapsed(), data_rng)
+                last_saved = step
+        if last_saved != step:
+            evaluate_and_save()
+        bar.close()
+        if writer:
+            writer.close()
+        if stopped_early and rt.is_main:
+            log.warning("stopped by signal at step %d; checkpoint saved in %s (continue with --resume)", step, out)
+        return TrainResult(out_dir=out, step=step, val_loss=last_val, elapsed=elapsed(),
+                           items_per_second=items_per_second, stopped_early=stopped_early, sample=sample)
+
+    @staticmethod
+    def _tensorboard(out: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tensorboard=true needs TensorBoard: pip install 'genloom[tensorboard]'") from None
+        return SummaryWriter(log_dir=str(out / "tensorboard"))
