@@ -1,0 +1,45 @@
+"""Shared fixtures: a private token cache, a small corpus and a tiny model recipe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genloom.data.sources import markdown_play_to_text, shakespeare_plays
+
+TINY = [
+    "model.block_size=32", "model.n_layer=2", "model.n_head=2", "model.d_model=32",
+    "train.batch_size=8", "train.max_steps=30", "train.warmup_steps=5", "train.eval_interval=10",
+    "train.eval_batches=2", "train.log_interval=1", "train.sample_length=20", "train.precision=fp32",
+    "train.progress=false", "train.lr=3e-3",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    os.environ["GENLOOM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """About 60k characters of one play, as plain text."""
+    path = dict(shakespeare_plays())["macbeth"]
+    text = markdown_play_to_text(path.read_text(encoding="utf-8"))[:60_000]
+    out = tmp_path_factory.mktemp("corpus") / "macbeth.txt"
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+def tiny(corpus: Path, *extra: str) -> list[str]:
+    return [f"data.path={corpus}", *TINY, *extra]
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m genloom ARGS` and return the finished process (text mode)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+    return subprocess.run([sys.executable, "-m", "genloom", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from genloom.config import RunConfig, TrainConfig, builtin_recipes, load_recipe, parse_override
+from genloom.errors import ConfigError
+
+
+def test_builtin_recipe_loads_and_round_trips_through_json():
+    config = load_recipe("shakespeare-char")
+    assert config.model.kind == "transformer" and config.data.tokenizer == "char"
+    again = RunConfig.from_dict(json.loads(config.to_json()))
+    assert again == config
+
+
+def test_overrides_are_typed():
+    config = load_recipe("shakespeare-char", ["model.n_layer=3", "train.lr=3e-4", "train.tensorboard=true",
+                                              "data.path=some.txt", "model.mlp=swiglu"])
+    assert config.model.n_layer == 3 and isinstance(config.model.n_layer, int)
+    assert config.train.lr == 3e-4 and config.train.tensorboard is True
+    assert config.data.path == "some.txt" and config.model.mlp == "swiglu"
+
+
+def test_unknown_key_names_it_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown key model\.n_layers.*Did you mean model\.n_layer\?"):
+        load_recipe("shakespeare-char", ["model.n_layers=3"])
+
+
+def test_bad_choice_lists_valid_choices():
+    with pytest.raises(ConfigError, match=r"model\.norm: 'batchnorm' is not allowed; valid choices: 'layernorm', 'rmsnorm'"):
+        load_recipe("shakespeare-char", ["model.norm=batchnorm"])
+
+
+def test_bad_types_and_ranges():
+    with pytest.raises(ConfigError, match=r"train\.lr: expected a number, got 'fast'"):
+        load_recipe("shakespeare-char", ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"model\.n_layer: expected an integer"):
+        load_recipe("shakespeare-char", ["model.n_layer=2.5"])
+    with pytest.raises(ConfigError, match=r"model\.d_model: 100 is not divisible by model\.n_head=3"):
+        load_recipe("shakespeare-char", ["model.d_model=100", "model.n_head=3"])
+    with pytest.raises(ConfigError, match=r"train\.batch_size: must be at least 1"):
+        TrainConfig(batch_size=0)
+
+
+def test_unknown_section_recipe_and_override_form():
+    with pytest.raises(ConfigError, match=r"unknown section 'modle'.*Did you mean model"):
+        parse_override("modle.n_layer=2")
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        parse_override("model.n_layer")
+    with pytest.raises(ConfigError, match=r"unknown recipe 'shakespeare-chr'.*Did you mean 'shakespeare-char'"):
+        load_recipe("shakespeare-chr")
+    with pytest.raises(ConfigError, match="unknown kind 'lstm'"):
+        load_recipe("shakespeare-char", ["model.kind=lstm"])
+
+
+def test_recipe_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[data]\npath = "x.txt"\n[model]\nn_layer = 1\n[train]\nlr = 1e-2\n')
+    config = load_recipe(str(path))
+    assert config.model.n_layer == 1 and config.train.lr == 1e-2 and config.recipe == str(path)
+    path.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(str(path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(str(tmp_path / "missing.toml"))
+
+
+def test_every_builtin_recipe_is_valid():
+    for name in builtin_recipes():
+        load_recipe(name)
