@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import datetime
-import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
 from . import registry
 from .config import RunConfig, load_recipe
-from .data.tokenizers import TextTokenizer
-from .errors import CheckpointError
+from .data.tokenizers import END_OF_TEXT, TextTokenizer
+from .errors import CheckpointError, GenloomError
 from .eval.text import TextEvalResult, evaluate_text
-from .generate.text import TextStream, encode_prompt, generate_tokens
+from .generate.search import beam_search, speculative_tokens
+from .generate.text import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
 from .train import checkpoint as ckpt
 from .train.trainer import Trainer, TrainResult
 
-__all__ = ["train", "load", "TextModel", "default_run_dir"]
+__all__ = ["train", "load", "TextModel", "Completion", "default_run_dir"]
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -51,45 +52,99 @@ def train(recipe: str | RunConfig, out: str | Path | None = None, overrides: lis
     return Trainer(config, out, resume=resume).fit()
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation, with what a caller may want to know about it."""
+
+    text: str                 # the continuation, without the prompt, cut before a stop string
+    tokens: list[int]         # generated token ids (up to the stop string)
+    logprobs: list[float]     # each token's log-probability under the model (temperature 1, unfiltered)
+    finish_reason: str        # "stop" (a stop string was produced) or "length"
+    seed: int                 # the seed that reproduces this sample alone
+
+
 class TextModel:
     """A trained language model with its tokenizer: generate text, stream it, score it."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer):
         self.path, self.config, self.model, self.tokenizer = path, config, model, tokenizer
+        self.last_seed: int | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _seed(self, seed: int | None) -> int:
+        self.last_seed = secrets.randbelow(2**31) if seed is None else seed
+        return self.last_seed
+
     def stream(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int = 0, use_cache: bool = True) -> Iterator[str]:
+               top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
+               stop: Sequence[str] = (), use_cache: bool = True) -> Iterator[str]:
         """Yield pieces of the continuation of `prompt` as they are sampled."""
-        prompt_ids = torch.tensor([encode_prompt(self.tokenizer, prompt)], device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        stream = TextStream(self.tokenizer)
-        for token in generate_tokens(self.model, prompt_ids, max_new_tokens, [generator], temperature, top_k,
-                                     top_p, use_cache):
-            piece = stream.push(int(token[0]))
-            if piece:
-                yield piece
+        sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self._seed(seed), sampling, stop,
+                           use_cache)
+
+    def complete(self, prompts: str | Sequence[str] = "", max_new_tokens: int = 256, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
+                 min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
+                 use_cache: bool = True) -> list[Completion]:
+        """Continue each prompt `num_samples` times, all in one batch (prompt-major order).
+
+        Sample j of every prompt uses seed + j, so it is the text that prompt alone with that seed
+        gives. Without a seed, one is drawn at random (kept in `last_seed`).
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+        seed = self._seed(seed)
+        rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
+        encoded = [encode_prompt(self.tokenizer, prompt) for prompt, _ in rows]
+        generators = [torch.Generator(device=self.device).manual_seed(seed + j) for _, j in rows]
+        streams = [TextStream(self.tokenizer) for _ in rows]
+        matchers = [StopMatcher(stop) for _ in rows]
+        texts = [""] * len(rows)
+        tokens: list[list[int]] = [[] for _ in rows]
+        logprobs: list[list[float]] = [[] for _ in rows]
+        for step_tokens, step_logprobs in generate_tokens(self.model, encoded, max_new_tokens, generators, sampling,
+                                                          use_cache):
+            for i, (token, logprob) in enumerate(zip(step_tokens.tolist(), step_logprobs.tolist())):
+                if matchers[i].stopped:
+                    continue
+                texts[i] += matchers[i].push(streams[i].push(token))
+                if not matchers[i].stopped:
+                    tokens[i].append(token)
+                    logprobs[i].append(logprob)
+            if all(m.stopped for m in matchers):
+                break
+        return [Completion(texts[i] + matchers[i].flush(), tokens[i], logprobs[i],
+                           "stop" if matchers[i].stopped else "length", seed + j)
+                for i, (_, j) in enumerate(rows)]
 
     def generate(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
-                 use_cache: bool = True) -> list[str]:
-        """`num_samples` continuations of `prompt` (without the prompt). Sample i uses seed + i.
+                 top_p: float = 1.0, seed: int | None = None, num_samples: int = 1, **options) -> list[str]:
+        """`num_samples` continuations of `prompt` as strings (see `complete` for the details)."""
+        return [c.text for c in self.complete(prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
+                                              **options)]
 
-        Without a seed, one is drawn at random and kept in `self.last_seed`.
-        """
-        seed = secrets.randbelow(2**31) if seed is None else seed
-        self.last_seed = seed
-        prompt_ids = torch.tensor([encode_prompt(self.tokenizer, prompt)] * num_samples, device=self.device)
-        generators = [torch.Generator(device=self.device).manual_seed(seed + i) for i in range(num_samples)]
-        rows: list[list[int]] = [[] for _ in range(num_samples)]
-        for tokens in generate_tokens(self.model, prompt_ids, max_new_tokens, generators, temperature, top_k,
-                                      top_p, use_cache):
-            for row, token in zip(rows, tokens.tolist()):
-                row.append(token)
-        return [self.tokenizer.decode(row) for row in rows]
+    def beam_search(self, prompt: str, max_new_tokens: int = 64, num_beams: int = 4,
+                    length_penalty: float = 1.0) -> list[tuple[str, float]]:
+        """The most likely continuations found by beam search: (text, total log-probability), best first."""
+        eos = self.tokenizer.token_id(END_OF_TEXT)
+        beams = beam_search(self.model, encode_prompt(self.tokenizer, prompt), max_new_tokens, num_beams,
+                            length_penalty, eos)
+        return [(self.tokenizer.decode([t for t in b.tokens if t != eos]), b.logprob) for b in beams]
+
+    def speculative(self, draft: "TextModel", prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0,
+                    top_k: int = 0, top_p: float = 1.0, seed: int | None = None, lookahead: int = 4,
+                    stats: dict | None = None) -> str:
+        """Sample as this model would, with a small `draft` model proposing tokens (same tokenizer)."""
+        if draft.tokenizer.hf.to_str() != self.tokenizer.hf.to_str():
+            raise GenloomError(f"the draft model {draft.path} uses another tokenizer than {self.path}")
+        generator = torch.Generator(device=self.device).manual_seed(self._seed(seed))
+        tokens = speculative_tokens(self.model, draft.model, encode_prompt(self.tokenizer, prompt), max_new_tokens,
+                                    generator, Sampling(temperature, top_k, top_p), lookahead, stats)
+        return self.tokenizer.decode(list(tokens))
 
     def evaluate(self, data_path: str | None = None, progress: bool = True) -> TextEvalResult:
         """Loss on the validation split of the training data, or of `data_path` split the same way."""

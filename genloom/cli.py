@@ -23,6 +23,9 @@ app = typer.Typer(
 generate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                            help="Sample from a trained checkpoint (one sub-command per kind of content).")
 app.add_typer(generate_app, name="generate")
+convert_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                          help="Move text models between genloom and Hugging Face transformers (GPT-2, Llama).")
+app.add_typer(convert_app, name="convert")
 
 log = logging.getLogger("genloom")
 
@@ -139,26 +142,55 @@ def generate_text(
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="Sample only among the k most likely tokens; 0 = all.")] = 0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: the smallest set of "
                                          "tokens holding this much probability; 1 = all.")] = 1.0,
+    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0, help="Drop tokens less likely than this "
+                                         "fraction of the most likely token; 0 = off.")] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", min=0.0, help="Above 1 makes tokens "
+                                                      "already in the text less likely; 1 = off.")] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="End a sample where this text appears "
+                                                      "(repeatable).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; sample i uses seed + i "
                                                 "(default: a random seed, printed).")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="How many samples to write.")] = 1,
+    num_beams: Annotated[int, typer.Option("--num-beams", min=1, help="Beam search with this many beams instead of "
+                                           "sampling (prints the most likely continuation).")] = 1,
+    draft: Annotated[Optional[Path], typer.Option("--draft", help="A smaller checkpoint with the same tokenizer "
+                                                  "for speculative decoding (same output distribution, faster).")] = None,
+    logprobs: Annotated[bool, typer.Option("--logprobs", help="Also print each generated token with its "
+                                           "log-probability (to stderr).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Continue a prompt with a text model, streaming tokens to stdout as they are sampled."""
-    import secrets
-
     from . import api
 
     model = api.load(checkpoint, device=device)
     if seed is None:
-        seed = secrets.randbelow(2**31)
+        seed = model._seed(None)
         typer.echo(f"genloom: seed {seed}", err=True)
+    if num_beams > 1:
+        for text, logprob in model.beam_search(prompt, max_new_tokens, num_beams)[:num_samples]:
+            typer.echo(prompt + text)
+            typer.echo(f"--- log-probability {logprob:.3f} ---", err=True)
+        return
+    draft_model = api.load(draft, device=device) if draft is not None else None
     for i in range(num_samples):
         if num_samples > 1:
             typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)
         typer.echo(prompt, nl=False)
-        for piece in model.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed + i):
-            typer.echo(piece, nl=False)
+        if draft_model is not None:
+            stats: dict = {}
+            typer.echo(model.speculative(draft_model, prompt, max_new_tokens, temperature, top_k, top_p, seed + i,
+                                         stats=stats), nl=False)
+            typer.echo(f"\ngenloom: draft tokens accepted: {stats['accepted']}/{stats['proposed']}", err=True)
+        elif logprobs:
+            (completion,) = model.complete(prompt, max_new_tokens, temperature, top_k, top_p, seed + i, 1, min_p,
+                                           repetition_penalty, stop or ())
+            typer.echo(completion.text, nl=False)
+            for token, logprob in zip(completion.tokens, completion.logprobs):
+                typer.echo(f"{model.tokenizer.decode([token])!r}\t{logprob:.4f}", err=True)
+        else:
+            for piece in model.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed + i, min_p,
+                                      repetition_penalty, stop or ()):
+                typer.echo(piece, nl=False)
         typer.echo("")
 
 
@@ -175,6 +207,32 @@ def evaluate(
 
     result = api.load(checkpoint, device=device).evaluate(data)
     typer.echo(result.summary())
+
+
+@convert_app.command("import")
+@_friendly
+def convert_import(
+    hf: Annotated[Path, typer.Option("--hf", help="A local Hugging Face GPT-2 or Llama directory: config.json, "
+                                     "model.safetensors (or shards) and tokenizer.json.")],
+    out: Annotated[Path, typer.Option("--out", help="The genloom checkpoint directory to write.")],
+) -> None:
+    """Import a Hugging Face model so that genloom can generate with it, evaluate it and fine-tune it."""
+    from .interop import import_hf
+
+    typer.echo(f"genloom: wrote {import_hf(hf, out)}", err=True)
+
+
+@convert_app.command("export")
+@_friendly
+def convert_export(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A genloom text checkpoint directory.")],
+    out: Annotated[Path, typer.Option("--out", help="The Hugging Face directory to write (config.json, "
+                                      "model.safetensors, tokenizer.json).")],
+) -> None:
+    """Export a genloom text model in Hugging Face format (loads with transformers' from_pretrained)."""
+    from .interop import export_hf
+
+    typer.echo(f"genloom: wrote {export_hf(checkpoint, out)}", err=True)
 
 
 def main() -> None:

@@ -158,8 +158,10 @@ class TrainConfig:
     micro_batch_size: int = 0        # examples per forward pass per process; 0 = batch_size / processes
     max_steps: int = 2000            # optimizer steps (an upper bound when max_time is set)
     max_time: float = 0.0            # wall-clock budget in seconds; 0 = none. The LR schedule follows it
-    optimizer: Literal["adamw"] = "adamw"
-    lr: float = 1e-3                 # peak learning rate
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for hidden matrices, AdamW for the rest
+    lr: float = 1e-3                 # peak learning rate (AdamW)
+    muon_lr: float = 0.02            # peak learning rate of Muon's matrices
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1        # final LR as a fraction of the peak
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
     warmup_steps: int = 100
@@ -169,6 +171,7 @@ class TrainConfig:
     grad_clip: float = 1.0           # max global gradient norm; 0 = off
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
     device: str = "auto"             # auto, cpu, cuda, cuda:N
+    compile: bool = False            # torch.compile the model: faster steps after a one-time compile
     eval_interval: int = 250         # steps between validations (and checkpoints and samples)
     eval_batches: int = 20           # validation batches per evaluation
     log_interval: int = 10           # steps between rows of metrics.csv

@@ -15,7 +15,7 @@ TINY = [
     "model.block_size=32", "model.n_layer=2", "model.n_head=2", "model.d_model=32",
     "train.batch_size=8", "train.max_steps=30", "train.warmup_steps=5", "train.eval_interval=10",
     "train.eval_batches=2", "train.log_interval=1", "train.sample_length=20", "train.precision=fp32",
-    "train.progress=false", "train.lr=3e-3",
+    "train.progress=false", "train.lr=3e-3", "train.compile=false",
 ]
 
 

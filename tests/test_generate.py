@@ -1,30 +1,6 @@
-import math
+"""Generation through the public handle: seeds, batches, streaming, the cache."""
 
 import pytest
-import torch
-
-from genloom.generate.text import filter_logits, sample_next
-
-
-def test_top_k_and_top_p_keep_the_right_tokens():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda t: torch.isfinite(t)[0].tolist()
-    assert kept(filter_logits(logits, top_k=2)) == [True, True, False, False]
-    assert kept(filter_logits(logits, top_p=0.5)) == [True, False, False, False]
-    assert kept(filter_logits(logits, top_p=0.8)) == [True, True, False, False]
-    assert kept(filter_logits(logits, top_p=0.81)) == [True, True, True, False]
-    probs = filter_logits(logits, temperature=2.0).softmax(-1)
-    expected = torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt()
-    assert torch.allclose(probs[0], expected / expected.sum())
-
-
-def test_sampling_frequencies_follow_the_distribution():
-    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(4000, 1)
-    g = torch.Generator().manual_seed(0)
-    draws = torch.cat([sample_next(logits[i:i + 1], [g]) for i in range(4000)])
-    freq = torch.bincount(draws, minlength=3).float() / 4000
-    assert torch.allclose(freq, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
-    assert sample_next(logits[:2], [g, g], temperature=0).tolist() == [0, 0]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from genloom.generate.text import generate_tokens
+from genloom.generate.text import Sampling, generate_tokens
 from genloom.models.hf import from_hf, to_hf
 from genloom.models.transformer import Transformer, TransformerConfig
 
@@ -73,12 +73,12 @@ def _model(position: str, **kw) -> Transformer:
 @pytest.mark.parametrize("position", ["learned", "rope"])
 def test_kv_cache_gives_the_same_tokens_as_no_cache(position):
     model = _model(position, init_std=0.3)  # a peaked distribution so greedy decoding is not degenerate
-    prompt = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(2))
+    prompt = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(2)).tolist()
 
     def run(use_cache, temperature):
         gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
-        return torch.stack(list(generate_tokens(model, prompt, 50, gens, temperature=temperature,
-                                                use_cache=use_cache)), 1)
+        return torch.stack([t for t, _ in generate_tokens(model, prompt, 50, gens, Sampling(temperature=temperature),
+                                                          use_cache=use_cache)], 1)
 
     for temperature in (0.0, 1.0):
         assert torch.equal(run(True, temperature), run(False, temperature))
@@ -112,5 +112,6 @@ def test_left_padded_rows_match_unpadded():
 
 def test_context_longer_than_block_is_windowed():
     model = _model("learned")
-    out = list(generate_tokens(model, torch.zeros(1, 3, dtype=torch.long), 150, [torch.Generator()]))
-    assert len(out) == 150
+    gens = [torch.Generator().manual_seed(0)]
+    with_cache = [int(t[0]) for t, _ in generate_tokens(model, [[0, 1, 2]], 150, gens, Sampling(temperature=0))]
+    assert len(with_cache) == 150

@@ -40,6 +40,15 @@ def test_bf16_autocast_trains(corpus, tmp_path):
     assert result.val_loss < 3.5
 
 
+def test_compiled_muon_training_matches_eager_start(corpus, tmp_path):
+    """torch.compile and Muon: the first steps agree with eager mode, and training works end to end."""
+    overrides = tiny(corpus, "train.optimizer=muon", "train.max_steps=4", "train.eval_interval=4")
+    api.train("shakespeare-char", out=tmp_path / "eager", overrides=overrides)
+    api.train("shakespeare-char", out=tmp_path / "compiled", overrides=overrides + ["train.compile=true"])
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert all(abs(eager[s] - compiled[s]) < 1e-3 for s in eager), (eager, compiled)
+
+
 def test_llama_style_with_accumulation_trains(corpus, tmp_path):
     result = api.train("shakespeare-char", out=tmp_path / "llama", overrides=tiny(
         corpus, "model.position=rope", "model.norm=rmsnorm", "model.mlp=swiglu", "model.bias=false",

@@ -1,80 +1,138 @@
-"""Sampling tokens from a causal language model, with a KV cache and per-sample generators.
+"""Sampling tokens from a causal language model: KV cache, batches of prompts, per-row generators.
 
 Every row of a batch draws from its own `torch.Generator`, so sample i of a batch seeded with
-`seed + i` is the same text as a single sample seeded with `seed + i`.
+`seed + i` is the same text as a single sample seeded with `seed + i`. Prompts of different
+lengths are left-padded and masked, so each row continues as if it were alone.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ..data.tokenizers import END_OF_TEXT, TextTokenizer
 
-__all__ = ["filter_logits", "sample_next", "generate_tokens", "start_token", "TextStream", "sample_text"]
+__all__ = ["Sampling", "process_logits", "sample_next", "generate_tokens", "start_token", "encode_prompt",
+           "TextStream", "StopMatcher"]
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Scale by temperature and mask tokens outside the top-k / nucleus (Holtzman et al. 2020) with -inf."""
-    logits = logits.float() / max(temperature, 1e-8)
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen from the model's logits."""
+
+    temperature: float = 1.0         # 0 = greedy
+    top_k: int = 0                   # keep the k most likely tokens; 0 = all
+    top_p: float = 1.0               # nucleus (Holtzman et al. 2020): smallest set holding top_p of the mass
+    min_p: float = 0.0               # drop tokens less likely than min_p x the most likely one
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (Keskar et al. 2019)
+
+    def __post_init__(self) -> None:
+        checks = [(self.temperature >= 0, "temperature must be >= 0"), (self.top_k >= 0, "top_k must be >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
+        for ok, message in checks:
+            if not ok:
+                from ..errors import GenloomError
+                raise GenloomError(message)
+
+
+def process_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the repetition penalty, temperature, top-k, top-p and min-p to logits (B, V); masked = -inf."""
+    logits = logits.float()
+    if seen is not None and sampling.repetition_penalty != 1.0:
+        penalised = torch.where(logits > 0, logits / sampling.repetition_penalty, logits * sampling.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    logits = logits / max(sampling.temperature, 1e-8)
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    if sampling.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = sorted_logits.softmax(-1)
         # Drop a token when the tokens ranked above it already hold top_p of the mass.
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        drop_sorted = (probs.cumsum(-1) - probs) >= sampling.top_p
+        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+    if sampling.min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < sampling.min_p * probs.max(-1, keepdim=True).values, float("-inf"))
     return logits
 
 
-def sample_next(logits: torch.Tensor, generators: list[torch.Generator], temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """One token per row of `logits` (B, V); temperature 0 means greedy."""
-    if temperature == 0:
+def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], sampling: Sampling = Sampling(),
+                seen: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of `logits` (B, V)."""
+    if sampling.temperature == 0:
+        if seen is not None and sampling.repetition_penalty != 1.0:
+            logits = process_logits(logits, Sampling(repetition_penalty=sampling.repetition_penalty), seen)
         return logits.argmax(-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    probs = process_logits(logits, sampling, seen).softmax(-1)
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
 
-@torch.no_grad()
-def generate_tokens(model: nn.Module, prompt: torch.Tensor, max_new_tokens: int,
-                    generators: list[torch.Generator], temperature: float = 1.0, top_k: int = 0,
-                    top_p: float = 1.0, use_cache: bool = True) -> Iterator[torch.Tensor]:
-    """Yield the next token (B,) of every row, `max_new_tokens` times, after prompt (B, T).
+def _left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (B, T) padded on the left with 0, and a mask (B, T) that is False on the padding."""
+    length = max(len(p) for p in prompts)
+    tokens = torch.zeros(len(prompts), length, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, length - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, length - len(prompt):] = True
+    return tokens, mask
 
-    Past the context length the model sees the most recent `block_size` tokens; with the cache,
-    the window is moved by half a context at a time and the cache refilled.
+
+@torch.no_grad()
+def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    generators: Sequence[torch.Generator], sampling: Sampling = Sampling(),
+                    use_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (next token (B,), its log-probability under the model (B,)) `max_new_tokens` times.
+
+    Past the context length the model sees the most recent `block_size` tokens; with the cache the
+    window moves by half a context at a time and the cache is refilled.
     """
+    device = next(model.parameters()).device
     block = model.config.block_size
-    tokens = prompt
-    cache = None
-    pending = tokens[:, -block:]  # what the model has not seen yet
+    tokens, valid = _left_pad(prompts, device)                               # (B, T) each
+    B = tokens.shape[0]
+    vocab = model.config.vocab_size
+    seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
+    seen.scatter_(1, tokens, valid)
+    cache, pending = None, None
     for _ in range(max_new_tokens):
-        if use_cache:
-            if cache is None or cache.length + pending.shape[1] > block:
-                cache = model.new_cache(tokens.shape[0], block)
-                pending = tokens[:, -(block // 2 if tokens.shape[1] >= block else block):]
-            logits = model(pending, cache)[:, -1]
+        if not use_cache:
+            logits = torch.cat([model(tokens[row, valid[row]][None, -block:])[:, -1] for row in range(B)])
         else:
-            logits = model(tokens[:, -block:])[:, -1]
-        next_token = sample_next(logits, generators, temperature, top_k, top_p)  # (B,)
+            if cache is None or cache.length + pending.shape[1] > block:
+                window = tokens.shape[1] if cache is None and tokens.shape[1] <= block else block // 2
+                cache = model.new_cache(B, block)
+                cache.key_mask = None if valid[:, -window:].all() else torch.ones(B, block, dtype=torch.bool, device=device)
+                if cache.key_mask is not None:
+                    cache.key_mask[:, :window] = valid[:, -window:]
+                pending = tokens[:, -window:]
+            logits = model(pending, cache)[:, -1]                            # (B, V)
+        next_token = sample_next(logits, generators, sampling, seen)         # (B,)
+        logprob = logits.float().log_softmax(-1).gather(1, next_token[:, None])[:, 0]
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+        seen[torch.arange(B, device=device), next_token] = True
         pending = next_token[:, None]
-        yield next_token
+        yield next_token, logprob
 
 
 def start_token(tokenizer: TextTokenizer) -> int:
-    """What an empty prompt starts from: a newline for character models, end-of-text for BPE."""
-    for piece in (END_OF_TEXT, "\n", "Ċ"):
+    """What an empty prompt starts from: end-of-text for BPE, a newline for character models."""
+    for piece in (END_OF_TEXT, "\n"):
         token = tokenizer.token_id(piece)
         if token is not None:
             return token
     return 0
+
+
+def encode_prompt(tokenizer: TextTokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt) if prompt else []
+    return ids or [start_token(tokenizer)]
 
 
 class TextStream:
@@ -91,23 +149,47 @@ class TextStream:
         new, self.emitted = text[self.emitted:], len(text)
         return new
 
-    def text(self) -> str:
-        return self.tokenizer.decode(self.ids)
+
+class StopMatcher:
+    """Cuts streamed text at the first stop string, holding back text that may begin one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        """Text that is safe to emit now (never part of a stop string)."""
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.buffer = self.buffer[:min(hits)], ""
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
+        out, self.buffer = self.buffer[:len(self.buffer) - hold], self.buffer[len(self.buffer) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
 
 
-def encode_prompt(tokenizer: TextTokenizer, prompt: str) -> list[int]:
-    ids = tokenizer.encode(prompt) if prompt else []
-    return ids or [start_token(tokenizer)]
-
-
-def sample_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int, seed: int,
-                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Iterator[str]:
-    """Stream the continuation of `prompt` as text pieces."""
+def stream_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int, seed: int,
+                sampling: Sampling = Sampling(), stop: Sequence[str] = (), use_cache: bool = True) -> Iterator[str]:
+    """Stream the continuation of `prompt` as text pieces, ending before any of the `stop` strings."""
     device = next(model.parameters()).device
-    prompt_ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    stream = TextStream(tokenizer)
-    for token in generate_tokens(model, prompt_ids, max_new_tokens, [generator], temperature, top_k, top_p):
-        piece = stream.push(int(token[0]))
+    stream, matcher = TextStream(tokenizer), StopMatcher(stop)
+    for token, _ in generate_tokens(model, [encode_prompt(tokenizer, prompt)], max_new_tokens, [generator],
+                                    sampling, use_cache):
+        piece = matcher.push(stream.push(int(token[0])))
         if piece:
             yield piece
+        if matcher.stopped:
+            return
+    rest = matcher.flush()
+    if rest:
+        yield rest

@@ -82,6 +82,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    output_modules = ("head",)  # not a hidden layer: optimizers such as Muon leave it to AdamW
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         require(cfg.vocab_size > 0, "model.vocab_size", "is not set (it comes from the tokenizer)")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import validate
-from ..generate.text import sample_text
+from ..generate.text import Sampling, stream_text
 from ..registry import register
 
 __all__ = ["LanguageModelConfig", "LanguageModelObjective"]
@@ -44,8 +44,8 @@ class LanguageModelObjective:
         return self.loss("model", model, batch)
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
-        text = prompt + "".join(sample_text(model, data.tokenizer, prompt, length, seed=step,
-                                            temperature=self.config.sample_temperature))
+        sampling = Sampling(temperature=self.config.sample_temperature)
+        text = prompt + "".join(stream_text(model, data.tokenizer, prompt, length, seed=step, sampling=sampling))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"step_{step:07d}.txt").write_text(text, encoding="utf-8")
         return text

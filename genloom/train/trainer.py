@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,10 @@ from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from . import checkpoint as ckpt
 from .metrics import MetricsLog, plot_losses
+from .optim import build_optimizer
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
 
-__all__ = ["Trainer", "TrainResult", "learning_rate", "resolve_config"]
+__all__ = ["Trainer", "TrainResult", "lr_factor", "resolve_config"]
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,11 @@ class TrainResult:
     sample: str
 
 
-def learning_rate(cfg, step: int, time_fraction: float = 0.0) -> float:
-    """Linear warmup over `warmup_steps`, then decay over the rest of the budget (steps or time)."""
+def lr_factor(cfg, step: int, time_fraction: float = 0.0) -> float:
+    """The learning rate as a fraction of its peak: linear warmup over `warmup_steps`, then decay over
+    the rest of the budget (steps, or wall time when `max_time` is set, whichever runs out first)."""
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     progress = min(1.0, max(progress, time_fraction))
     if cfg.schedule == "cosine":
@@ -58,7 +61,7 @@ def learning_rate(cfg, step: int, time_fraction: float = 0.0) -> float:
         factor = 1 - progress
     else:
         factor = 1.0
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * factor)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * factor
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -69,15 +72,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-def _optimizer(params: list[nn.Parameter], model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on norms, biases or embedding tables)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
-    other = [p for p in params if not (p.dim() >= 2 and id(p) not in embeddings)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def resolve_config(config: RunConfig, data) -> RunConfig:
@@ -141,8 +135,8 @@ class Trainer:
                                   + "; ".join(differences))
         self.model = registry.lookup("model", cfg.model.kind).build(cfg.model, cfg).to(rt.device)
         self.objective = registry.lookup("objective", cfg.objective.kind).build(cfg.objective, cfg)
-        self.optimizers = {phase: _optimizer(list(self.objective.phase_parameters(phase, self.model)),
-                                             self.model, cfg.train)
+        self.optimizers = {phase: build_optimizer(self.model, list(self.objective.phase_parameters(phase, self.model)),
+                                                  cfg.train)
                            for phase in self.objective.phases}
 
         t = cfg.train
@@ -152,9 +146,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={t.batch_size} must split evenly into {rt.world_size} process(es) "
                               f"x micro-batches of train.micro_batch_size={micro}")
         self.per_rank, self.micro, self.accumulation = per_rank, micro, per_rank // micro
-        width = getattr(cfg.model, "d_model", 256)
-        self.dtype = rt.broadcast(choose_precision(t.precision, rt.device, width, micro * self.data.items_per_example)
-                                  if rt.is_main else None)
+        self.dtype = choose_precision(t.precision, rt.device)
 
     def _save(self, rt: Runtime, step: int, tokens: int, elapsed: float, data_rng: torch.Generator) -> None:
         """Write a checkpoint (rank 0 writes; every rank contributes its RNG state)."""
@@ -246,6 +238,8 @@ class Trainer:
         model = self.model
         if rt.distributed:
             model = DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        if t.compile:
+            model = torch.compile(model)  # compiled on the first step; validation and samples stay eager
         model.train()
         n_params = sum(p.numel() for p in self.model.parameters())
         items_per_step = t.batch_size * self.data.items_per_example
@@ -257,6 +251,7 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(total=int(t.max_time) if t.max_time else t.max_steps, initial=0 if t.max_time else step,
                    unit="s" if t.max_time else "step", disable=not (rt.is_main and t.progress), dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
         last_val: float | None = None
         sample = ""
@@ -270,7 +265,7 @@ class Trainer:
 
         def evaluate_and_save() -> None:
             nonlocal last_val, sample, last_saved
-            last_val = self._evaluate(rt, model)
+            last_val = self._evaluate(rt, self.model)
             if rt.is_main:
                 metrics.write(step=step, time_s=elapsed(), tokens=tokens, val_loss=last_val)
                 if writer:
@@ -291,14 +286,15 @@ class Trainer:
                 stopped_early = True
                 break
             step_start = time.perf_counter()
-            lr = learning_rate(t, step, elapsed() / t.max_time if t.max_time else 0.0)
+            factor = lr_factor(t, step, elapsed() / t.max_time if t.max_time else 0.0)
+            lr = t.lr * factor
             indices = self.data.sample_indices(data_rng, t.batch_size)[rt.rank * self.per_rank:(rt.rank + 1) * self.per_rank]
             micro_batches = [indices[i * self.micro:(i + 1) * self.micro] for i in range(self.accumulation)]
             for phase in self.objective.phases:
                 loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of micro-batch losses, non-finite gradients)
                 optimizer = self.optimizers[phase]
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = group["base_lr"] * factor
                 optimizer.zero_grad(set_to_none=True)
                 for i, micro_indices in enumerate(micro_batches):
                     batch = _to_device(self.data.batch(micro_indices), rt.device)

@@ -1,0 +1,120 @@
+"""Optimizers: AdamW, and Muon for hidden weight matrices with AdamW for the rest.
+
+Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers in neural networks") keeps SGD
+momentum and replaces each matrix update by its nearest semi-orthogonal matrix, computed with a
+few Newton-Schulz iterations. It applies to the 2-D weights inside the network; embeddings, the
+output head, norms and biases keep AdamW.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["Muon", "orthogonalize", "build_optimizer", "parameter_groups"]
+
+# Quintic Newton-Schulz coefficients chosen by Jordan et al. to push all singular values towards 1
+# quickly (they land in roughly [0.7, 1.2], which is enough for an update direction).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+@torch.no_grad()
+def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U V^T for update = U S V^T (Newton-Schulz iteration on X X^T)."""
+    a, b, c = NS_COEFFICIENTS
+    x = update.float()
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:
+        x = x.T                                  # iterate on the wide side: X X^T is the small Gram matrix
+    x = x / (x.norm() + 1e-7)                    # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if transposed else x).to(update.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for groups with `use_muon=True`, AdamW for the others (one optimizer, one state dict)."""
+
+    def __init__(self, groups: list[dict], lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5,
+                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, weight_decay: float = 0.0):
+        defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
+                        weight_decay=weight_decay, use_muon=False)
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if group["use_muon"]:
+                    if "momentum" not in state:
+                        state["momentum"] = torch.zeros_like(p)
+                    buf = state["momentum"]
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    update = p.grad.add(buf, alpha=group["momentum"])           # Nesterov
+                    update = orthogonalize(update, group["ns_steps"])
+                    scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1]))         # same RMS for tall matrices
+                    p.mul_(1 - lr * wd).add_(update, alpha=-lr * scale)
+                else:
+                    if "step" not in state:
+                        state["step"] = torch.zeros((), dtype=torch.float32)
+                        state["exp_avg"] = torch.zeros_like(p)
+                        state["exp_avg_sq"] = torch.zeros_like(p)
+                    beta1, beta2 = group["betas"]
+                    state["step"] += 1
+                    t = float(state["step"])
+                    state["exp_avg"].lerp_(p.grad, 1 - beta1)
+                    state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    denominator = (state["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
+                    p.mul_(1 - lr * wd).addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1 ** t))
+
+
+def parameter_groups(model: nn.Module, params: list[nn.Parameter]) -> dict[str, list[nn.Parameter]]:
+    """Sort `params` into hidden matrices, other decayed matrices and the rest (norms, biases, tables).
+
+    Hidden matrices are the 2-D weights of `nn.Linear` layers, except modules the model lists in
+    its `output_modules` attribute (e.g. the language-model head).
+    """
+    wanted = {id(p) for p in params}
+    excluded = set(getattr(model, "output_modules", ()))
+    hidden, seen = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name not in excluded and id(module.weight) in wanted:
+            hidden.append(module.weight)
+            seen.add(id(module.weight))
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    matrices = [p for p in params if p.dim() >= 2 and id(p) not in seen and id(p) not in tables]
+    rest = [p for p in params if id(p) not in seen and not (p.dim() >= 2 and id(p) not in tables)]
+    return {"hidden": hidden, "matrices": matrices, "rest": rest}
+
+
+def build_optimizer(model: nn.Module, params: list[nn.Parameter], cfg) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.optimizer`. Every group keeps its peak LR in `base_lr`."""
+    groups = parameter_groups(model, params)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adamw":
+        param_groups = [
+            {"params": groups["hidden"] + groups["matrices"], "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+            {"params": groups["rest"], "weight_decay": 0.0, "base_lr": cfg.lr},
+        ]
+        optimizer = torch.optim.AdamW(_nonempty(param_groups), lr=cfg.lr, betas=betas)
+    else:
+        param_groups = [
+            # Muon's updates have a fixed size, so it needs no decay to keep the weights bounded.
+            {"params": groups["hidden"], "use_muon": True, "weight_decay": 0.0, "base_lr": cfg.muon_lr,
+             "lr": cfg.muon_lr},
+            {"params": groups["matrices"], "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+            {"params": groups["rest"], "weight_decay": 0.0, "base_lr": cfg.lr},
+        ]
+        optimizer = Muon(_nonempty(param_groups), lr=cfg.lr, momentum=cfg.muon_momentum, betas=betas)
+    return optimizer
+
+
+def _nonempty(groups: list[dict]) -> list[dict]:
+    return [g for g in groups if g["params"]]
