@@ -17,6 +17,7 @@ from .errors import CheckpointError, GenloomError
 from .eval.text import TextEvalResult, evaluate_text
 from .generate.search import beam_search, speculative_tokens
 from .generate.text import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
+from .nn.quantize import quantize_int8
 from .train import checkpoint as ckpt
 from .train.trainer import Trainer, TrainResult
 
@@ -151,8 +152,11 @@ class TextModel:
         return evaluate_text(self.model, self.tokenizer, self.config.data, data_path, progress=progress)
 
 
-def load(path: str | Path, device: str = "auto") -> TextModel:
-    """Open a checkpoint directory written by `genloom train`."""
+def load(path: str | Path, device: str = "auto", quantize: str | None = None) -> TextModel:
+    """Open a checkpoint directory written by `genloom train`.
+
+    `quantize="int8"` stores the linear weights as int8 for faster CPU decoding (a small rounding error).
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory (expected a genloom checkpoint directory)")
@@ -166,6 +170,10 @@ def load(path: str | Path, device: str = "auto") -> TextModel:
     model = registry.lookup("model", config.model.kind).build(config.model, config)
     ckpt.load_weights(model, path / ckpt.MODEL_FILE)
     model.to(device).eval()
+    if quantize == "int8":
+        quantize_int8(model)
+    elif quantize is not None:
+        raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
     if config.objective.kind != "lm":
         raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")
     tokenizer = TextTokenizer.load(path / "tokenizer.json")

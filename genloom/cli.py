@@ -157,12 +157,14 @@ def generate_text(
                                                   "for speculative decoding (same output distribution, faster).")] = None,
     logprobs: Annotated[bool, typer.Option("--logprobs", help="Also print each generated token with its "
                                            "log-probability (to stderr).")] = False,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: store weights as int8 for faster "
+                                                    "CPU decoding (small rounding error).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Continue a prompt with a text model, streaming tokens to stdout as they are sampled."""
     from . import api
 
-    model = api.load(checkpoint, device=device)
+    model = api.load(checkpoint, device=device, quantize=quantize)
     if seed is None:
         seed = model._seed(None)
         typer.echo(f"genloom: seed {seed}", err=True)
@@ -171,7 +173,7 @@ def generate_text(
             typer.echo(prompt + text)
             typer.echo(f"--- log-probability {logprob:.3f} ---", err=True)
         return
-    draft_model = api.load(draft, device=device) if draft is not None else None
+    draft_model = api.load(draft, device=device, quantize=quantize) if draft is not None else None
     for i in range(num_samples):
         if num_samples > 1:
             typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)

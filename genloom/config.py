@@ -332,9 +332,40 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _budget_tier(tiers: Any, max_time: float, label: str) -> dict[str, Any] | None:
+    """The `[[budget]]` entry with the largest `min_time` that `max_time` reaches, if any."""
+    if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
+        raise ConfigError(f"recipe {label}: [[budget]] must be a list of tables")
+    chosen = None
+    for tier in tiers:
+        unknown = [k for k in tier if k != "min_time" and k not in SECTIONS]
+        if "min_time" not in tier or unknown:
+            raise ConfigError(f"recipe {label}: each [[budget]] needs min_time and may hold only the sections "
+                              f"{', '.join(SECTIONS)} (found {', '.join(map(str, unknown)) or 'no min_time'})")
+        min_time = coerce(tier["min_time"], float, "budget.min_time")
+        if max_time >= min_time and (chosen is None or min_time > chosen["min_time"]):
+            chosen = {**tier, "min_time": min_time}
+    return chosen
+
+
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
-    """Read a built-in recipe or a TOML file, apply `section.key=value` overrides, validate."""
+    """Read a built-in recipe or a TOML file, apply `section.key=value` overrides, validate.
+
+    A recipe may hold `[[budget]]` tables, each with a `min_time` in seconds and values for any
+    section: when `train.max_time` reaches `min_time`, the largest such tier is applied on top of
+    the recipe (and under the user's overrides), e.g. a larger, regularised model for a long budget.
+    """
     raw, label = _read_recipe(name_or_path)
     raw.setdefault("recipe", label)
-    raw = apply_overrides(raw, overrides or [])
-    return RunConfig.from_dict(raw, source=f"recipe {label}")
+    tiers = raw.pop("budget", [])
+    with_overrides = apply_overrides(raw, overrides or [])
+    max_time = coerce(with_overrides.get("train", {}).get("max_time", 0.0), float, "train.max_time")
+    tier = _budget_tier(tiers, max_time, label) if tiers else None
+    if tier is not None:
+        raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+        for section, values in tier.items():
+            if section != "min_time":
+                raw.setdefault(section, {}).update(values)
+        raw["recipe"] = f"{label} (budget tier for --max-time >= {tier['min_time']:g} s)"
+        with_overrides = apply_overrides(raw, overrides or [])
+    return RunConfig.from_dict(with_overrides, source=f"recipe {label}")

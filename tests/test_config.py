@@ -68,3 +68,20 @@ def test_recipe_file(tmp_path):
 def test_every_builtin_recipe_is_valid():
     for name in builtin_recipes():
         load_recipe(name)
+
+
+def test_budget_tiers_apply_by_max_time(tmp_path):
+    path = tmp_path / "tiered.toml"
+    path.write_text('[model]\nn_layer = 2\n[train]\nlr = 1e-3\n'
+                    '[[budget]]\nmin_time = 600\nmodel = { n_layer = 6, dropout = 0.2 }\n'
+                    '[[budget]]\nmin_time = 3600\nmodel = { n_layer = 8 }\n')
+    assert load_recipe(str(path)).model.n_layer == 2
+    assert load_recipe(str(path), ["train.max_time=599"]).model.n_layer == 2
+    long = load_recipe(str(path), ["train.max_time=900"])
+    assert long.model.n_layer == 6 and long.model.dropout == 0.2 and "budget tier" in long.recipe
+    assert load_recipe(str(path), ["train.max_time=4000"]).model.n_layer == 8
+    # the user's own overrides still win over the tier
+    assert load_recipe(str(path), ["train.max_time=900", "model.n_layer=3"]).model.n_layer == 3
+    path.write_text('[[budget]]\nmodel = { n_layer = 6 }\n')
+    with pytest.raises(ConfigError, match="needs min_time"):
+        load_recipe(str(path), ["train.max_time=900"])

@@ -141,3 +141,18 @@ def test_speculative_sampling_has_the_target_distribution():
     total_variation = 0.5 * sum(abs(counts.get(k, 0) / n - p) for k, p in exact.items())
     assert total_variation < 0.05, total_variation
     assert all(exact[k] > 0 for k in counts)  # never a token the filtered target forbids
+
+
+def test_int8_weights_stay_close_to_fp32():
+    from genloom.nn.quantize import Int8Linear, quantize_int8
+
+    for tied in (True, False):
+        model = _peaked_model(init_std=0.05, tie_embeddings=tied)
+        tokens = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            reference = model(tokens)
+            quantize_int8(model)
+            got = model(tokens)
+        assert isinstance(model.blocks[0].attn.qkv, Int8Linear) and isinstance(model.head, Int8Linear)
+        relative = (got - reference).norm() / reference.norm()
+        assert relative < 0.02, relative

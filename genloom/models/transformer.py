@@ -158,8 +158,9 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += T
         x = self.final_norm(x)
-        weight = self.head.weight if self.head is not None else self.embed.weight
-        return F.linear(x, weight)                                               # (B, T, vocab)
+        if self.head is not None:
+            return self.head(x)                                                  # (B, T, vocab)
+        return F.linear(x, self.embed.weight)                                    # tied to the embedding
 
 
 @register("model", "transformer", TransformerConfig)

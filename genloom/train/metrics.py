@@ -48,11 +48,11 @@ def _series(rows: list[dict[str, str]], column: str) -> list[tuple[float, float]
             and math.isfinite(float(r[column]))]
 
 
-def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+def _nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
+    """About `count` round tick values (1, 2, 2.5 or 5 times a power of ten apart) within [low, high]."""
     span = max(high - low, 1e-9)
-    raw = span / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), default=raw)
+    magnitude = 10 ** math.floor(math.log10(span / count))
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10)), key=lambda s: abs(span / s - count))
     first = math.ceil(low / step) * step
     return [first + i * step for i in range(int((high - first) / step) + 1)]
 

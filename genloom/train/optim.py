@@ -22,17 +22,20 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 @torch.no_grad()
 def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately U V^T for update = U S V^T (Newton-Schulz iteration on X X^T)."""
+    """Approximately U V^T for update = U S V^T (Newton-Schulz iteration on X X^T).
+
+    Works on one matrix (r, c) or a stack of same-shaped matrices (n, r, c) at once.
+    """
     a, b, c = NS_COEFFICIENTS
     x = update.float()
-    transposed = x.shape[0] > x.shape[1]
+    transposed = x.shape[-2] > x.shape[-1]
     if transposed:
-        x = x.T                                  # iterate on the wide side: X X^T is the small Gram matrix
-    x = x / (x.norm() + 1e-7)                    # spectral norm <= Frobenius norm <= 1
+        x = x.mT                                  # iterate on the wide side: X X^T is the small Gram matrix
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if transposed else x).to(update.dtype)
+    return (x.mT if transposed else x).to(update.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -47,32 +50,49 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if group["use_muon"]:
-                    if "momentum" not in state:
-                        state["momentum"] = torch.zeros_like(p)
-                    buf = state["momentum"]
-                    buf.mul_(group["momentum"]).add_(p.grad)
-                    update = p.grad.add(buf, alpha=group["momentum"])           # Nesterov
-                    update = orthogonalize(update, group["ns_steps"])
-                    scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1]))         # same RMS for tall matrices
-                    p.mul_(1 - lr * wd).add_(update, alpha=-lr * scale)
-                else:
-                    if "step" not in state:
-                        state["step"] = torch.zeros((), dtype=torch.float32)
-                        state["exp_avg"] = torch.zeros_like(p)
-                        state["exp_avg_sq"] = torch.zeros_like(p)
-                    beta1, beta2 = group["betas"]
-                    state["step"] += 1
-                    t = float(state["step"])
-                    state["exp_avg"].lerp_(p.grad, 1 - beta1)
-                    state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    denominator = (state["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
-                    p.mul_(1 - lr * wd).addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1 ** t))
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                (self._muon_step if group["use_muon"] else self._adamw_step)(group, params)
+
+    def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, momentum = group["lr"], group["momentum"]
+        grads = [p.grad for p in params]
+        buffers = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in params]
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_add_(buffers, grads)
+        updates = torch._foreach_add(grads, buffers, alpha=momentum)             # Nesterov
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(params):
+            by_shape.setdefault(tuple(p.shape), []).append(i)
+        for shape, indices in by_shape.items():             # one batched Newton-Schulz per shape
+            ortho = orthogonalize(torch.stack([updates[i] for i in indices]), group["ns_steps"])
+            scale = math.sqrt(max(1.0, shape[0] / shape[1]))                     # same RMS for tall matrices
+            torch._foreach_add_([params[i] for i in indices], list(ortho.unbind(0)), alpha=-lr * scale)
+
+    def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        grads = [p.grad for p in params]
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+        t = float(self.state[params[0]]["step"])                 # every parameter of a group steps together
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** t))
+        torch._foreach_add_(denominators, eps)
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-lr / (1 - beta1 ** t))
 
 
 def parameter_groups(model: nn.Module, params: list[nn.Parameter]) -> dict[str, list[nn.Parameter]]:

@@ -320,11 +320,7 @@ class Trainer:
             tokens += items_per_step
             window_items += items_per_step
             window_time += time.perf_counter() - step_start
-            if t.max_time:
-                bar.n = min(int(elapsed()), int(t.max_time))
-                bar.refresh()
-            else:
-                bar.update(1)
+            bar.update(min(int(elapsed()), int(t.max_time)) - bar.n if t.max_time else 1)
             if step % t.log_interval == 0 or step == t.max_steps:
                 items_per_second = window_items / max(window_time, 1e-9)
                 window_items, window_time = 0, 0.0
