@@ -165,6 +165,9 @@ ABLATION = [
      ["train.optimizer=adamw", "train.compile=false"]),
     ("+ Muon for hidden matrices", ["train.compile=false"]),
     ("+ torch.compile (= the shakespeare-char recipe)", []),
+    # Not cumulative: the recipe with bf16 autocast forced on. precision=auto turns it on only where the
+    # same-run peaks say bf16 matmuls are faster (CUDA, or a CPU with AMX).
+    ("recipe, but bf16 autocast forced on (train.precision=bf16)", ["train.precision=bf16"]),
 ]
 
 
@@ -215,7 +218,8 @@ def bench_decoding(bandwidth: float, quickstart_checkpoint: Path | None, new_tok
             hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
                 vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=4 * c.d_model,
                 num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
-                max_position_embeddings=c.block_size, tie_word_embeddings=False)).eval()
+                # RoPE has no hard length limit: give the twin room for prompt + all new tokens.
+                max_position_embeddings=max(c.block_size, 16 + new_tokens), tie_word_embeddings=False)).eval()
             twin_config, twin_state = from_hf(hf.config.to_dict(), hf.state_dict())
             twin = Transformer(twin_config).eval()
             twin.load_state_dict(twin_state)
@@ -267,6 +271,16 @@ def bench_decoding(bandwidth: float, quickstart_checkpoint: Path | None, new_tok
 
 # ----------------------------------------------------------------------------------------------
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def markdown(results: dict) -> str:
     out = []
     for section, rows in results.items():
@@ -297,7 +311,7 @@ def main() -> None:
     os.environ.setdefault("GENLOOM_CACHE", str(work / "cache"))
 
     results: dict = {"machine": [{
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}]}
     print("measuring peaks", flush=True)
     peaks = {"fp32_gflops": round(matmul_peak(torch.float32), 1), "bf16_gflops": round(matmul_peak(torch.bfloat16), 1),

@@ -21,7 +21,7 @@ from .nn.quantize import quantize_int8
 from .train import checkpoint as ckpt
 from .train.trainer import Trainer, TrainResult
 
-__all__ = ["train", "load", "TextModel", "Completion", "default_run_dir"]
+__all__ = ["train", "load", "TextModel", "ImageModel", "Completion", "default_run_dir"]
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -152,10 +152,80 @@ class TextModel:
         return evaluate_text(self.model, self.tokenizer, self.config.data, data_path, progress=progress)
 
 
-def load(path: str | Path, device: str = "auto", quantize: str | None = None) -> TextModel:
-    """Open a checkpoint directory written by `genloom train`.
+class ImageModel:
+    """A trained diffusion model: images of a class (or of anything), by any sampler, from a seed."""
 
-    `quantize="int8"` stores the linear weights as int8 for faster CPU decoding (a small rounding error).
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
+        self.path, self.config, self.model, self.labels = path, config, model, labels
+        self.schedule = config.objective.noise_schedule()
+        self.last_seed: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_classes
+
+    def label_index(self, label: str | int) -> int:
+        """The class index of a label name such as "7" or "A" (or an index given as an int)."""
+        if not self.num_classes:
+            raise GenloomError(f"{self.path} is an unconditional model: it takes no label")
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_classes:
+            return label
+        if str(label) in self.labels:
+            return self.labels.index(str(label))
+        shown = ", ".join(self.labels[:40]) + (" ..." if len(self.labels) > 40 else "")
+        raise GenloomError(f"label {label!r} is not one the model was trained on; valid labels: {shown}")
+
+    def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
+                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                 seed: int | None = None, spacing: str = "leading", eta: float = 0.0,
+                 progress: bool = False) -> torch.Tensor:
+        """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
+
+        Sample i uses seed + i. Steps, sampler and guidance default to the recipe's objective settings.
+        """
+        from .generate.image import generate_images
+
+        objective = self.config.objective
+        steps = objective.sample_steps if steps is None else steps
+        sampler = objective.sampler if sampler is None else sampler
+        guidance = objective.guidance if guidance is None else guidance
+        if num_samples < 1:
+            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
+        seed = self._seed(seed)
+        if labels is None or (self.num_classes == 0 and labels == []):
+            indices = None
+            total = num_samples
+        else:
+            names = [labels] if isinstance(labels, (str, int)) else list(labels)
+            indices = [self.label_index(name) for name in names for _ in range(num_samples)]
+            total = len(indices)
+        bar = None
+        callback = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max(steps, 0) * -(-total // 256), unit="step", desc="sampling", leave=False)
+
+            def callback(i: int, n: int) -> None:
+                bar.update(1)
+        try:
+            return generate_images(self.model, self.schedule, indices, total, seed, sampler, steps, guidance, spacing,
+                                   eta, callback=callback)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _seed(self, seed: int | None) -> int:
+        self.last_seed = secrets.randbelow(2**31) if seed is None else seed
+        return self.last_seed
+
+
+def load(path: str | Path, device: str = "auto", quantize: str | None = None,
+         ema: bool = True) -> TextModel | ImageModel:
+    """Open a checkpoint directory written by `genloom train`: a TextModel or an ImageModel.
+
+    `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
+    small rounding error). `ema=True` uses the averaged weights where the run kept them.
     """
     path = Path(path)
     if not path.is_dir():
@@ -168,12 +238,17 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None) ->
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = registry.lookup("model", config.model.kind).build(config.model, config)
-    ckpt.load_weights(model, path / ckpt.MODEL_FILE)
+    weights = path / ckpt.EMA_FILE if ema and (path / ckpt.EMA_FILE).is_file() else path / ckpt.MODEL_FILE
+    ckpt.load_weights(model, weights)
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
     elif quantize is not None:
         raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
+    if config.objective.kind == "diffusion":
+        from .data.images import load_labels
+
+        return ImageModel(path, config, model, load_labels(path))
     if config.objective.kind != "lm":
         raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")
     tokenizer = TextTokenizer.load(path / "tokenizer.json")

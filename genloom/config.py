@@ -169,6 +169,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0           # max global gradient norm; 0 = off
+    ema_decay: float = 0.0           # keep an average of the weights (ema.safetensors), used for samples; 0 = off
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
     device: str = "auto"             # auto, cpu, cuda, cuda:N
     compile: bool = False            # torch.compile the model: faster steps after a one-time compile
@@ -176,7 +177,7 @@ class TrainConfig:
     eval_batches: int = 20           # validation batches per evaluation
     log_interval: int = 10           # steps between rows of metrics.csv
     checkpoint_interval: int = 0     # steps between checkpoints; 0 = at every evaluation
-    sample_length: int = 300         # tokens of sample text written at each evaluation; 0 = none
+    sample_length: int = 300         # size of the samples written at each evaluation (text: tokens); 0 = none
     sample_prompt: str = ""          # prompt for those samples
     tensorboard: bool = False        # also log to TensorBoard (needs the `tensorboard` extra)
     progress: bool = True            # show a progress bar
@@ -189,6 +190,7 @@ class TrainConfig:
         require(self.max_time >= 0, "train.max_time", "must be 0 (no limit) or a number of seconds")
         require(self.lr > 0, "train.lr", "must be positive")
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be between 0 and 1")
+        require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1), e.g. 0.999; 0 turns it off")
         require(self.warmup_steps >= 0, "train.warmup_steps", "must be 0 or more")
         require(self.eval_interval >= 1, "train.eval_interval", "must be at least 1")
         require(self.eval_batches >= 1, "train.eval_batches", "must be at least 1")

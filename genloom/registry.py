@@ -20,8 +20,12 @@ DEFAULT_KINDS = {"data": "text", "model": "transformer", "objective": "lm"}
 # Modules that register components when imported. New families add a line here.
 _FAMILY_MODULES = (
     "genloom.data.text",
+    "genloom.data.images",
     "genloom.models.transformer",
+    "genloom.models.unet",
+    "genloom.models.dit",
     "genloom.objectives.lm",
+    "genloom.objectives.diffusion",
 )
 
 

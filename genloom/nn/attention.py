@@ -1,4 +1,5 @@
-"""Causal self-attention with rotary positions, grouped-query heads and a key/value cache."""
+"""Self-attention: causal (rotary positions, grouped-query heads, a key/value cache) for language models,
+and full (every token sees every token) for image denoisers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RotaryEmbedding", "KVCache", "CausalSelfAttention", "apply_rotary"]
+__all__ = ["RotaryEmbedding", "KVCache", "CausalSelfAttention", "SelfAttention", "apply_rotary"]
 
 
 class RotaryEmbedding(nn.Module):
@@ -103,3 +104,24 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=nkv != nh)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, nh * hs))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention in which every token sees every other (image patches, feature-map pixels)."""
+
+    def __init__(self, dim: int, n_head: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__()
+        if dim % n_head:
+            raise ValueError(f"attention width {dim} is not divisible by {n_head} heads")
+        self.n_head, self.head_dim, self.qk_norm, self.eps = n_head, dim // n_head, qk_norm, eps
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, N, hs)
+        if self.qk_norm:   # keeps attention logits bounded: stabler training at high learning rates
+            q = F.rms_norm(q, (self.head_dim,), eps=self.eps)
+            k = F.rms_norm(k, (self.head_dim,), eps=self.eps)
+        y = F.scaled_dot_product_attention(q, k, v)                                              # (B, nh, N, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))

@@ -21,13 +21,14 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError
 
 __all__ = [
-    "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "STATE_JSON",
+    "CONFIG_FILE", "MODEL_FILE", "EMA_FILE", "STATE_FILE", "STATE_JSON",
     "commit", "recover", "save_tensors", "load_tensors", "load_weights",
     "optimizer_to_tensors", "optimizer_from_tensors", "write_json_atomic",
 ]
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"          # the averaged weights, where the run keeps them (train.ema_decay > 0)
 STATE_FILE = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 STAGING = ".staging"

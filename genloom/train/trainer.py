@@ -28,6 +28,7 @@ from .. import registry
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from . import checkpoint as ckpt
+from .ema import EMA
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
@@ -129,7 +130,7 @@ class Trainer:
         self.config = cfg = resolve_config(cfg, self.data)
         if self.resume:
             saved = json.loads((self.out_dir / ckpt.CONFIG_FILE).read_text())
-            differences = _config_differences(saved, cfg.to_dict())
+            differences = _config_differences(saved, json.loads(cfg.to_json()))   # tuples as JSON lists
             if differences:
                 raise ConfigError(f"--resume: the recipe differs from the checkpoint in {self.out_dir}: "
                                   + "; ".join(differences))
@@ -146,6 +147,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={t.batch_size} must split evenly into {rt.world_size} process(es) "
                               f"x micro-batches of train.micro_batch_size={micro}")
         self.per_rank, self.micro, self.accumulation = per_rank, micro, per_rank // micro
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.dtype = choose_precision(t.precision, rt.device)
 
     def _save(self, rt: Runtime, step: int, tokens: int, elapsed: float, data_rng: torch.Generator) -> None:
@@ -162,15 +164,21 @@ class Trainer:
             state = {"step": step, "tokens": tokens, "elapsed": elapsed, "world_size": rt.world_size,
                      "optimizers": optimizer_meta, "precision": str(self.dtype)}
             model_tensors = self.model.state_dict()
-            ckpt.commit(self.out_dir, {
+            writers = {
                 ckpt.MODEL_FILE: lambda p: ckpt.save_tensors(model_tensors, p, {"format": "genloom", "step": str(step)}),
                 ckpt.STATE_FILE: lambda p: ckpt.save_tensors(tensors, p),
                 ckpt.STATE_JSON: lambda p: p.write_text(json.dumps(state, indent=2)),
-            })
+            }
+            if self.ema is not None:
+                ema_tensors = self.ema.model.state_dict()
+                writers[ckpt.EMA_FILE] = lambda p: ckpt.save_tensors(ema_tensors, p, {"format": "genloom", "step": str(step)})
+            ckpt.commit(self.out_dir, writers)
         rt.barrier()
 
     def _restore(self, rt: Runtime, data_rng: torch.Generator) -> tuple[int, int, float]:
         ckpt.load_weights(self.model, self.out_dir / ckpt.MODEL_FILE)
+        if self.ema is not None:
+            ckpt.load_weights(self.ema.model, self.out_dir / ckpt.EMA_FILE)
         tensors = ckpt.load_tensors(self.out_dir / ckpt.STATE_FILE)
         state = json.loads((self.out_dir / ckpt.STATE_JSON).read_text())
         for phase, optimizer in self.optimizers.items():
@@ -191,7 +199,6 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, rt: Runtime, model: nn.Module) -> float:
-        model.eval()
         t = self.config.train
         indices = self.data.val_indices(t.eval_batches * self.micro)
         total = torch.zeros(2, dtype=torch.float64)
@@ -201,7 +208,6 @@ class Trainer:
                 total[0] += float(self.objective.eval_loss(model, batch))
             total[1] += 1
         rt.all_reduce_sum(total)
-        model.train()
         return float(total[0] / total[1])
 
     def fit(self) -> TrainResult:
@@ -265,16 +271,19 @@ class Trainer:
 
         def evaluate_and_save() -> None:
             nonlocal last_val, sample, last_saved
-            last_val = self._evaluate(rt, self.model)
+            sampled = self.ema.model if self.ema is not None else self.model   # what users will sample from
+            sampled.eval()
+            last_val = self._evaluate(rt, sampled)
             if rt.is_main:
                 metrics.write(step=step, time_s=elapsed(), tokens=tokens, val_loss=last_val)
                 if writer:
                     writer.add_scalar("val/loss", last_val, step)
                 if t.sample_length:
-                    sample = self.objective.write_samples(self.model, self.data, out / "samples", step,
+                    sample = self.objective.write_samples(sampled, self.data, out / "samples", step,
                                                           t.sample_length, t.sample_prompt)
                 plot_losses(out / "metrics.csv", out / "loss.png", title=f"{cfg.recipe or 'run'}: loss")
                 bar.set_postfix_str(f"loss {last_loss:.3f} val {last_val:.3f} {items_per_second:,.0f} {self.data.item_name}/s")
+            self.model.train()   # (the compiled / DDP wrapper shares this module)
             self._save(rt, step, tokens, elapsed(), data_rng)
             last_saved = step
 
@@ -316,6 +325,8 @@ class Trainer:
                                         f"{kept}. Try a lower train.lr, a smaller model or train.precision=fp32")
                 optimizer.step()
                 last_loss = mean_loss
+            if self.ema is not None:
+                self.ema.update(self.model, step)
             step += 1
             tokens += items_per_step
             window_items += items_per_step

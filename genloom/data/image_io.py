@@ -1,0 +1,75 @@
+"""Tensors in [-1, 1] to PNG files: one image per file, or a grid of many.
+
+Samplers, the trainer and the command line all write images through these two functions, so a
+sample looks the same wherever it was made.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["to_pil_image", "save_image_grid", "save_images"]
+
+GRID_PADDING_GREY = 128  # the lines between grid cells, visible on black and on white backgrounds
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) floats in [-1, 1] -> (N, H, W, C) uint8 in [0, 255], C being 1 or 3."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+
+
+def _pil(pixels: np.ndarray, scale: int) -> Image.Image:
+    """One (H, W, C) uint8 array as a grayscale or RGB picture, enlarged `scale` times (nearest)."""
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+def to_pil_image(image: torch.Tensor, scale: int = 1) -> Image.Image:
+    """One (C, H, W) image in [-1, 1] as a Pillow image, enlarged `scale` times (nearest neighbour)."""
+    return _pil(_to_uint8(image[None])[0], scale)
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1,
+                    padding: int = 2) -> Path:
+    """Write (N, C, H, W) images in [-1, 1] as one PNG grid with `nrow` images per row.
+
+    `nrow` defaults to about the square root of N. Each image is enlarged `scale` times with
+    nearest-neighbour pixels (an 8x8 digit is unreadable otherwise), and `padding` grey pixels
+    separate the cells: the PNG is cols*(W*scale + padding) + padding pixels wide.
+    """
+    if scale < 1 or padding < 0:
+        raise ValueError(f"scale must be at least 1 and padding at least 0, got {scale} and {padding}")
+    pixels = _to_uint8(images)  # (N, H, W, C)
+    count, height, width, channels = pixels.shape
+    columns = min(nrow or math.ceil(math.sqrt(count)), count)
+    rows = math.ceil(count / columns)
+    cell_h, cell_w = height * scale, width * scale
+    grid = np.full((rows * (cell_h + padding) + padding, columns * (cell_w + padding) + padding, channels),
+                   GRID_PADDING_GREY, dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        row, column = divmod(i, columns)
+        top, left = padding + row * (cell_h + padding), padding + column * (cell_w + padding)
+        grid[top:top + cell_h, left:left + cell_w] = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[:, :, 0] if channels == 1 else grid).save(path)
+    return path
+
+
+def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "image", scale: int = 1) -> list[Path]:
+    """Write each of (N, C, H, W) images in [-1, 1] to FOLDER/PREFIX_0000.png, PREFIX_0001.png, ..."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, pixels in enumerate(_to_uint8(images)):
+        paths.append(folder / f"{prefix}_{i:04d}.png")
+        _pil(pixels, scale).save(paths[-1])
+    return paths

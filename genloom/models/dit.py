@@ -1,0 +1,122 @@
+"""A diffusion transformer denoiser (Peebles & Xie 2023, "DiT").
+
+The image is cut into patches, each patch becomes a token with a fixed 2-D sine-cosine position, and
+transformer blocks process the tokens. The timestep + class embedding enters every block through
+adaLN-Zero: it produces the shift, scale and gate of each sub-layer, with the gates initialised to
+zero so every block starts as the identity (sec. 3.2 of the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import require, validate
+from ..errors import ConfigError
+from ..nn.attention import SelfAttention
+from ..nn.conditioning import ConditionEmbedding
+from ..registry import register
+
+__all__ = ["DiTConfig", "DiT", "sincos_positions_2d"]
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    kind: Literal["dit"] = "dit"
+    image_size: int = 0              # 0: from the data
+    channels: int = 0                # image channels; 0: from the data
+    num_classes: int = 0             # 0: from the data (0 there too = unconditional)
+    patch_size: int = 2              # side of the square patch that becomes one token
+    d_model: int = 256
+    n_layer: int = 6
+    n_head: int = 4
+    mlp_ratio: float = 4.0           # hidden width of the MLP as a multiple of d_model
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        validate(self, "model")
+        require(self.patch_size >= 1, "model.patch_size", "must be at least 1")
+        require(self.image_size % self.patch_size == 0, "model.image_size",
+                f"{self.image_size} is not divisible by model.patch_size={self.patch_size}")
+        require(self.n_layer >= 1, "model.n_layer", "must be at least 1")
+        require(self.n_head >= 1 and self.d_model % self.n_head == 0, "model.d_model",
+                f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        require(self.d_model % 4 == 0, "model.d_model", "must be divisible by 4 (2-D sine-cosine positions)")
+        require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+def sincos_positions_2d(dim: int, grid: int) -> torch.Tensor:
+    """Fixed positions of a grid x grid of tokens: half the features encode the row, half the column."""
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    coords = torch.arange(grid, dtype=torch.float64)
+    angles = coords[:, None] * frequencies[None]                              # (grid, quarter)
+    axis = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)           # (grid, dim / 2)
+    rows = axis[:, None, :].expand(grid, grid, dim // 2)
+    cols = axis[None, :, :].expand(grid, grid, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim).float()  # (grid*grid, dim)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attention = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim))
+        self.modulation = nn.Linear(dim, 6 * dim)   # shift, scale, gate for attention and for the MLP
+        nn.init.zeros_(self.modulation.weight)      # adaLN-Zero
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(condition)).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attention(_modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        if not (cfg.image_size and cfg.channels):
+            raise ConfigError("model.image_size and model.channels must be set (they come from the data)")
+        self.config = cfg
+        p, grid = cfg.patch_size, cfg.image_size // cfg.patch_size
+        self.patchify = nn.Conv2d(cfg.channels, cfg.d_model, kernel_size=p, stride=p)
+        self.register_buffer("positions", sincos_positions_2d(cfg.d_model, grid), persistent=False)
+        self.condition = ConditionEmbedding(cfg.d_model, cfg.num_classes)
+        self.blocks = nn.ModuleList(DiTBlock(cfg.d_model, cfg.n_head, cfg.mlp_ratio, cfg.dropout)
+                                    for _ in range(cfg.n_layer))
+        self.final_norm = nn.LayerNorm(cfg.d_model, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        self.final = nn.Linear(cfg.d_model, p * p * cfg.channels)
+        for layer in (self.final_modulation, self.final):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) noisy images, t (B,) timesteps, labels (B,) classes (num_classes = none) -> (B, C, H, W)."""
+        B, C, H, W = x.shape
+        p = self.config.patch_size
+        tokens = self.patchify(x).flatten(2).transpose(1, 2) + self.positions  # (B, N, D), N = (H/p)(W/p)
+        condition = self.condition(t, labels)                                 # (B, D)
+        for block in self.blocks:
+            tokens = block(tokens, condition)
+        shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
+        patches = self.final(_modulate(self.final_norm(tokens), shift, scale))   # (B, N, p*p*C)
+        patches = patches.view(B, H // p, W // p, p, p, C)
+        return patches.permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)          # (B, C, H, W)
+
+
+@register("model", "dit", DiTConfig)
+def build_dit(config: DiTConfig, run=None) -> DiT:
+    return DiT(config)

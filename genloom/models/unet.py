@@ -1,0 +1,189 @@
+"""A UNet denoiser for diffusion models (Ho et al. 2020; Dhariwal & Nichol 2021, "ADM").
+
+Residual blocks whose normalisation is scaled and shifted by a timestep + class embedding, self-attention
+at low resolutions, and skip connections from each downsampling level to the matching upsampling level.
+`forward(x, t, labels)` predicts what the noise process asks for (eps, x0 or v) at timestep `t`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import require, validate
+from ..errors import ConfigError
+from ..nn.attention import SelfAttention
+from ..nn.conditioning import ConditionEmbedding
+from ..registry import register
+
+__all__ = ["UNetConfig", "UNet"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    kind: Literal["unet"] = "unet"
+    image_size: int = 0                  # 0: from the data
+    channels: int = 0                    # image channels; 0: from the data
+    num_classes: int = 0                 # 0: from the data (0 there too = unconditional)
+    base_channels: int = 64              # feature channels at full resolution
+    channel_mults: tuple[int, ...] = (1, 2, 2)   # channels per level as multiples of base_channels; halves the size per level
+    blocks_per_level: int = 2            # residual blocks per level (on the way down; one more on the way up)
+    attention_resolutions: tuple[int, ...] = (8,)  # feature-map sizes that get self-attention
+    attention_heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        validate(self, "model")
+        require(self.base_channels >= 8, "model.base_channels", "must be at least 8")
+        require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults), "model.channel_mults",
+                "must be a non-empty list of positive integers, e.g. [1, 2, 2]")
+        require(self.blocks_per_level >= 1, "model.blocks_per_level", "must be at least 1")
+        require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+        factor = 2 ** (len(self.channel_mults) - 1)
+        require(self.image_size % factor == 0, "model.image_size",
+                f"{self.image_size} must be divisible by {factor} ({len(self.channel_mults)} levels halve it "
+                f"{len(self.channel_mults) - 1} times); change model.channel_mults or data.image_size")
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: 32 where the channels allow it (Wu & He 2018), fewer for narrow layers."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, then a norm modulated by the embedding (scale, shift) -> SiLU -> conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.modulation = nn.Linear(embed_dim, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)    # each block starts as the identity
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))                                  # (B, out, H, W)
+        scale, shift = self.modulation(F.silu(embedding))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the pixels of a feature map, as a residual."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        heads = heads if channels % heads == 0 else 1
+        self.attention = SelfAttention(channels, heads)
+        nn.init.zeros_(self.attention.proj.weight)
+        nn.init.zeros_(self.attention.proj.bias)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)                     # (B, H*W, C)
+        return x + self.attention(tokens).transpose(1, 2).reshape(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """A residual block, optionally followed by attention (one step of a UNet level)."""
+
+    def __init__(self, block: ResidualBlock, attention: AttentionBlock | None):
+        super().__init__()
+        self.block, self.attention = block, attention
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        x = self.block(x, embedding)
+        return self.attention(x) if self.attention is not None else x
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        if not (cfg.image_size and cfg.channels):
+            raise ConfigError("model.image_size and model.channels must be set (they come from the data)")
+        self.config = cfg
+        embed_dim = 4 * cfg.base_channels
+        self.condition = ConditionEmbedding(embed_dim, cfg.num_classes)
+        self.input = nn.Conv2d(cfg.channels, cfg.base_channels, 3, padding=1)
+
+        def level(cin: int, cout: int, size: int) -> Level:
+            attention = AttentionBlock(cout, cfg.attention_heads) if size in cfg.attention_resolutions else None
+            return Level(ResidualBlock(cin, cout, embed_dim, cfg.dropout), attention)
+
+        channels, size = cfg.base_channels, cfg.image_size
+        skips = [channels]
+        self.down = nn.ModuleList()
+        for i, mult in enumerate(cfg.channel_mults):
+            for _ in range(cfg.blocks_per_level):
+                self.down.append(level(channels, mult * cfg.base_channels, size))
+                channels = mult * cfg.base_channels
+                skips.append(channels)
+            if i < len(cfg.channel_mults) - 1:
+                self.down.append(Downsample(channels))
+                skips.append(channels)
+                size //= 2
+        self.middle = nn.ModuleList([ResidualBlock(channels, channels, embed_dim, cfg.dropout),
+                                     AttentionBlock(channels, cfg.attention_heads),
+                                     ResidualBlock(channels, channels, embed_dim, cfg.dropout)])
+        self.up = nn.ModuleList()
+        for i, mult in reversed(list(enumerate(cfg.channel_mults))):
+            for _ in range(cfg.blocks_per_level + 1):
+                self.up.append(level(channels + skips.pop(), mult * cfg.base_channels, size))
+                channels = mult * cfg.base_channels
+            if i > 0:
+                self.up.append(Upsample(channels))
+                size *= 2
+        self.output = nn.Sequential(nn.GroupNorm(_groups(channels), channels), nn.SiLU(),
+                                    nn.Conv2d(channels, cfg.channels, 3, padding=1))
+        nn.init.zeros_(self.output[-1].weight)
+        nn.init.zeros_(self.output[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) noisy images, t (B,) timesteps, labels (B,) classes (num_classes = none) -> (B, C, H, W)."""
+        embedding = self.condition(t, labels)                                # (B, 4 * base)
+        h = self.input(x)
+        skips = [h]
+        for module in self.down:
+            h = module(h, embedding)
+            skips.append(h)
+        for module in self.middle:
+            h = module(h, embedding)
+        for module in self.up:
+            if isinstance(module, Upsample):
+                h = module(h)
+            else:
+                h = module(torch.cat([h, skips.pop()], dim=1), embedding)
+        return self.output(h)
+
+
+@register("model", "unet", UNetConfig)
+def build_unet(config: UNetConfig, run=None) -> UNet:
+    return UNet(config)

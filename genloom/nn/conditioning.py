@@ -1,0 +1,44 @@
+"""Conditioning blocks shared by the diffusion denoisers: noise-level and class embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["timestep_features", "ConditionEmbedding"]
+
+
+def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) timesteps (Vaswani et al. 2017, sec. 3.5): (B,) -> (B, dim)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * frequencies[None]                         # (B, half)
+    features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        features = torch.cat([features, torch.zeros_like(features[:, :1])], dim=-1)
+    return features
+
+
+class ConditionEmbedding(nn.Module):
+    """One vector per example from the timestep and the class label.
+
+    Label `num_classes` is the "no label" class that conditioning dropout trains, so one model
+    denoises both with and without a label (classifier-free guidance, Ho & Salimans 2022).
+    """
+
+    def __init__(self, dim: int, num_classes: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.time = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.num_classes = num_classes
+        self.label = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+
+    def forward(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        embedding = self.time(timestep_features(t, self.frequency_dim).to(self.time[0].weight.dtype))  # (B, dim)
+        if self.label is not None:
+            if labels is None:
+                labels = torch.full_like(t, self.num_classes, dtype=torch.long)
+            embedding = embedding + self.label(labels)
+        return embedding
