@@ -6,7 +6,7 @@ import datetime
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
@@ -15,6 +15,9 @@ from .config import RunConfig, load_recipe
 from .data.tokenizers import END_OF_TEXT, TextTokenizer
 from .errors import CheckpointError, GenloomError
 from .eval.text import TextEvalResult, evaluate_text
+
+if TYPE_CHECKING:
+    from .eval.image import ImageEvalResult
 from .generate.search import beam_search, speculative_tokens
 from .generate.text import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
 from .nn.quantize import quantize_int8
@@ -218,6 +221,63 @@ class ImageModel:
     def _seed(self, seed: int | None) -> int:
         self.last_seed = secrets.randbelow(2**31) if seed is None else seed
         return self.last_seed
+
+    def evaluate(self, num_samples: int = 1000, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | None = None, seed: int = 0, data_path: str | None = None,
+                 inception: str | Path | None = None, progress: bool = True) -> "ImageEvalResult":
+        """Compare `num_samples` generated images (classes in turn) with the training images.
+
+        Reports FID-<data> and KID on the features of a small classifier genloom trains once on the
+        reference images (cached), k-NN precision/recall, how often that classifier recognises the
+        requested class, and the standard FID when `inception` names FID Inception weights (.safetensors).
+        """
+        import dataclasses
+        import hashlib
+        import json
+
+        from .data.images import ImageData
+        from .eval.image import evaluate_images, feature_classifier
+        from .eval.inception import load_inception
+        from .generate.image import generate_images
+
+        if num_samples < 4:
+            raise GenloomError(f"num_samples={num_samples}: image metrics need at least 4 samples (1000 is usual)")
+        inception_network = load_inception(inception) if inception else None      # fail early on a bad path
+        data_config = self.config.data if data_path is None else dataclasses.replace(self.config.data, path=data_path)
+        data = ImageData(data_config)
+        data.prepare()
+        settings = data.model_settings()
+        mine = self.model.config
+        if (settings["image_size"], settings["channels"]) != (mine.image_size, mine.channels):
+            raise GenloomError(f"{data_config.path} has {settings['channels']}x{settings['image_size']}x"
+                               f"{settings['image_size']} images but the model makes {mine.channels}x"
+                               f"{mine.image_size}x{mine.image_size}; set --data to matching images")
+        real_images, real_labels = data.batch(torch.arange(data.num_examples("train")), "train")
+        name = (data_config.path.removeprefix("builtin:") if data_config.path.startswith("builtin:")
+                else Path(data_config.path).name or "images")
+        fields = {k: v for k, v in dataclasses.asdict(data_config).items() if k != "kind"}
+        key = f"{name}-{hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
+        classes = settings["num_classes"]
+        classifier = feature_classifier(key, real_images, real_labels, max(classes, 1), progress=progress)
+        objective = self.config.objective
+        labels = [i % self.num_classes for i in range(num_samples)] if self.num_classes else None
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=(steps or objective.sample_steps) * -(-num_samples // 256), unit="step",
+                       desc=f"sampling {num_samples} images", leave=False)
+        try:
+            fake = generate_images(self.model, self.schedule, labels, num_samples, seed,
+                                   sampler or objective.sampler, steps or objective.sample_steps,
+                                   objective.guidance if guidance is None else guidance,
+                                   callback=(lambda i, n: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        fake_labels = torch.tensor(labels) if labels is not None and classes == self.num_classes else None
+        return evaluate_images(fake, fake_labels, real_images, real_labels if classes else None, classifier,
+                               max(classes, 1), inception_network, data_name=name)
 
 
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,

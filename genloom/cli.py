@@ -245,14 +245,33 @@ def generate_image(
 @_friendly
 def evaluate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train`.")],
-    data: Annotated[Optional[str], typer.Option("--data", help="Score this text file or folder instead, on its "
-                                                "validation split (its last 10%, split as training splits).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Text: score this text file or folder instead, on "
+                                                "its validation split (its last 10%, split as training splits). "
+                                                "Images: compare with this image folder instead.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    num_samples: Annotated[int, typer.Option("--num-samples", min=4, help="Image models: how many images to "
+                                             "generate and compare with the training images.")] = 1000,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Image models: sampler steps (default: the "
+                                                 "recipe's).")] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="Image models: ddpm, ddim, dpmpp_2m, euler "
+                                                   "or heun (default: the recipe's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Image models: classifier-free guidance "
+                                                      "scale (default: the recipe's).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Image models: seed of the generated images.")] = 0,
+    inception: Annotated[Optional[Path], typer.Option("--inception", help="Image models: FID Inception weights "
+                                                      "as .safetensors (see genloom/eval/inception.py) to also "
+                                                      "report the standard FID.")] = None,
 ) -> None:
-    """Print validation loss (nats per token), bits per character and perplexity."""
+    """Score a checkpoint. Text: validation loss (nats per token), bits per character and perplexity.
+    Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
+    precision/recall, and how often the requested class is recognised."""
     from . import api
 
-    result = api.load(checkpoint, device=device).evaluate(data)
+    model = api.load(checkpoint, device=device)
+    if isinstance(model, api.ImageModel):
+        result = model.evaluate(num_samples, steps, sampler, guidance, seed, data, inception)
+    else:
+        result = model.evaluate(data)
     typer.echo(result.summary())
 
 

@@ -130,3 +130,13 @@ def test_generate_image_bad_input_is_one_clear_line(digits_run, tmp_path, args, 
 def test_text_handle_errors_for_image_checkpoints(digits_run):
     with pytest.raises(GenloomError, match="unconditional|not one the model"):
         load(digits_run).label_index("dog")
+
+
+def test_eval_reports_fid_digits_and_class_accuracy(digits_run):
+    result = run_cli("eval", "--checkpoint", str(digits_run), "--num-samples", "40", "--steps", "4")
+    assert result.returncode == 0, result.stderr
+    assert "FID-digits:" in result.stdout and "class accuracy:" in result.stdout, result.stdout
+    assert "not the standard FID" in result.stdout
+    missing = run_cli("eval", "--checkpoint", str(digits_run), "--inception", "/nonexistent/pt_inception.safetensors",
+                      "--num-samples", "8", "--steps", "2")
+    assert missing.returncode == 2 and "pt_inception.safetensors" in missing.stderr, missing.stderr

@@ -165,11 +165,13 @@ class UNet(nn.Module):
                                     nn.Conv2d(channels, cfg.channels, 3, padding=1))
         nn.init.zeros_(self.output[-1].weight)
         nn.init.zeros_(self.output[-1].bias)
+        # Channels-last convolutions are several times faster on CPUs (oneDNN) and use tensor cores on GPUs.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W) noisy images, t (B,) timesteps, labels (B,) classes (num_classes = none) -> (B, C, H, W)."""
         embedding = self.condition(t, labels)                                # (B, 4 * base)
-        h = self.input(x)
+        h = self.input(x.contiguous(memory_format=torch.channels_last))
         skips = [h]
         for module in self.down:
             h = module(h, embedding)
