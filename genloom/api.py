@@ -24,7 +24,7 @@ from .nn.quantize import quantize_int8
 from .train import checkpoint as ckpt
 from .train.trainer import Trainer, TrainResult
 
-__all__ = ["train", "load", "TextModel", "ImageModel", "Completion", "default_run_dir"]
+__all__ = ["train", "load", "TextModel", "ImageModel", "GANModel", "Completion", "default_run_dir"]
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -81,6 +81,36 @@ class TextModel:
     def _seed(self, seed: int | None) -> int:
         self.last_seed = secrets.randbelow(2**31) if seed is None else seed
         return self.last_seed
+
+    def _requests(self, labels, num_samples: int) -> tuple[list[int] | None, int]:
+        """(class index of every sample in label-major order, or None; how many samples)."""
+        if num_samples < 1:
+            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
+        if labels is None or (self.num_classes == 0 and labels == []):
+            return None, num_samples
+        names = [labels] if isinstance(labels, (str, int)) else list(labels)
+        indices = [self.label_index(name) for name in names for _ in range(num_samples)]
+        return indices, len(indices)
+
+    def _images_for_eval(self, labels: list[int] | None, num_samples: int, seed: int, steps: int | None,
+                         sampler: str | None, guidance: float | None, progress: bool) -> torch.Tensor:
+        from .generate.image import generate_images
+
+        objective = self.config.objective
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=(steps or objective.sample_steps) * -(-num_samples // 256), unit="step",
+                       desc=f"sampling {num_samples} images", leave=False)
+        try:
+            return generate_images(self.model, self.schedule, labels, num_samples, seed,
+                                   sampler or objective.sampler, steps or objective.sample_steps,
+                                   objective.guidance if guidance is None else guidance,
+                                   callback=(lambda i, n: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def stream(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -192,16 +222,8 @@ class ImageModel:
         steps = objective.sample_steps if steps is None else steps
         sampler = objective.sampler if sampler is None else sampler
         guidance = objective.guidance if guidance is None else guidance
-        if num_samples < 1:
-            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
         seed = self._seed(seed)
-        if labels is None or (self.num_classes == 0 and labels == []):
-            indices = None
-            total = num_samples
-        else:
-            names = [labels] if isinstance(labels, (str, int)) else list(labels)
-            indices = [self.label_index(name) for name in names for _ in range(num_samples)]
-            total = len(indices)
+        indices, total = self._requests(labels, num_samples)
         bar = None
         callback = None
         if progress:
@@ -222,6 +244,36 @@ class ImageModel:
         self.last_seed = secrets.randbelow(2**31) if seed is None else seed
         return self.last_seed
 
+    def _requests(self, labels, num_samples: int) -> tuple[list[int] | None, int]:
+        """(class index of every sample in label-major order, or None; how many samples)."""
+        if num_samples < 1:
+            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
+        if labels is None or (self.num_classes == 0 and labels == []):
+            return None, num_samples
+        names = [labels] if isinstance(labels, (str, int)) else list(labels)
+        indices = [self.label_index(name) for name in names for _ in range(num_samples)]
+        return indices, len(indices)
+
+    def _images_for_eval(self, labels: list[int] | None, num_samples: int, seed: int, steps: int | None,
+                         sampler: str | None, guidance: float | None, progress: bool) -> torch.Tensor:
+        from .generate.image import generate_images
+
+        objective = self.config.objective
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=(steps or objective.sample_steps) * -(-num_samples // 256), unit="step",
+                       desc=f"sampling {num_samples} images", leave=False)
+        try:
+            return generate_images(self.model, self.schedule, labels, num_samples, seed,
+                                   sampler or objective.sampler, steps or objective.sample_steps,
+                                   objective.guidance if guidance is None else guidance,
+                                   callback=(lambda i, n: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+
     def evaluate(self, num_samples: int = 1000, steps: int | None = None, sampler: str | None = None,
                  guidance: float | None = None, seed: int = 0, data_path: str | None = None,
                  inception: str | Path | None = None, progress: bool = True) -> "ImageEvalResult":
@@ -232,13 +284,10 @@ class ImageModel:
         requested class, and the standard FID when `inception` names FID Inception weights (.safetensors).
         """
         import dataclasses
-        import hashlib
-        import json
 
         from .data.images import ImageData
-        from .eval.image import evaluate_images, feature_classifier
+        from .eval.image import data_feature_classifier, data_name, evaluate_images
         from .eval.inception import load_inception
-        from .generate.image import generate_images
 
         if num_samples < 4:
             raise GenloomError(f"num_samples={num_samples}: image metrics need at least 4 samples (1000 is usual)")
@@ -253,36 +302,79 @@ class ImageModel:
                                f"{settings['image_size']} images but the model makes {mine.channels}x"
                                f"{mine.image_size}x{mine.image_size}; set --data to matching images")
         real_images, real_labels = data.batch(torch.arange(data.num_examples("train")), "train")
-        name = (data_config.path.removeprefix("builtin:") if data_config.path.startswith("builtin:")
-                else Path(data_config.path).name or "images")
-        fields = {k: v for k, v in dataclasses.asdict(data_config).items() if k != "kind"}
-        key = f"{name}-{hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
+        name = data_name(data_config)
         classes = settings["num_classes"]
-        classifier = feature_classifier(key, real_images, real_labels, max(classes, 1), progress=progress)
-        objective = self.config.objective
+        classifier = data_feature_classifier(data, progress=progress)
         labels = [i % self.num_classes for i in range(num_samples)] if self.num_classes else None
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=(steps or objective.sample_steps) * -(-num_samples // 256), unit="step",
-                       desc=f"sampling {num_samples} images", leave=False)
-        try:
-            fake = generate_images(self.model, self.schedule, labels, num_samples, seed,
-                                   sampler or objective.sampler, steps or objective.sample_steps,
-                                   objective.guidance if guidance is None else guidance,
-                                   callback=(lambda i, n: bar.update(1)) if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
+        fake = self._images_for_eval(labels, num_samples, seed, steps, sampler, guidance, progress)
         fake_labels = torch.tensor(labels) if labels is not None and classes == self.num_classes else None
         return evaluate_images(fake, fake_labels, real_images, real_labels if classes else None, classifier,
                                max(classes, 1), inception_network, data_name=name)
 
 
+class GANModel(ImageModel):
+    """A trained GAN: one generator pass per image, from a seed; latent walks between seeds."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
+        self.path, self.config, self.model, self.labels = path, config, model, labels
+        self.last_seed = None
+
+    def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
+                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                 seed: int | None = None, spacing: str | None = None, eta: float | None = None,
+                 progress: bool = False, truncation: float = 1.0) -> torch.Tensor:
+        """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
+        Sample i comes from the latent of seed + i; `truncation` < 1 shrinks the latents (less varied,
+        more typical). The diffusion options (steps, sampler, guidance, spacing, eta) do not apply."""
+        from .objectives.gan import generate_gan_images
+
+        self._reject_diffusion_options(steps, sampler, guidance, spacing, eta)
+        if not 0 < truncation <= 2:
+            raise GenloomError(f"truncation={truncation}: must be in (0, 2] (1 = the training distribution)")
+        seed = self._seed(seed)
+        indices, total = self._requests(labels, num_samples)
+        return generate_gan_images(self.model, indices, total, seed, truncation=truncation)
+
+    def _reject_diffusion_options(self, steps=None, sampler=None, guidance=None, spacing=None, eta=None) -> None:
+        given = [name for name, value in (("steps", steps), ("sampler", sampler), ("guidance", guidance),
+                                          ("spacing", spacing), ("eta", eta)) if value is not None]
+        if given:
+            raise GenloomError(f"{self.path} is a GAN: it makes each image in one pass, so "
+                               f"{', '.join(given)} do(es) not apply (those are diffusion-sampler options)")
+
+    def _images_for_eval(self, labels, num_samples, seed, steps, sampler, guidance, progress) -> torch.Tensor:
+        from .objectives.gan import generate_gan_images
+
+        self._reject_diffusion_options(steps, sampler, guidance)
+        return generate_gan_images(self.model, labels, num_samples, seed)
+
+    @torch.no_grad()
+    def interpolate(self, label: str | int | None = None, seed: int = 0, to_seed: int = 1,
+                    frames: int = 16) -> torch.Tensor:
+        """Images (frames, C, H, W) along the great circle from the latent of `seed` to that of `to_seed`
+        (spherical interpolation keeps every intermediate latent as likely as the ends)."""
+        if frames < 2:
+            raise GenloomError(f"frames={frames}: an interpolation needs at least 2 frames")
+        gan = self.model
+        device = next(gan.parameters()).device
+        a, b = gan.latents(1, seed, device)[0], gan.latents(1, to_seed, device)[0]
+        omega = torch.arccos((a / a.norm()).dot(b / b.norm()).clamp(-1 + 1e-7, 1 - 1e-7))
+        ts = torch.linspace(0, 1, frames, device=device)[:, None]
+        z = (torch.sin((1 - ts) * omega) * a + torch.sin(ts * omega) * b) / torch.sin(omega)   # (frames, D)
+        labels = None
+        if self.num_classes:
+            if label is None:
+                raise GenloomError(f"{self.path} is class-conditional: give the label to interpolate within")
+            labels = torch.full((frames,), self.label_index(label), dtype=torch.long, device=device)
+        elif label is not None:
+            self.label_index(label)                                     # raises: unconditional
+        return gan.generator(z, labels).float().clamp(-1, 1).cpu()
+
+
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
          ema: bool = True) -> TextModel | ImageModel:
-    """Open a checkpoint directory written by `genloom train`: a TextModel or an ImageModel.
+    """Open a checkpoint directory written by `genloom train`: a TextModel, an ImageModel (diffusion)
+    or a GANModel.
 
     `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
     small rounding error). `ema=True` uses the averaged weights where the run kept them.
@@ -305,10 +397,11 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         quantize_int8(model)
     elif quantize is not None:
         raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
-    if config.objective.kind == "diffusion":
+    if config.objective.kind in ("diffusion", "gan"):
         from .data.images import load_labels
 
-        return ImageModel(path, config, model, load_labels(path))
+        handle = GANModel if config.objective.kind == "gan" else ImageModel
+        return handle(path, config, model, load_labels(path))
     if config.objective.kind != "lm":
         raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")
     tokenizer = TextTokenizer.load(path / "tokenizer.json")

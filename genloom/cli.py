@@ -220,9 +220,11 @@ def generate_image(
     out: Annotated[Path, typer.Option("--out", help="Folder for one PNG per sample and grid.png.")] = Path("samples"),
     scale: Annotated[int, typer.Option("--scale", min=0, help="Enlarge the saved images this many times "
                                        "(nearest neighbour); 0 = to at least 64 pixels.")] = 0,
+    truncation: Annotated[float, typer.Option("--truncation", help="GANs only: scale of the latents; below 1 "
+                                              "gives more typical, less varied images.")] = 1.0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Draw images with a diffusion model; writes OUT/LABEL_SEED.png for each sample and OUT/grid.png."""
+    """Draw images with a diffusion model or a GAN; writes OUT/LABEL_SEED.png for each sample and OUT/grid.png."""
     from . import api
     from .data.image_io import save_image_grid, to_pil_image
 
@@ -230,7 +232,13 @@ def generate_image(
     if not isinstance(model, api.ImageModel):
         raise GenloomError(f"{checkpoint} is a text model; use `genloom generate text`")
     labels = list(label) if label else (model.labels if model.num_classes else None)
-    images = model.generate(labels, num_samples, steps, sampler, guidance, seed, spacing, eta, progress=True)
+    if isinstance(model, api.GANModel):
+        images = model.generate(labels, num_samples, steps, sampler, guidance, seed,
+                                None if spacing == "leading" else spacing, eta or None, truncation=truncation)
+    else:
+        if truncation != 1.0:
+            raise GenloomError("--truncation applies to GANs only; this is a diffusion model (try --guidance)")
+        images = model.generate(labels, num_samples, steps, sampler, guidance, seed, spacing, eta, progress=True)
     seed = model.last_seed
     scale = scale or max(1, 64 // model.model.config.image_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +247,40 @@ def generate_image(
         to_pil_image(image, scale).save(out / f"{name}.png")
     save_image_grid(images, out / "grid.png", nrow=num_samples if labels else None, scale=scale)
     typer.echo(f"genloom: seed {seed}; wrote {len(images)} images and grid.png to {out}", err=True)
+
+
+@generate_app.command("variations")
+@_friendly
+def generate_variations(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train` with a "
+                                             "GAN recipe (e.g. digits-gan).")],
+    label: Annotated[Optional[str], typer.Option("--label", help="The class to stay within (class-conditional "
+                                                 "models); e.g. 7, or A for glyphs.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="The seed of the first image.")] = 0,
+    to_seed: Annotated[int, typer.Option("--to-seed", help="The seed of the last image.")] = 1,
+    frames: Annotated[int, typer.Option("--frames", min=2, help="Images along the way, both ends included.")] = 24,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Length of one pass of the GIF.")] = 2.0,
+    out: Annotated[Path, typer.Option("--out", help="The animated GIF to write; a PNG strip of the frames is "
+                                      "written next to it.")] = Path("variations.gif"),
+    scale: Annotated[int, typer.Option("--scale", min=0, help="Enlarge the frames this many times; 0 = to at "
+                                       "least 64 pixels.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Walk the latent space of a GAN from one seed to another: an animated GIF of smooth variations."""
+    from . import api
+    from .data.image_io import save_gif, save_image_grid
+
+    model = api.load(checkpoint, device=device)
+    if not isinstance(model, api.GANModel):
+        raise GenloomError(f"{checkpoint} is not a GAN; variations walk a GAN's latent space (train e.g. digits-gan)")
+    if out.suffix.lower() != ".gif":
+        raise GenloomError(f"--out {out}: the variations are an animated GIF; give a name ending in .gif")
+    images = model.interpolate(label, seed, to_seed, frames)
+    scale = scale or max(1, 64 // model.model.config.image_size)
+    save_gif(images, out, scale=scale, seconds=seconds)
+    save_image_grid(images, out.with_suffix(".png"), nrow=frames, scale=scale)
+    typer.echo(f"genloom: wrote {out} ({frames} frames, seed {seed} to {to_seed}) and {out.with_suffix('.png')}",
+               err=True)
 
 
 @app.command("eval")

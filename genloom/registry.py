@@ -24,8 +24,10 @@ _FAMILY_MODULES = (
     "genloom.models.transformer",
     "genloom.models.unet",
     "genloom.models.dit",
+    "genloom.models.gan",
     "genloom.objectives.lm",
     "genloom.objectives.diffusion",
+    "genloom.objectives.gan",
 )
 
 

@@ -73,3 +73,16 @@ def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "image",
         paths.append(folder / f"{prefix}_{i:04d}.png")
         _pil(pixels, scale).save(paths[-1])
     return paths
+
+
+def save_gif(frames: torch.Tensor, path: str | Path, scale: int = 1, seconds: float = 2.0,
+             bounce: bool = True) -> Path:
+    """Frames (N, C, H, W) in [-1, 1] as an animated GIF that loops (forth and back when `bounce`)."""
+    pictures = [to_pil_image(frame, scale) for frame in frames]
+    if bounce and len(pictures) > 2:
+        pictures = pictures + pictures[-2:0:-1]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    duration = max(20, int(1000 * seconds / len(pictures)))
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration, loop=0)
+    return path

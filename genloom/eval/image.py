@@ -223,6 +223,23 @@ def feature_classifier(cache_key: str, images: Tensor, labels: Tensor, num_class
     return model
 
 
+def data_name(data_config) -> str:
+    """A short name of an image data set for metric names: "digits", "glyphs" or the folder's name."""
+    path = data_config.path
+    return path.removeprefix("builtin:") if path.startswith("builtin:") else Path(path).name or "images"
+
+
+def data_feature_classifier(data, progress: bool = True) -> FeatureClassifier:
+    """The cached feature classifier of a prepared ImageData, keyed by its settings: the same network
+    `genloom eval`, the benchmarks and the GAN's collapse watch use."""
+    import hashlib
+
+    fields = {k: v for k, v in dataclasses.asdict(data.config).items() if k != "kind"}
+    key = f"{data_name(data.config)}-{hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
+    images, labels = data.batch(torch.arange(data.num_examples("train")), "train")
+    return feature_classifier(key, images, labels, max(len(data.classes), 1), progress=progress)
+
+
 # -- metrics on features -----------------------------------------------------------------------
 
 def _check_features(real: Tensor, fake: Tensor, minimum: int = 2) -> tuple[Tensor, Tensor]:

@@ -39,7 +39,12 @@ class DataModule(Protocol):
 
 
 class Objective(Protocol):
-    """The loss of a batch. Each phase has its own optimizer (a GAN has two; a language model one)."""
+    """The loss of a batch. Each phase has its own optimizer (a GAN has two; a language model one).
+
+    Optional: `lr_scales` ({phase: factor}) scales a phase's learning rate (a GAN's two time-scale
+    rule); `begin_step(step)` is called before each optimizer step (e.g. for penalties applied every
+    k steps), so that what an objective does at a step depends only on the step and resumes exactly.
+    """
 
     phases: tuple[str, ...]
 

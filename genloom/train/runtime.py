@@ -40,6 +40,19 @@ class Runtime:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Replace each parameter's gradient by its mean over the ranks (one flat all-reduce)."""
+        if not self.distributed:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's `value` on every rank."""
         if not self.distributed:

@@ -139,6 +139,10 @@ class Trainer:
         self.optimizers = {phase: build_optimizer(self.model, list(self.objective.phase_parameters(phase, self.model)),
                                                   cfg.train)
                            for phase in self.objective.phases}
+        for phase, scale in getattr(self.objective, "lr_scales", {}).items():   # e.g. a GAN's two time-scale LRs
+            for group in self.optimizers[phase].param_groups:
+                group["base_lr"] *= scale
+                group["lr"] = group["base_lr"]
 
         t = cfg.train
         per_rank, remainder = divmod(t.batch_size, rt.world_size)
@@ -242,7 +246,10 @@ class Trainer:
         writer = self._tensorboard(out) if rt.is_main and t.tensorboard else None
 
         model = self.model
-        if rt.distributed:
+        # With several optimizer phases (a GAN) each backward pass touches one network only, which DDP's
+        # bucketed reducer does not allow; there the loop averages each phase's gradients itself.
+        manual_sync = rt.distributed and len(self.objective.phases) > 1
+        if rt.distributed and not manual_sync:
             model = DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         if t.compile:
             model = torch.compile(model)  # compiled on the first step; validation and samples stay eager
@@ -299,6 +306,8 @@ class Trainer:
             lr = t.lr * factor
             indices = self.data.sample_indices(data_rng, t.batch_size)[rt.rank * self.per_rank:(rt.rank + 1) * self.per_rank]
             micro_batches = [indices[i * self.micro:(i + 1) * self.micro] for i in range(self.accumulation)]
+            if hasattr(self.objective, "begin_step"):
+                self.objective.begin_step(step)
             for phase in self.objective.phases:
                 loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of micro-batch losses, non-finite gradients)
                 optimizer = self.optimizers[phase]
@@ -307,13 +316,15 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 for i, micro_indices in enumerate(micro_batches):
                     batch = _to_device(self.data.batch(micro_indices), rt.device)
-                    sync = not rt.distributed or i == self.accumulation - 1
+                    sync = not rt.distributed or manual_sync or i == self.accumulation - 1
                     with (contextlib.nullcontext() if sync else model.no_sync()):
                         with autocast(rt.device, self.dtype):
                             loss = self.objective.loss(phase, model, batch)
                         (loss / self.accumulation).backward()
                     loss_sum[0] += float(loss.detach())
                 params = [p for group in optimizer.param_groups for p in group["params"]]
+                if manual_sync:
+                    rt.average_gradients(params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
                 loss_sum[1] += 0 if math.isfinite(float(grad_norm)) else 1
                 rt.all_reduce_sum(loss_sum)
