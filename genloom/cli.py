@@ -242,7 +242,9 @@ def generate_image(
     seed = model.last_seed
     scale = scale or max(1, 64 // model.model.config.image_size)
     out.mkdir(parents=True, exist_ok=True)
-    names = [f"{name}_{seed + j}" for name in (labels or ["sample"]) for j in range(num_samples)]
+    # Sample i (label-major) comes from seed + i: `--label L --num-samples 1 --seed S` redraws L_S.png.
+    requested = [name for name in (labels or ["sample"]) for _ in range(num_samples)]
+    names = [f"{name}_{seed + i}" for i, name in enumerate(requested)]
     for name, image in zip(names, images):
         to_pil_image(image, scale).save(out / f"{name}.png")
     save_image_grid(images, out / "grid.png", nrow=num_samples if labels else None, scale=scale)

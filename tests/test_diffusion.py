@@ -32,8 +32,10 @@ def digits_run(tmp_path_factory):
 @pytest.mark.parametrize("make", [
     lambda: UNet(UNetConfig(image_size=8, channels=1, num_classes=10, base_channels=16, channel_mults=(1, 2),
                             attention_resolutions=(4,))),
+    lambda: UNet(UNetConfig(image_size=8, channels=3, num_classes=10, base_channels=16, channel_mults=(1, 2),
+                            attention_resolutions=(2,), patch_size=2)),
     lambda: DiT(DiTConfig(image_size=8, channels=3, num_classes=10, patch_size=2, d_model=32, n_layer=2, n_head=2)),
-], ids=["unet", "dit"])
+], ids=["unet", "unet-patches", "dit"])
 def test_denoisers_start_as_zero_and_learn_to_use_the_label(make):
     torch.manual_seed(0)
     model = make()
@@ -108,7 +110,7 @@ def test_generate_image_cli_writes_pngs_and_a_grid(digits_run, tmp_path):
                      "--num-samples", "2", "--steps", "4", "--sampler", "ddim", "--seed", "5", "--out", str(out))
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["3_5.png", "3_6.png", "8_5.png", "8_6.png", "grid.png"]
+    assert names == ["3_5.png", "3_6.png", "8_7.png", "8_8.png", "grid.png"]
     from PIL import Image
 
     assert Image.open(out / "3_5.png").size == (64, 64)                          # 8x8 enlarged 8 times

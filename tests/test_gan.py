@@ -62,6 +62,7 @@ def test_each_player_learns_against_a_fixed_opponent(loss, start):
     assert d_losses[-1] < 0.5 * d_losses[0], d_losses                # it learns to tell the squares from noise
     for p in model.generator.parameters():
         assert p.grad is None                                        # the discriminator phase leaves G alone
+    d_opt.zero_grad(set_to_none=True)
     g_opt = torch.optim.Adam(model.generator.parameters(), lr=2e-3, betas=(0.0, 0.99))
     g_losses = []
     for _ in range(40):
@@ -182,11 +183,12 @@ def test_generation_honours_labels_and_seeds(gan_run):
     assert isinstance(model, api.GANModel) and model.labels == [str(d) for d in range(10)]
     images = model.generate(["3", "7"], num_samples=2, seed=5)
     assert images.shape == (4, 1, 8, 8) and images.min() >= -1 and images.max() <= 1
-    z = model.model.latents(2, 5)
-    expected = model.model.generator(z.repeat(2, 1), torch.tensor([3, 3, 7, 7])).clamp(-1, 1)
+    z = model.model.latents(4, 5)                                     # sample i (label-major) uses seed + i
+    expected = model.model.generator(z, torch.tensor([3, 3, 7, 7])).clamp(-1, 1)
     torch.testing.assert_close(images, expected)
-    assert not torch.allclose(images[0], images[2])                   # same latent, another label
-    torch.testing.assert_close(model.generate("7", num_samples=1, seed=6)[0], images[3])   # sample = seed + i
+    torch.testing.assert_close(model.generate("7", num_samples=1, seed=8)[0], images[3])
+    same_latent = model.model.generator(model.model.latents(1, 5).repeat(2, 1), torch.tensor([3, 7]))
+    assert not torch.allclose(same_latent[0], same_latent[1])         # the label changes the image
 
 
 def test_a_trained_gan_draws_the_requested_digit(tmp_path):
@@ -277,3 +279,15 @@ def test_torchrun_two_processes_train_a_gan(tmp_path):
     assert two.returncode == 0, two.stderr
     assert json.loads((tmp_path / "two" / "train_state.json").read_text())["world_size"] == 2
     assert load(tmp_path / "two").generate("5", num_samples=2, seed=0).shape == (2, 1, 8, 8)
+
+
+def test_minibatch_std_lets_the_discriminator_see_variety_within_groups_only():
+    images, labels = torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)
+    changed = images.clone()
+    changed[1] += 1.0                                                 # same group of 4 as image 0, not as image 4
+    with_std, without = tiny_gan(minibatch_std=True).eval(), tiny_gan(minibatch_std=False).eval()
+    with torch.no_grad():
+        a, b = with_std.discriminator(images, labels), with_std.discriminator(changed, labels)
+        assert a[0] != b[0] and torch.equal(a[4:], b[4:])
+        a, b = without.discriminator(images, labels), without.discriminator(changed, labels)
+        assert torch.equal(a[0], b[0])

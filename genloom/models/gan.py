@@ -42,6 +42,7 @@ class GANConfig:
     generator_channels: int = 128        # channels of the generator's 4x4 map; halved per doubling (min 32)
     discriminator_channels: int = 32     # channels of the discriminator's first block; doubled per halving (max 256)
     spectral_norm: bool = True           # spectral normalisation on every discriminator layer
+    minibatch_std: bool = True           # the discriminator sees how varied each group of 4 images is (fights collapse)
 
     def __post_init__(self) -> None:
         validate(self, "model")
@@ -62,6 +63,18 @@ class GANConfig:
 def _pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Each pixel's feature vector scaled to unit root-mean-square (no batch statistics: samples are independent)."""
     return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+
+
+def _append_group_std(h: torch.Tensor) -> torch.Tensor:
+    """Append one channel: the standard deviation of the features within groups of consecutive images,
+    averaged over features and pixels (Karras et al. 2018, "minibatch standard deviation"). A generator
+    that makes the same image again and again is then easy to spot."""
+    B, C, H, W = h.shape
+    group = next(g for g in (4, 2, 1) if B % g == 0)
+    grouped = h.float().view(B // group, group, C, H, W)
+    std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))          # (B / group,)
+    std = std.to(h.dtype).repeat_interleave(group)[:, None, None, None].expand(B, 1, H, W)
+    return torch.cat([h, std], dim=1)
 
 
 class StyledConv(nn.Module):
@@ -134,7 +147,8 @@ class Discriminator(nn.Module):
             self.blocks.append(nn.Sequential(norm(nn.Conv2d(width, width, 3, padding=1)), nn.LeakyReLU(0.2),
                                              norm(nn.Conv2d(width, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)))
             width = out
-        self.features = nn.Sequential(norm(nn.Conv2d(width, width, 3, padding=1)), nn.LeakyReLU(0.2), nn.Flatten(),
+        extra = 1 if cfg.minibatch_std else 0
+        self.features = nn.Sequential(norm(nn.Conv2d(width + extra, width, 3, padding=1)), nn.LeakyReLU(0.2), nn.Flatten(),
                                       norm(nn.Linear(width * 16, 2 * width)), nn.LeakyReLU(0.2))
         self.score = norm(nn.Linear(2 * width, 1))
         self.projection = norm(nn.Embedding(cfg.num_classes, 2 * width)) if cfg.num_classes else None
@@ -144,6 +158,8 @@ class Discriminator(nn.Module):
         h = F.leaky_relu(self.input(images), 0.2)
         for block in self.blocks:
             h = block(h)
+        if self.config.minibatch_std:
+            h = _append_group_std(h)
         features = self.features(h)                                              # (B, 2 * width)
         score = self.score(features).squeeze(1)
         if self.projection is not None:

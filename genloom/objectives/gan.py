@@ -160,9 +160,9 @@ class GANObjective:
             fake = model("generate", z, labels)
         r1 = self.config.r1_gamma > 0 and self.step % self.config.r1_interval == 0
         real = images.detach().requires_grad_(True) if r1 else images
-        both_labels = torch.cat([labels, labels]) if labels is not None else None
-        scores = model("discriminate", torch.cat([self._augment(real), self._augment(fake)]), both_labels)
-        real_scores, fake_scores = scores.float().chunk(2)
+        # Real and fake batches are judged in separate passes so that no statistic mixes them.
+        real_scores = model("discriminate", self._augment(real), labels).float()
+        fake_scores = model("discriminate", self._augment(fake), labels).float()
         loss = self._d_loss(real_scores, fake_scores)
         if r1:
             gradient, = torch.autograd.grad(real_scores.sum(), real, create_graph=True)
