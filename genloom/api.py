@@ -82,36 +82,6 @@ class TextModel:
         self.last_seed = secrets.randbelow(2**31) if seed is None else seed
         return self.last_seed
 
-    def _requests(self, labels, num_samples: int) -> tuple[list[int] | None, int]:
-        """(class index of every sample in label-major order, or None; how many samples)."""
-        if num_samples < 1:
-            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
-        if labels is None or (self.num_classes == 0 and labels == []):
-            return None, num_samples
-        names = [labels] if isinstance(labels, (str, int)) else list(labels)
-        indices = [self.label_index(name) for name in names for _ in range(num_samples)]
-        return indices, len(indices)
-
-    def _images_for_eval(self, labels: list[int] | None, num_samples: int, seed: int, steps: int | None,
-                         sampler: str | None, guidance: float | None, progress: bool) -> torch.Tensor:
-        from .generate.image import generate_images
-
-        objective = self.config.objective
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=(steps or objective.sample_steps) * -(-num_samples // 256), unit="step",
-                       desc=f"sampling {num_samples} images", leave=False)
-        try:
-            return generate_images(self.model, self.schedule, labels, num_samples, seed,
-                                   sampler or objective.sampler, steps or objective.sample_steps,
-                                   objective.guidance if guidance is None else guidance,
-                                   callback=(lambda i, n: bar.update(1)) if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
-
     def stream(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
                stop: Sequence[str] = (), use_cache: bool = True) -> Iterator[str]:

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Protocol
 import torch
 from torch import nn
 
-__all__ = ["Objective", "DataModule"]
+__all__ = ["Objective", "DataModule", "unwrap_model"]
 
 
 class DataModule(Protocol):
@@ -60,3 +60,10 @@ class Objective(Protocol):
     def write_samples(self, model: nn.Module, data: DataModule, folder: Path, step: int, length: int,
                       prompt: str) -> str:
         """Write a few samples under `folder` and return a short text to show the user."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The genloom model under torch.compile / DistributedDataParallel wrappers (the one with `config`)."""
+    while not hasattr(model, "config"):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model

@@ -21,6 +21,7 @@ from ..generate.image import generate_images
 from ..processes.samplers import SAMPLERS
 from ..processes.schedules import NoiseSchedule
 from ..registry import register
+from .base import unwrap_model
 
 __all__ = ["DiffusionConfig", "DiffusionObjective"]
 
@@ -67,7 +68,7 @@ class DiffusionObjective:
 
     def _loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, t: torch.Tensor,
               noise: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        num_classes = _unwrap(model).config.num_classes
+        num_classes = unwrap_model(model).config.num_classes
         labels = torch.where(drop, torch.full_like(labels, num_classes), labels) if num_classes else None
         noisy = self.schedule.add_noise(images, noise, t)                       # (B, C, H, W)
         output = model(noisy, t.float(), labels)
@@ -114,13 +115,6 @@ class DiffusionObjective:
         path = folder / f"step_{step:07d}.png"
         save_image_grid(images, path, nrow=columns, scale=max(1, 64 // model.config.image_size))
         return f"sample grid: {path}"
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module under torch.compile / DistributedDataParallel wrappers (which hold its config)."""
-    while not hasattr(model, "config"):
-        model = getattr(model, "_orig_mod", None) or model.module
-    return model
 
 
 @register("objective", "diffusion", DiffusionConfig)

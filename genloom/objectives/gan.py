@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import require, validate
 from ..registry import register
+from .base import unwrap_model
 
 __all__ = ["GANObjectiveConfig", "GANObjective", "diff_augment", "AUGMENTATIONS", "class_coverage"]
 
@@ -133,7 +134,7 @@ class GANObjective:
         self.step = step
 
     def phase_parameters(self, phase: str, model: nn.Module) -> Iterable[nn.Parameter]:
-        gan = _unwrap(model)
+        gan = unwrap_model(model)
         return (gan.discriminator if phase == "discriminator" else gan.generator).parameters()
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
@@ -149,7 +150,7 @@ class GANObjective:
 
     def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch
-        gan = _unwrap(model)
+        gan = unwrap_model(model)
         labels = labels if gan.config.num_classes else None         # fakes are asked for the batch's classes
         z = torch.randn(images.shape[0], gan.config.latent_dim, device=images.device)
         gan.discriminator.requires_grad_(phase == "discriminator")
@@ -175,7 +176,7 @@ class GANObjective:
         """The discriminator's loss on held-out real images against fakes from fixed seeds. It rising while
         the training loss falls means the discriminator is memorising the training images."""
         images, labels = batch
-        gan = _unwrap(model)
+        gan = unwrap_model(model)
         labels = labels if gan.config.num_classes else None
         z = gan.latents(images.shape[0], seed=0, device=images.device)
         fake = gan.generator(z, labels)
@@ -187,7 +188,7 @@ class GANObjective:
 
         if not length:
             return ""
-        gan = _unwrap(model)
+        gan = unwrap_model(model)
         cfg = gan.config
         per_class = self.config.samples_per_class
         labels = [c for _ in range(per_class) for c in range(cfg.num_classes)] if cfg.num_classes else None
@@ -246,13 +247,6 @@ def generate_gan_images(gan: nn.Module, labels: list[int] | None, num_samples: i
         out.append(gan.generator(z, batch_labels).float().clamp(-1, 1).cpu())
     gan.train(was_training)
     return torch.cat(out)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The GAN under torch.compile / DistributedDataParallel wrappers."""
-    while not hasattr(model, "generator"):
-        model = getattr(model, "_orig_mod", None) or model.module
-    return model
 
 
 @register("objective", "gan", GANObjectiveConfig)
