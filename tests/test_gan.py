@@ -291,3 +291,41 @@ def test_minibatch_std_lets_the_discriminator_see_variety_within_groups_only():
         assert a[0] != b[0] and torch.equal(a[4:], b[4:])
         a, b = without.discriminator(images, labels), without.discriminator(changed, labels)
         assert torch.equal(a[0], b[0])
+
+
+def test_class_diversity_is_the_mean_pairwise_distance():
+    from genloom.objectives.gan import class_diversity
+
+    features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
+    classes = torch.tensor([0, 0, 1, 1, 2])
+    assert class_diversity(features, classes, 4) == [5.0, 0.0, None, None]
+
+
+def test_the_watch_flags_a_generator_that_draws_one_image_per_class(gan_run, tmp_path, caplog):
+    from genloom.data.images import ImageData
+
+    model = load(gan_run)
+    data = ImageData(model.config.data)
+    data.prepare()
+    objective = GANObjective(GANObjectiveConfig(coverage_samples=5))
+    gan = model.model
+    gan.latents = lambda n, seed, device="cpu": torch.zeros(n, gan.config.latent_dim)   # every z the same
+    with caplog.at_level("WARNING"):
+        text = objective._watch_collapse(gan, data, tmp_path, step=7)
+    record = json.loads((tmp_path / "coverage.jsonl").read_text())
+    assert set(record["diversity"].values()) == {0.0} and len(record["alike"]) == 10
+    assert "10 class(es) with near-copies" in text and "near copies" in caplog.text
+    healthy = json.loads((gan_run / "samples" / "coverage.jsonl").read_text().splitlines()[-1])
+    assert min(healthy["diversity"].values()) > 0
+
+
+def test_patch_size_folds_pixels_into_channels_for_both_networks():
+    torch.manual_seed(0)
+    gan = GAN(GANConfig(image_size=16, channels=3, num_classes=5, latent_dim=8, style_dim=16, generator_channels=32,
+                        discriminator_channels=16, patch_size=2))
+    assert gan.config.doublings == 1                                   # 4x4 -> 8x8 patches of 2x2 = 16x16 pixels
+    images = gan.generator(torch.randn(4, 8), torch.arange(4))
+    assert images.shape == (4, 3, 16, 16)
+    assert gan.discriminator(images, torch.arange(4)).shape == (4,)
+    with pytest.raises(Exception, match="patch_size"):
+        GANConfig(image_size=8, channels=1, patch_size=4)

@@ -42,6 +42,7 @@ class GANConfig:
     generator_channels: int = 128        # channels of the generator's 4x4 map; halved per doubling (min 32)
     discriminator_channels: int = 32     # channels of the discriminator's first block; doubled per halving (max 256)
     spectral_norm: bool = True           # spectral normalisation on every discriminator layer
+    patch_size: int = 1                  # >1: both networks work on p x p pixel patches folded into channels
     minibatch_std: bool = True           # the discriminator sees how varied each group of 4 images is (fights collapse)
 
     def __post_init__(self) -> None:
@@ -49,6 +50,10 @@ class GANConfig:
         if self.image_size:
             require(self.image_size in (8, 16, 32, 64), "model.image_size",
                     f"{self.image_size}: the GAN makes 8, 16, 32 or 64-pixel images; set data.image_size")
+        require(self.patch_size in (1, 2, 4), "model.patch_size", "must be 1, 2 or 4")
+        if self.image_size:
+            require(self.image_size // self.patch_size >= 4, "model.patch_size",
+                    f"{self.patch_size} leaves less than 4x4 patches of {self.image_size}-pixel images")
         require(self.latent_dim >= 1, "model.latent_dim", "must be at least 1")
         require(self.style_dim >= 1, "model.style_dim", "must be at least 1")
         require(self.mapping_layers >= 0, "model.mapping_layers", "must be 0 (off) or more")
@@ -57,7 +62,7 @@ class GANConfig:
 
     @property
     def doublings(self) -> int:
-        return int(math.log2(self.image_size)) - 2          # 4x4 -> image_size
+        return int(math.log2(self.image_size // self.patch_size)) - 2          # 4x4 -> image_size / patch_size
 
 
 def _pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -112,7 +117,7 @@ class Generator(nn.Module):
             out = max(32, width // 2)
             self.blocks.append(nn.ModuleList([StyledConv(width, out, cfg.style_dim), StyledConv(out, out, cfg.style_dim)]))
             width = out
-        self.output = nn.Conv2d(width, cfg.channels, 1)
+        self.output = nn.Conv2d(width, cfg.channels * cfg.patch_size ** 2, 1)
 
     def style(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The style vector of latents z (B, latent_dim) and labels (B,) -> (B, style_dim)."""
@@ -131,7 +136,10 @@ class Generator(nn.Module):
         for first, second in self.blocks:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = second(first(x, style), style)
-        return torch.tanh(self.output(x))
+        x = self.output(x)
+        if self.config.patch_size > 1:
+            x = F.pixel_shuffle(x, self.config.patch_size)                     # patches -> pixels
+        return torch.tanh(x)
 
 
 class Discriminator(nn.Module):
@@ -140,7 +148,7 @@ class Discriminator(nn.Module):
         self.config = cfg
         norm = spectral_norm if cfg.spectral_norm else (lambda module: module)
         width = cfg.discriminator_channels
-        self.input = norm(nn.Conv2d(cfg.channels, width, 3, padding=1))
+        self.input = norm(nn.Conv2d(cfg.channels * cfg.patch_size ** 2, width, 3, padding=1))
         self.blocks = nn.ModuleList()
         for _ in range(cfg.doublings):
             out = min(256, width * 2)
@@ -155,6 +163,8 @@ class Discriminator(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, C, H, W), labels (B,) -> realness scores (B,) (logits)."""
+        if self.config.patch_size > 1:
+            images = F.pixel_unshuffle(images, self.config.patch_size)          # pixels -> patches
         h = F.leaky_relu(self.input(images), 0.2)
         for block in self.blocks:
             h = block(h)

@@ -27,7 +27,7 @@ from ..config import require, validate
 from ..registry import register
 from .base import unwrap_model
 
-__all__ = ["GANObjectiveConfig", "GANObjective", "diff_augment", "AUGMENTATIONS", "class_coverage"]
+__all__ = ["GANObjectiveConfig", "GANObjective", "diff_augment", "AUGMENTATIONS", "class_coverage", "class_diversity"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class GANObjectiveConfig:
     samples_per_class: int = 4             # images per class in the grid written at each evaluation
     coverage_samples: int = 20             # per class (or x10 unconditional): samples the collapse watch classifies
     coverage_threshold: float = 0.25       # a class is covered when at least this share of its expected samples is
+    diversity_threshold: float = 0.5       # warn when a class's samples vary less than this fraction of its real images
 
     def __post_init__(self) -> None:
         validate(self, "objective")
@@ -56,6 +57,7 @@ class GANObjectiveConfig:
         require(self.samples_per_class >= 1, "objective.samples_per_class", "must be at least 1")
         require(self.coverage_samples >= 0, "objective.coverage_samples", "must be 0 (off) or more")
         require(0 < self.coverage_threshold <= 1, "objective.coverage_threshold", "must be in (0, 1]")
+        require(self.diversity_threshold >= 0, "objective.diversity_threshold", "must be 0 (off) or positive")
 
 
 # -- differentiable augmentation -----------------------------------------------------------------
@@ -120,6 +122,17 @@ def class_coverage(predicted: torch.Tensor, num_classes: int, requested: torch.T
     return shares, missing
 
 
+def class_diversity(features: torch.Tensor, classes: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Per class, the mean distance between two different samples' features (None below 2 samples).
+    A generator that collapses within a class keeps its classes but loses this spread."""
+    spread: list[float | None] = []
+    for c in range(num_classes):
+        group = features[classes == c].double()
+        n = group.shape[0]
+        spread.append(float(torch.cdist(group, group).sum() / (n * (n - 1))) if n >= 2 else None)
+    return spread
+
+
 class GANObjective:
     phases = ("discriminator", "generator")
 
@@ -128,6 +141,7 @@ class GANObjective:
         self.step = 0
         self.lr_scales = {"discriminator": config.discriminator_lr_scale, "generator": 1.0}
         self._classifier = None
+        self._real_spread: list[float | None] | None = None
 
     def begin_step(self, step: int) -> None:
         """Called by the training loop before each step (decides when the lazy R1 penalty applies)."""
@@ -217,17 +231,33 @@ class GANObjective:
         else:
             requested = None
             images = generate_gan_images(gan, None, n * classes, seed=10_000)
-        predicted = torch.cat([self._classifier(chunk).argmax(-1).cpu() for chunk in images.split(512)])
+        classifier = self._classifier
+        with torch.no_grad():
+            predicted = torch.cat([classifier(chunk).argmax(-1).cpu() for chunk in images.split(512)])
+            features = torch.cat([classifier.features(chunk).cpu() for chunk in images.split(512)])
+            if self._real_spread is None:
+                real, real_labels = data.batch(torch.arange(data.num_examples("train")), "train")
+                real_features = torch.cat([classifier.features(chunk).cpu() for chunk in real.split(512)])
+                self._real_spread = class_diversity(real_features, real_labels, classes)
         shares, missing = class_coverage(predicted, classes, requested, self.config.coverage_threshold)
+        spread = class_diversity(features, requested if requested is not None else predicted, classes)
+        diversity = {data.classes[c]: round(mine / theirs, 3) for c, (mine, theirs) in
+                     enumerate(zip(spread, self._real_spread)) if mine is not None and theirs}
+        alike = [name for name, ratio in diversity.items() if ratio < self.config.diversity_threshold]
         covered = classes - len(missing)
         record = {"step": step, "covered": covered, "classes": classes, "missing": [data.classes[c] for c in missing],
-                  "shares": {data.classes[c]: round(s, 3) for c, s in enumerate(shares)}}
+                  "shares": {data.classes[c]: round(s, 3) for c, s in enumerate(shares)},
+                  "diversity": diversity, "alike": alike}
         with open(folder / "coverage.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if missing:
             log.warning("mode-collapse watch at step %d: %d of %d classes are (nearly) missing from the samples: %s",
                         step, len(missing), classes, ", ".join(record["missing"][:12]))
-        return f"class coverage {covered}/{classes}"
+        if alike:
+            log.warning("mode-collapse watch at step %d: the samples of %d class(es) vary less than %g of the real "
+                        "images' spread (near copies): %s", step, len(alike), self.config.diversity_threshold,
+                        ", ".join(alike[:12]))
+        return f"class coverage {covered}/{classes}, {len(alike)} class(es) with near-copies"
 
 
 @torch.no_grad()
