@@ -32,12 +32,11 @@ from text_bench import cpu_name, markdown  # noqa: E402
 def images_per_second(model, labels, batch: int = 256, repeats: int = 3) -> float:
     """Median throughput of generating `batch` images (classes in turn)."""
     requests = [labels[i % len(labels)] for i in range(batch)] if labels else None
+    options = {} if _is_gan(model) else {"steps": 20}                     # a GAN has no sampler steps
 
     def once():
-        if requests:
-            return model.generate(requests, num_samples=1, seed=0) if _is_gan(model) else \
-                model.generate(requests, num_samples=1, steps=20, seed=0)
-        return model.generate(None, batch, seed=0) if _is_gan(model) else model.generate(None, batch, steps=20, seed=0)
+        return model.generate(requests, num_samples=1, seed=0, **options) if requests else \
+            model.generate(None, batch, seed=0, **options)
 
     once()                                                                      # warm up
     times = []

@@ -256,7 +256,7 @@ class ImageModel:
         import dataclasses
 
         from .data.images import ImageData
-        from .eval.image import data_feature_classifier, data_name, evaluate_images
+        from .eval.image import data_feature_classifier, data_name, evaluate_images, training_images
         from .eval.inception import load_inception
 
         if num_samples < 4:
@@ -271,10 +271,10 @@ class ImageModel:
             raise GenloomError(f"{data_config.path} has {settings['channels']}x{settings['image_size']}x"
                                f"{settings['image_size']} images but the model makes {mine.channels}x"
                                f"{mine.image_size}x{mine.image_size}; set --data to matching images")
-        real_images, real_labels = data.batch(torch.arange(data.num_examples("train")), "train")
+        real_images, real_labels = training_images(data)
         name = data_name(data_config)
         classes = settings["num_classes"]
-        classifier = data_feature_classifier(data, progress=progress)
+        classifier = data_feature_classifier(data, (real_images, real_labels), progress=progress)
         labels = [i % self.num_classes for i in range(num_samples)] if self.num_classes else None
         fake = self._images_for_eval(labels, num_samples, seed, steps, sampler, guidance, progress)
         fake_labels = torch.tensor(labels) if labels is not None and classes == self.num_classes else None

@@ -50,27 +50,26 @@ def test_each_player_learns_against_a_fixed_opponent(loss, start):
     model = tiny_gan(num_classes=2)
     objective = GANObjective(GANObjectiveConfig(loss=loss))
     batch = toy_batch()
-    d_opt = torch.optim.Adam(model.discriminator.parameters(), lr=2e-3, betas=(0.0, 0.99))
-    d_losses = []
-    for _ in range(40):
-        loss_d = objective.loss("discriminator", model, batch)
-        d_opt.zero_grad()
-        loss_d.backward()
-        d_opt.step()
-        d_losses.append(loss_d.item())
+
+    def learn(phase, network, steps=40):
+        optimizer = torch.optim.Adam(network.parameters(), lr=2e-3, betas=(0.0, 0.99))
+        history = []
+        for _ in range(steps):
+            loss = objective.loss(phase, model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+        for p in network.parameters():
+            p.grad = None
+        return history
+
+    d_losses = learn("discriminator", model.discriminator)
     assert abs(d_losses[0] - start) < 0.3, d_losses[0]              # scores near 0 at initialisation
     assert d_losses[-1] < 0.5 * d_losses[0], d_losses                # it learns to tell the squares from noise
     for p in model.generator.parameters():
         assert p.grad is None                                        # the discriminator phase leaves G alone
-    d_opt.zero_grad(set_to_none=True)
-    g_opt = torch.optim.Adam(model.generator.parameters(), lr=2e-3, betas=(0.0, 0.99))
-    g_losses = []
-    for _ in range(40):
-        loss_g = objective.loss("generator", model, batch)
-        g_opt.zero_grad()
-        loss_g.backward()
-        g_opt.step()
-        g_losses.append(loss_g.item())
+    g_losses = learn("generator", model.generator)
     assert min(g_losses[-5:]) < g_losses[0] - 0.5, g_losses          # the generator learns to fool the fixed D
     assert all(p.grad is None for p in model.discriminator.parameters())
 

@@ -229,14 +229,21 @@ def data_name(data_config) -> str:
     return path.removeprefix("builtin:") if path.startswith("builtin:") else Path(path).name or "images"
 
 
-def data_feature_classifier(data, progress: bool = True) -> FeatureClassifier:
+def training_images(data) -> tuple[Tensor, Tensor]:
+    """Every training image of a prepared ImageData and its labels: the reference the metrics compare with."""
+    return data.batch(torch.arange(data.num_examples("train")), "train")
+
+
+def data_feature_classifier(data, reference: tuple[Tensor, Tensor] | None = None,
+                            progress: bool = True) -> FeatureClassifier:
     """The cached feature classifier of a prepared ImageData, keyed by its settings: the same network
-    `genloom eval`, the benchmarks and the GAN's collapse watch use."""
+    `genloom eval`, the benchmarks and the GAN's collapse watch use. `reference` is
+    `training_images(data)` where the caller already has it (it is only read to train a new classifier)."""
     import hashlib
 
     fields = {k: v for k, v in dataclasses.asdict(data.config).items() if k != "kind"}
     key = f"{data_name(data.config)}-{hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
-    images, labels = data.batch(torch.arange(data.num_examples("train")), "train")
+    images, labels = reference if reference is not None else training_images(data)
     return feature_classifier(key, images, labels, max(len(data.classes), 1), progress=progress)
 
 

@@ -217,13 +217,17 @@ class GANObjective:
         return text
 
     def _watch_collapse(self, gan: nn.Module, data, folder: Path, step: int) -> str:
-        from ..eval.image import data_feature_classifier
+        from ..eval.image import data_feature_classifier, training_images
 
         classes = len(data.classes)
         if classes < 2:
             return "class coverage: not measured (the data has no classes)"
         if self._classifier is None:
-            self._classifier = data_feature_classifier(data, progress=False)
+            real, real_labels = training_images(data)
+            self._classifier = data_feature_classifier(data, (real, real_labels), progress=False)
+            with torch.no_grad():
+                real_features = torch.cat([self._classifier.features(chunk).cpu() for chunk in real.split(512)])
+            self._real_spread = class_diversity(real_features, real_labels, classes)
         n = self.config.coverage_samples
         if gan.config.num_classes:
             requested = torch.arange(classes).repeat(n)
@@ -235,10 +239,6 @@ class GANObjective:
         with torch.no_grad():
             predicted = torch.cat([classifier(chunk).argmax(-1).cpu() for chunk in images.split(512)])
             features = torch.cat([classifier.features(chunk).cpu() for chunk in images.split(512)])
-            if self._real_spread is None:
-                real, real_labels = data.batch(torch.arange(data.num_examples("train")), "train")
-                real_features = torch.cat([classifier.features(chunk).cpu() for chunk in real.split(512)])
-                self._real_spread = class_diversity(real_features, real_labels, classes)
         shares, missing = class_coverage(predicted, classes, requested, self.config.coverage_threshold)
         spread = class_diversity(features, requested if requested is not None else predicted, classes)
         diversity = {data.classes[c]: round(mine / theirs, 3) for c, (mine, theirs) in
