@@ -6,7 +6,7 @@ import datetime
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
@@ -17,14 +17,17 @@ from .errors import CheckpointError, GenloomError
 from .eval.text import TextEvalResult, evaluate_text
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .eval.image import ImageEvalResult
+    from .eval.scenes import SceneEvalResult
 from .generate.search import beam_search, speculative_tokens
 from .generate.text import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
 from .nn.quantize import quantize_int8
 from .train import checkpoint as ckpt
 from .train.trainer import Trainer, TrainResult
 
-__all__ = ["train", "load", "TextModel", "ImageModel", "GANModel", "Completion", "default_run_dir"]
+__all__ = ["train", "load", "TextModel", "ImageModel", "TextToImageModel", "GANModel", "Completion", "default_run_dir"]
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -181,10 +184,11 @@ class ImageModel:
     def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  seed: int | None = None, spacing: str = "leading", eta: float = 0.0,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
 
         Sample i uses seed + i. Steps, sampler and guidance default to the recipe's objective settings.
+        `callback(i, n)` runs after each sampler step (the server reports progress with it).
         """
         from .generate.image import generate_images
 
@@ -195,14 +199,18 @@ class ImageModel:
         seed = self._seed(seed)
         indices, total = self._requests(labels, num_samples)
         bar = None
-        callback = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=max(steps, 0) * -(-total // 256), unit="step", desc="sampling", leave=False)
 
-            def callback(i: int, n: int) -> None:
+        user_callback = callback
+
+        def callback(i: int, n: int) -> None:
+            if bar is not None:
                 bar.update(1)
+            if user_callback is not None:
+                user_callback(i, n)
         try:
             return generate_images(self.model, self.schedule, indices, total, seed, sampler, steps, guidance, spacing,
                                    eta, callback=callback)
@@ -282,6 +290,186 @@ class ImageModel:
                                max(classes, 1), inception_network, data_name=name)
 
 
+def _picture(source, what: str) -> "Image.Image":
+    """A PIL image from a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) tensor in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise GenloomError(f"{what}: {path} does not exist (expected an image file such as a PNG)")
+        try:
+            with Image.open(path) as image:
+                return image.copy()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise GenloomError(f"{what}: cannot read {path} as an image ({error})") from None
+    if isinstance(source, torch.Tensor):
+        from .data.image_io import to_pil_image
+
+        return to_pil_image(source.detach().cpu().float())
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source)
+    raise GenloomError(f"{what}: expected a path, a PIL image, an array or a tensor, got {type(source).__name__}")
+
+
+class TextToImageModel(ImageModel):
+    """A trained text-to-image diffusion model: images from a written prompt, with classifier-free guidance,
+    negative prompts, image-to-image and inpainting."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer):
+        super().__init__(path, config, model, [])
+        self.tokenizer = tokenizer
+
+    def encode(self, prompt: str, what: str = "prompt") -> torch.Tensor:
+        """The (L,) token ids of a prompt; an empty prompt is an error, a long one is cut with a warning."""
+        if not isinstance(prompt, str):
+            raise GenloomError(f"{what}: expected text, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise GenloomError(f"the {what} is empty: describe the image, e.g. \"a red letter A on the left on a "
+                               "white background\" (for unconditional samples use guidance 0)")
+        return self.tokenizer.encode(prompt)
+
+    def _image_tensor(self, source, what: str, mode: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(C, H, W) in [-1, 1] (or (1, H, W) in {0, 1} for a mask) at the model's size; and the original size."""
+        import numpy as np
+
+        from .data.images import _conform
+
+        picture = _picture(source, what)
+        size, channels = self.model.config.image_size, self.model.config.channels
+        pixels = _conform(picture, size, 1 if mode == "mask" else channels)           # (S, S, C) uint8
+        tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float()
+        if mode == "mask":
+            return (tensor >= 128).float(), picture.size
+        return tensor / 127.5 - 1, picture.size
+
+    def generate(self, prompts: str | Sequence[str], num_samples: int = 1, steps: int | None = None,
+                 sampler: str | None = None, guidance: float | None = None, seed: int | None = None,
+                 spacing: str = "leading", eta: float = 0.0, progress: bool = False,
+                 negative_prompt: str | None = None, init_image=None, strength: float | None = None,
+                 mask=None, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """`num_samples` images (N, C, H, W) in [-1, 1] for each prompt (prompt-major order); sample i uses
+        seed + i.
+
+        `negative_prompt`: what guidance steers away from (instead of "no caption"). `init_image` (a path,
+        PIL image or tensor; resized and centre-cropped to the model's size): start from it, noised to
+        `strength` (default 0.6: keep its layout, redraw the details; 0 returns it, 1 ignores it).
+        `mask` (same size as the init image; white = redraw, black = keep): inpainting, strength default 1.
+        Steps, sampler and guidance default to the recipe's settings.
+        """
+        from .generate.image import generate_images
+
+        if num_samples < 1:
+            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise GenloomError("no prompt given: a text-to-image model draws what a prompt describes")
+        ids = torch.stack([self.encode(p) for p in prompts for _ in range(num_samples)])      # (N, L)
+        total = len(ids)
+        negative = None
+        if negative_prompt is not None:
+            negative = self.encode(negative_prompt, "negative prompt").expand(total, -1)
+        init = mask_tensor = None
+        if mask is not None and init_image is None:
+            raise GenloomError("a mask needs an init image: inpainting redraws the masked part of that image")
+        if init_image is not None:
+            image, image_size = self._image_tensor(init_image, "init image", "image")
+            init = image.expand(total, -1, -1, -1)
+            if mask is not None:
+                mask_tensor, mask_size = self._image_tensor(mask, "mask", "mask")
+                if mask_size != image_size:
+                    raise GenloomError(f"the mask is {mask_size[0]}x{mask_size[1]} but the init image is "
+                                       f"{image_size[0]}x{image_size[1]}; they must be the same size (white = "
+                                       "redraw, black = keep)")
+                mask_tensor = mask_tensor.expand(total, -1, -1, -1)
+        if strength is None:
+            strength = 1.0 if init is None or mask is not None else 0.6
+        if not 0 <= strength <= 1:
+            raise GenloomError(f"strength={strength}: must be between 0 (keep the init image) and 1 (redraw it)")
+        if init is None and strength != 1.0:
+            raise GenloomError("strength applies to image-to-image only; give an init image too")
+        objective = self.config.objective
+        steps = objective.sample_steps if steps is None else steps
+        sampler = objective.sampler if sampler is None else sampler
+        guidance = objective.guidance if guidance is None else guidance
+        if guidance < 0:
+            raise GenloomError(f"guidance={guidance}: must be 0 (unconditional) or more (1 = no guidance)")
+        seed = self._seed(seed)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps * -(-total // 256), unit="step", desc="sampling", leave=False)
+
+        def report(i: int, n: int) -> None:
+            if bar is not None:
+                bar.update(1)
+            if callback is not None:
+                callback(i, n)
+        try:
+            return generate_images(self.model, self.schedule, ids, total, seed, sampler, steps, guidance, spacing,
+                                   eta, callback=report, negative=negative, init=init, strength=strength,
+                                   mask=mask_tensor)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def evaluate(self, num_samples: int = 200, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | Sequence[float] | None = None, seed: int = 0, data_path: str | None = None,
+                 inception: str | Path | None = None, progress: bool = True,
+                 sets: Sequence[str] | None = None) -> "SceneEvalResult":
+        """GenEval-style scores on builtin:scenes prompts: `num_samples` prompts per set (single objects,
+        two objects, held-out combinations, paraphrases) at each guidance scale; see genloom.eval.scenes."""
+        from .eval.scenes import PROMPT_SETS, evaluate_scenes
+
+        guidances = [self.config.objective.guidance] if guidance is None else \
+            [guidance] if isinstance(guidance, (int, float)) else list(guidance)
+        source = self.config.data.path
+        if source == "builtin:digits" and data_path is None:
+            return self._evaluate_digits(num_samples, steps, sampler, guidances[0], seed, inception, progress)
+        if source != "builtin:scenes" or data_path is not None or inception is not None:
+            raise GenloomError(f"{self.path}: text-to-image scoring works on models of builtin:scenes (each "
+                               "prompted attribute is checked by a classifier of rendered scenes) and "
+                               f"builtin:digits; this model was trained on {source}")
+        if (self.model.config.channels, self.model.config.image_size) != (3, 32):
+            raise GenloomError(f"{self.path}: scene scoring needs 3x32x32 images")
+
+        def generate(prompts: list[str], scale: float) -> torch.Tensor:
+            return self.generate(prompts, 1, steps, sampler, scale, seed, progress=progress)
+
+        return evaluate_scenes(generate, num_samples, guidances, tuple(sets or PROMPT_SETS), progress=progress)
+
+    def _evaluate_digits(self, num_samples: int, steps: int | None, sampler: str | None, guidance: float, seed: int,
+                         inception: str | Path | None, progress: bool) -> "ImageEvalResult":
+        """Captioned digits: prompts such as "a handwritten seven" for each digit in turn, scored like the
+        class-conditional digits models (FID-digits, recall, how often the asked-for digit is recognised)."""
+        import numpy as np
+
+        from .data.images import ImageData, ImageDataConfig
+        from .data.scenes import digit_caption
+        from .eval.image import data_feature_classifier, evaluate_images, training_images
+        from .eval.inception import load_inception
+
+        inception_network = load_inception(inception) if inception else None
+        data = ImageData(ImageDataConfig(path="builtin:digits", image_size=self.config.data.image_size,
+                                         channels=self.config.data.channels))
+        data.prepare()
+        real_images, real_labels = training_images(data)
+        classifier = data_feature_classifier(data, (real_images, real_labels), progress=progress)
+        rng = np.random.default_rng(seed)
+        labels = [i % 10 for i in range(num_samples)]
+        fake = self.generate([digit_caption(d, rng) for d in labels], 1, steps, sampler, guidance, seed,
+                             progress=progress)
+        if fake.shape[1:] != real_images.shape[1:]:
+            raise GenloomError(f"{self.path} makes {tuple(fake.shape[1:])} images, the digits are "
+                               f"{tuple(real_images.shape[1:])}")
+        return evaluate_images(fake, torch.tensor(labels), real_images, real_labels, classifier, 10,
+                               inception_network, data_name="digits")
+
+
 class GANModel(ImageModel):
     """A trained GAN: one generator pass per image, from a seed; latent walks between seeds."""
 
@@ -292,7 +480,8 @@ class GANModel(ImageModel):
     def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  seed: int | None = None, spacing: str | None = None, eta: float | None = None,
-                 progress: bool = False, truncation: float = 1.0) -> torch.Tensor:
+                 progress: bool = False, truncation: float = 1.0,
+                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
         Sample i comes from the latent of seed + i; `truncation` < 1 shrinks the latents (less varied,
         more typical). The diffusion options (steps, sampler, guidance, spacing, eta) do not apply."""
@@ -303,7 +492,10 @@ class GANModel(ImageModel):
             raise GenloomError(f"truncation={truncation}: must be in (0, 2] (1 = the training distribution)")
         seed = self._seed(seed)
         indices, total = self._requests(labels, num_samples)
-        return generate_gan_images(self.model, indices, total, seed, truncation=truncation)
+        images = generate_gan_images(self.model, indices, total, seed, truncation=truncation)
+        if callback is not None:
+            callback(1, 1)                                               # one pass: done
+        return images
 
     def _reject_diffusion_options(self, steps=None, sampler=None, guidance=None, spacing=None, eta=None) -> None:
         given = [name for name, value in (("steps", steps), ("sampler", sampler), ("guidance", guidance),
@@ -343,8 +535,8 @@ class GANModel(ImageModel):
 
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
          ema: bool = True) -> TextModel | ImageModel:
-    """Open a checkpoint directory written by `genloom train`: a TextModel, an ImageModel (diffusion)
-    or a GANModel.
+    """Open a checkpoint directory written by `genloom train`: a TextModel, an ImageModel (diffusion),
+    a TextToImageModel (diffusion from captions) or a GANModel.
 
     `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
     small rounding error). `ema=True` uses the averaged weights where the run kept them.
@@ -367,6 +559,10 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         quantize_int8(model)
     elif quantize is not None:
         raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
+    if config.objective.kind == "diffusion" and getattr(config.model, "text_vocab_size", 0):
+        from .data.captions import load_caption_tokenizer
+
+        return TextToImageModel(path, config, model, load_caption_tokenizer(path))
     if config.objective.kind in ("diffusion", "gan"):
         from .data.images import load_labels
 

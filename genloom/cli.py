@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -204,7 +206,20 @@ def generate_image(
     label: Annotated[Optional[list[str]], typer.Option("--label", help="The class to draw, by name (e.g. 7, or A "
                                                        "for glyphs); repeatable. Default: every class the model knows "
                                                        "(or unconditional samples).")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Images per label.")] = 8,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Text-to-image models: what to draw, e.g. "
+                                                        "\"a red letter A on the left on a white background\"; "
+                                                        "repeatable.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="Text-to-image models: what "
+                                                           "guidance should steer away from.")] = None,
+    init_image: Annotated[Optional[Path], typer.Option("--init-image", help="Text-to-image models: start from "
+                                                       "this picture (image-to-image; resized to the model's "
+                                                       "size).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="With --init-image: how much to change "
+                                                      "it, 0 (keep) to 1 (redraw); default 0.6, or 1 with "
+                                                      "--mask.")] = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="With --init-image: inpaint; white pixels are "
+                                                 "redrawn, black ones kept (same size as the init image).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Images per label or prompt.")] = 8,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (default: the recipe's). More steps: "
                                                  "slower, usually better; 20 is plenty for dpmpp_2m.")] = None,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp_2m, euler or heun "
@@ -224,13 +239,42 @@ def generate_image(
                                               "gives more typical, less varied images.")] = 1.0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Draw images with a diffusion model or a GAN; writes OUT/LABEL_SEED.png for each sample and OUT/grid.png."""
+    """Draw images with a diffusion model, a text-to-image model or a GAN; writes OUT/LABEL_SEED.png (or
+    OUT/PROMPT_SEED.png) for each sample and OUT/grid.png."""
     from . import api
     from .data.image_io import save_image_grid, to_pil_image
 
     model = api.load(checkpoint, device=device)
     if not isinstance(model, api.ImageModel):
         raise GenloomError(f"{checkpoint} is a text model; use `genloom generate text`")
+    text_options = [name for name, value in (("--prompt", prompt), ("--negative-prompt", negative_prompt),
+                                             ("--init-image", init_image), ("--strength", strength),
+                                             ("--mask", mask)) if value is not None and value != []]
+    if isinstance(model, api.TextToImageModel):
+        if label:
+            raise GenloomError(f"{checkpoint} draws from a prompt, not a label; use --prompt \"...\"")
+        if not prompt:
+            raise GenloomError(f"{checkpoint} is a text-to-image model: say what to draw with --prompt, e.g. "
+                               "--prompt \"a red letter A on the left on a white background\"")
+        if truncation != 1.0:
+            raise GenloomError("--truncation applies to GANs only; this is a diffusion model (try --guidance)")
+        images = model.generate(list(prompt), num_samples, steps, sampler, guidance, seed, spacing, eta,
+                                progress=True, negative_prompt=negative_prompt, init_image=init_image,
+                                strength=strength, mask=mask)
+        seed = model.last_seed
+        scale = scale or max(1, 64 // model.model.config.image_size)
+        out.mkdir(parents=True, exist_ok=True)
+        slugs = ["-".join(re.findall(r"[A-Za-z0-9]+", p))[:48] or "prompt" for p in prompt]
+        names = [f"{slug}_{seed + i * num_samples + j}" for i, slug in enumerate(slugs) for j in range(num_samples)]
+        for name, image in zip(names, images):
+            to_pil_image(image, scale).save(out / f"{name}.png")
+        save_image_grid(images, out / "grid.png", nrow=num_samples, scale=scale)
+        (out / "prompts.txt").write_text("".join(f"{p}\n" for p in prompt))
+        typer.echo(f"genloom: seed {seed}; wrote {len(images)} images, grid.png (a row per prompt) and prompts.txt "
+                   f"to {out}", err=True)
+        return
+    if text_options:
+        raise GenloomError(f"{', '.join(text_options)} appl(y/ies) to text-to-image models; {checkpoint} is not one")
     labels = list(label) if label else (model.labels if model.num_classes else None)
     if isinstance(model, api.GANModel):
         images = model.generate(labels, num_samples, steps, sampler, guidance, seed,
@@ -305,18 +349,76 @@ def evaluate(
     inception: Annotated[Optional[Path], typer.Option("--inception", help="Image models: FID Inception weights "
                                                       "as .safetensors (see genloom/eval/inception.py) to also "
                                                       "report the standard FID.")] = None,
+    guidance_list: Annotated[Optional[str], typer.Option("--guidances", help="Text-to-image models: several "
+                                                         "guidance scales to compare, e.g. 1,3,5.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Text-to-image models: also write the "
+                                                   "scores as JSON to this file.")] = None,
 ) -> None:
     """Score a checkpoint. Text: validation loss (nats per token), bits per character and perplexity.
     Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
-    precision/recall, and how often the requested class is recognised."""
+    precision/recall, and how often the requested class is recognised. Text-to-image (builtin:scenes):
+    GenEval-style shares of images whose every prompted attribute is right, per prompt set (single
+    objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
     from . import api
 
     model = api.load(checkpoint, device=device)
-    if isinstance(model, api.ImageModel):
+    if isinstance(model, api.TextToImageModel):
+        scales = [float(g) for g in guidance_list.split(",")] if guidance_list else guidance
+        result = model.evaluate(200 if num_samples == 1000 else num_samples, steps, sampler, scales, seed, data,
+                                inception)
+        if report:
+            report.write_text(json.dumps(result.to_json(), indent=2))
+    elif isinstance(model, api.ImageModel):
         result = model.evaluate(num_samples, steps, sampler, guidance, seed, data, inception)
     else:
         result = model.evaluate(data)
     typer.echo(result.summary())
+
+
+@app.command("serve")
+@_friendly
+def serve(
+    model: Annotated[list[str], typer.Option("--model", help="NAME=CHECKPOINT_DIR of a model to serve; repeatable. "
+                                             "Clients ask for it by NAME.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default; 0.0.0.0 "
+                                      "for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GENLOOM_API_KEY", help="Require "
+                                                   "'Authorization: Bearer KEY' on /v1/ requests.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Larger request bodies get "
+                                                "413.")] = 1_000_000,
+    max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", min=1, help="Longer prompts get "
+                                                   "400.")] = 4096,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="The largest max_tokens a request may "
+                                            "ask for.")] = 2048,
+    max_n: Annotated[int, typer.Option("--max-n", min=1, help="The largest n (completions or images per "
+                                       "request).")] = 8,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="The most diffusion sampler steps per "
+                                           "request.")] = 250,
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="The most images per request.")] = 16,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds a request may take before it is "
+                                           "abandoned (503).")] = 300.0,
+    queue_size: Annotated[int, typer.Option("--queue-size", min=1, help="Requests waiting per model before "
+                                            "the server answers 429.")] = 64,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Text completions decoded together in "
+                                           "one batch.")] = 16,
+) -> None:
+    """Serve models over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions,
+    /v1/images/generations), with /health, /metrics and a web page at / to try every model."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise GenloomError("genloom serve needs FastAPI and uvicorn: pip install 'genloom[serve]'") from None
+    from .serve import load_models
+    from .serve import serve as run_server
+
+    models = load_models(model, device)
+    typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
+    run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
+               max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,
+               queue_size=queue_size, max_batch=max_batch)
 
 
 @convert_app.command("import")

@@ -21,6 +21,7 @@ DEFAULT_KINDS = {"data": "text", "model": "transformer", "objective": "lm"}
 _FAMILY_MODULES = (
     "genloom.data.text",
     "genloom.data.images",
+    "genloom.data.captions",
     "genloom.models.transformer",
     "genloom.models.unet",
     "genloom.models.dit",

@@ -61,9 +61,14 @@ def process_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor 
     return logits
 
 
-def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], sampling: Sampling = Sampling(),
-                seen: torch.Tensor | None = None) -> torch.Tensor:
-    """One token per row of `logits` (B, V)."""
+def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator],
+                sampling: Sampling | Sequence[Sampling] = Sampling(), seen: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of `logits` (B, V); `sampling` is one setting for every row or one per row."""
+    if not isinstance(sampling, Sampling):
+        if len(set(sampling)) == 1:
+            return sample_next(logits, generators, sampling[0], seen)
+        return torch.cat([sample_next(logits[i:i + 1], [generators[i]], s, None if seen is None else seen[i:i + 1])
+                          for i, s in enumerate(sampling)])
     if sampling.temperature == 0:
         if seen is not None and sampling.repetition_penalty != 1.0:
             logits = process_logits(logits, Sampling(repetition_penalty=sampling.repetition_penalty), seen)
@@ -85,9 +90,12 @@ def _left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                    generators: Sequence[torch.Generator], sampling: Sampling = Sampling(),
+                    generators: Sequence[torch.Generator], sampling: Sampling | Sequence[Sampling] = Sampling(),
                     use_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token (B,), its log-probability under the model (B,)) `max_new_tokens` times.
+
+    `sampling` applies to every row, or (a sequence) one per row: the server batches requests with
+    different settings together.
 
     Past the context length the model sees the most recent `block_size` tokens; with the cache the
     window moves by half a context at a time and the cache is refilled.

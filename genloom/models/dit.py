@@ -3,7 +3,8 @@
 The image is cut into patches, each patch becomes a token with a fixed 2-D sine-cosine position, and
 transformer blocks process the tokens. The timestep + class embedding enters every block through
 adaLN-Zero: it produces the shift, scale and gate of each sub-layer, with the gates initialised to
-zero so every block starts as the identity (sec. 3.2 of the paper).
+zero so every block starts as the identity (sec. 3.2 of the paper). A text model adds the caption's pooled
+vector to that embedding and appends the caption's tokens to the image tokens, so attention mixes both.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from ..config import require, validate
 from ..errors import ConfigError
 from ..nn.attention import SelfAttention
-from ..nn.conditioning import ConditionEmbedding
+from ..nn.conditioning import ConditionEmbedding, TextCondition
 from ..registry import register
 
 __all__ = ["DiTConfig", "DiT", "sincos_positions_2d"]
@@ -36,6 +37,12 @@ class DiTConfig:
     n_head: int = 4
     mlp_ratio: float = 4.0           # hidden width of the MLP as a multiple of d_model
     dropout: float = 0.0
+    text_vocab_size: int = 0         # caption tokens; 0: from the data (0 there too = no text conditioning)
+    text_length: int = 0             # caption length in tokens; 0: from the data
+    text_encoder: Literal["joint", "minilm"] = "joint"   # joint: trained with the denoiser; minilm: pretrained, frozen
+    text_dim: int = 128              # width of the text tokens (projected to d_model and joined to the image's)
+    text_layers: int = 2             # transformer blocks of the joint text encoder
+    text_heads: int = 4
 
     def __post_init__(self) -> None:
         validate(self, "model")
@@ -47,6 +54,10 @@ class DiTConfig:
                 f"{self.d_model} is not divisible by model.n_head={self.n_head}")
         require(self.d_model % 4 == 0, "model.d_model", "must be divisible by 4 (2-D sine-cosine positions)")
         require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+        require(self.text_vocab_size == 0 or self.num_classes == 0, "model.num_classes",
+                "a model is conditioned on classes or on captions, not both")
+        require(self.text_dim % self.text_heads == 0, "model.text_dim",
+                f"{self.text_dim} is not divisible by model.text_heads={self.text_heads}")
 
 
 def sincos_positions_2d(dim: int, grid: int) -> torch.Tensor:
@@ -78,9 +89,9 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)      # adaLN-Zero
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(condition)).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attention(_modulate(self.norm1(x), shift1, scale1))
+        x = x + gate1[:, None] * self.attention(_modulate(self.norm1(x), shift1, scale1), mask)
         return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
@@ -94,6 +105,11 @@ class DiT(nn.Module):
         self.patchify = nn.Conv2d(cfg.channels, cfg.d_model, kernel_size=p, stride=p)
         self.register_buffer("positions", sincos_positions_2d(cfg.d_model, grid), persistent=False)
         self.condition = ConditionEmbedding(cfg.d_model, cfg.num_classes)
+        self.text = None
+        if cfg.text_vocab_size:   # caption tokens join the image tokens (as in SD3's joint attention)
+            self.text = TextCondition(cfg.text_encoder, cfg.text_vocab_size, cfg.text_length, cfg.text_dim,
+                                      cfg.text_layers, cfg.text_heads, cfg.d_model)
+            self.text_tokens = nn.Linear(cfg.text_dim, cfg.d_model)
         self.blocks = nn.ModuleList(DiTBlock(cfg.d_model, cfg.n_head, cfg.mlp_ratio, cfg.dropout)
                                     for _ in range(cfg.n_layer))
         self.final_norm = nn.LayerNorm(cfg.d_model, elementwise_affine=False, eps=1e-6)
@@ -104,13 +120,22 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W) noisy images, t (B,) timesteps, labels (B,) classes (num_classes = none) -> (B, C, H, W)."""
+        """x (B, C, H, W) noisy images, t (B,) timesteps -> (B, C, H, W). `labels`: (B,) classes (num_classes =
+        none) for a class-conditional model, (B, L) caption token ids (None = no caption) for a text model."""
         B, C, H, W = x.shape
         p = self.config.patch_size
         tokens = self.patchify(x).flatten(2).transpose(1, 2) + self.positions  # (B, N, D), N = (H/p)(W/p)
-        condition = self.condition(t, labels)                                 # (B, D)
+        N, mask = tokens.shape[1], None
+        if self.text is not None:
+            context, text_mask, pooled = self.text(labels, B)
+            condition = self.condition(t, None) + pooled                      # (B, D)
+            tokens = torch.cat([tokens, self.text_tokens(context)], dim=1)    # (B, N + L, D)
+            mask = torch.cat([text_mask.new_ones(B, N), text_mask], dim=1)
+        else:
+            condition = self.condition(t, labels)                             # (B, D)
         for block in self.blocks:
-            tokens = block(tokens, condition)
+            tokens = block(tokens, condition, mask)
+        tokens = tokens[:, :N]
         shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
         patches = self.final(_modulate(self.final_norm(tokens), shift, scale))   # (B, N, p*p*C)
         patches = patches.view(B, H // p, W // p, p, p, C)

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..config import require, validate
 from ..errors import ConfigError
-from ..nn.attention import SelfAttention
-from ..nn.conditioning import ConditionEmbedding
+from ..nn.attention import CrossAttention, SelfAttention
+from ..nn.conditioning import ConditionEmbedding, TextCondition
 from ..registry import register
 
 __all__ = ["UNetConfig", "UNet"]
@@ -36,6 +36,14 @@ class UNetConfig:
     attention_heads: int = 4
     dropout: float = 0.0
     patch_size: int = 1                  # >1: fold p x p pixel patches into channels first (4x less work at p=2)
+    text_vocab_size: int = 0             # caption tokens; 0: from the data (0 there too = no text conditioning)
+    text_length: int = 0                 # caption length in tokens; 0: from the data
+    text_encoder: Literal["joint", "minilm"] = "joint"   # joint: trained with the denoiser; minilm: pretrained, frozen
+    text_dim: int = 128                  # width of the text tokens
+    text_layers: int = 2                 # transformer blocks of the joint text encoder
+    text_heads: int = 4
+    coordinates: bool = False            # feed x, y coordinate maps to the first layer (CoordConv, Liu et al. 2018):
+                                         # lets attention tell left from right (prompts that name places)
 
     def __post_init__(self) -> None:
         validate(self, "model")
@@ -45,6 +53,10 @@ class UNetConfig:
         require(self.blocks_per_level >= 1, "model.blocks_per_level", "must be at least 1")
         require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
         require(self.patch_size >= 1, "model.patch_size", "must be at least 1")
+        require(self.text_vocab_size == 0 or self.num_classes == 0, "model.num_classes",
+                "a model is conditioned on classes or on captions, not both")
+        require(self.text_dim % self.text_heads == 0, "model.text_dim",
+                f"{self.text_dim} is not divisible by model.text_heads={self.text_heads}")
         factor = 2 ** (len(self.channel_mults) - 1) * self.patch_size
         require(self.image_size % factor == 0, "model.image_size",
                 f"{self.image_size} must be divisible by {factor} (patch_size {self.patch_size}, and "
@@ -72,7 +84,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, text=None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))                                  # (B, out, H, W)
         scale, shift = self.modulation(F.silu(embedding))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
@@ -81,20 +93,29 @@ class ResidualBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the pixels of a feature map, as a residual."""
+    """Self-attention over the pixels of a feature map, then (text models) cross-attention from the pixels
+    to the caption's tokens (Rombach et al. 2022), each as a residual."""
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int, text_dim: int = 0):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(channels), channels)
         heads = heads if channels % heads == 0 else 1
         self.attention = SelfAttention(channels, heads)
-        nn.init.zeros_(self.attention.proj.weight)
-        nn.init.zeros_(self.attention.proj.bias)
+        self.cross = CrossAttention(channels, text_dim, heads) if text_dim else None
+        self.cross_norm = nn.LayerNorm(channels) if text_dim else None
+        for layer in (self.attention, self.cross):
+            if layer is not None:
+                nn.init.zeros_(layer.proj.weight)
+                nn.init.zeros_(layer.proj.bias)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None, text=None) -> torch.Tensor:
         B, C, H, W = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)                     # (B, H*W, C)
-        return x + self.attention(tokens).transpose(1, 2).reshape(B, C, H, W)
+        h = x.flatten(2).transpose(1, 2) + self.attention(tokens)
+        if self.cross is not None and text is not None:
+            context, mask = text                                             # (B, L, text_dim), (B, L)
+            h = h + self.cross(self.cross_norm(h), context, mask)
+        return h.transpose(1, 2).reshape(B, C, H, W).contiguous(memory_format=torch.channels_last)
 
 
 class Downsample(nn.Module):
@@ -102,7 +123,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None, text=None) -> torch.Tensor:
         return self.conv(x)
 
 
@@ -111,7 +132,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None, text=None) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -122,9 +143,9 @@ class Level(nn.Module):
         super().__init__()
         self.block, self.attention = block, attention
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, text=None) -> torch.Tensor:
         x = self.block(x, embedding)
-        return self.attention(x) if self.attention is not None else x
+        return self.attention(x, embedding, text) if self.attention is not None else x
 
 
 class UNet(nn.Module):
@@ -135,11 +156,14 @@ class UNet(nn.Module):
         self.config = cfg
         embed_dim = 4 * cfg.base_channels
         self.condition = ConditionEmbedding(embed_dim, cfg.num_classes)
+        text_dim = cfg.text_dim if cfg.text_vocab_size else 0
+        self.text = TextCondition(cfg.text_encoder, cfg.text_vocab_size, cfg.text_length, cfg.text_dim,
+                                  cfg.text_layers, cfg.text_heads, embed_dim) if text_dim else None
         p = cfg.patch_size
-        self.input = nn.Conv2d(cfg.channels * p * p, cfg.base_channels, 3, padding=1)
+        self.input = nn.Conv2d(cfg.channels * p * p + 2 * cfg.coordinates, cfg.base_channels, 3, padding=1)
 
         def level(cin: int, cout: int, size: int) -> Level:
-            attention = AttentionBlock(cout, cfg.attention_heads) if size in cfg.attention_resolutions else None
+            attention = AttentionBlock(cout, cfg.attention_heads, text_dim) if size in cfg.attention_resolutions else None
             return Level(ResidualBlock(cin, cout, embed_dim, cfg.dropout), attention)
 
         channels, size = cfg.base_channels, cfg.image_size // p
@@ -155,7 +179,7 @@ class UNet(nn.Module):
                 skips.append(channels)
                 size //= 2
         self.middle = nn.ModuleList([ResidualBlock(channels, channels, embed_dim, cfg.dropout),
-                                     AttentionBlock(channels, cfg.attention_heads),
+                                     AttentionBlock(channels, cfg.attention_heads, text_dim),
                                      ResidualBlock(channels, channels, embed_dim, cfg.dropout)])
         self.up = nn.ModuleList()
         for i, mult in reversed(list(enumerate(cfg.channel_mults))):
@@ -173,23 +197,35 @@ class UNet(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W) noisy images, t (B,) timesteps, labels (B,) classes (num_classes = none) -> (B, C, H, W)."""
+        """x (B, C, H, W) noisy images, t (B,) timesteps -> (B, C, H, W). `labels`: (B,) classes (num_classes =
+        none) for a class-conditional model, (B, L) caption token ids (None = no caption) for a text model."""
+        text = None
+        if self.text is not None:
+            context, mask, pooled = self.text(labels, x.shape[0])
+            text, labels = (context, mask), None
         embedding = self.condition(t, labels)                                # (B, 4 * base)
+        if text is not None:
+            embedding = embedding + pooled
         p = self.config.patch_size
         if p > 1:
             x = F.pixel_unshuffle(x, p)                                      # (B, C*p*p, H/p, W/p)
+        if self.config.coordinates:
+            B, _, h, w = x.shape
+            ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)[:, None].expand(h, w)
+            xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)[None, :].expand(h, w)
+            x = torch.cat([x, torch.stack([xs, ys]).expand(B, 2, h, w)], dim=1)
         h = self.input(x.contiguous(memory_format=torch.channels_last))
         skips = [h]
         for module in self.down:
-            h = module(h, embedding)
+            h = module(h, embedding, text)
             skips.append(h)
         for module in self.middle:
-            h = module(h, embedding)
+            h = module(h, embedding, text)
         for module in self.up:
             if isinstance(module, Upsample):
                 h = module(h)
             else:
-                h = module(torch.cat([h, skips.pop()], dim=1), embedding)
+                h = module(torch.cat([h, skips.pop()], dim=1), embedding, text)
         h = self.output(h)
         return F.pixel_shuffle(h, p) if p > 1 else h
 

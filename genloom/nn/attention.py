@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RotaryEmbedding", "KVCache", "CausalSelfAttention", "SelfAttention", "apply_rotary"]
+__all__ = ["RotaryEmbedding", "KVCache", "CausalSelfAttention", "SelfAttention", "CrossAttention", "apply_rotary"]
 
 
 class RotaryEmbedding(nn.Module):
@@ -117,11 +117,39 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D); `mask` (B, N), when given, marks the tokens that may be attended to."""
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, N, hs)
         if self.qk_norm:   # keeps attention logits bounded: stabler training at high learning rates
             q = F.rms_norm(q, (self.head_dim,), eps=self.eps)
             k = F.rms_norm(k, (self.head_dim,), eps=self.eps)
-        y = F.scaled_dot_product_attention(q, k, v)                                              # (B, nh, N, hs)
+        attn_mask = mask[:, None, None, :] if mask is not None else None                         # (B, 1, 1, N)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)                         # (B, nh, N, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+
+
+class CrossAttention(nn.Module):
+    """Queries from one sequence (feature-map pixels), keys and values from another (text tokens).
+
+    `mask` (B, L) marks the context tokens that may be attended to (False = padding).
+    """
+
+    def __init__(self, dim: int, context_dim: int, n_head: int, eps: float = 1e-6):
+        super().__init__()
+        n_head = n_head if dim % n_head == 0 else 1
+        self.n_head, self.head_dim, self.eps = n_head, dim // n_head, eps
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, D = x.shape
+        L = context.shape[1]
+        q = self.q(x).view(B, N, self.n_head, self.head_dim).transpose(1, 2)                       # (B, nh, N, hs)
+        k, v = self.kv(context).view(B, L, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, nh, L, hs)
+        q = F.rms_norm(q, (self.head_dim,), eps=self.eps)
+        k = F.rms_norm(k, (self.head_dim,), eps=self.eps)
+        attn_mask = mask[:, None, None, :] if mask is not None else None                          # (B, 1, 1, L)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)                          # (B, nh, N, hs)
         return self.proj(y.transpose(1, 2).reshape(B, N, D))

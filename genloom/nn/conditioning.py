@@ -1,4 +1,4 @@
-"""Conditioning blocks shared by the diffusion denoisers: noise-level and class embeddings."""
+"""Conditioning blocks shared by the diffusion denoisers: noise-level, class and caption embeddings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["timestep_features", "ConditionEmbedding"]
+__all__ = ["timestep_features", "ConditionEmbedding", "TextCondition"]
 
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -42,3 +42,35 @@ class ConditionEmbedding(nn.Module):
                 labels = torch.full_like(t, self.num_classes, dtype=torch.long)
             embedding = embedding + self.label(labels)
         return embedding
+
+
+class TextCondition(nn.Module):
+    """Caption token ids -> (text tokens (B, L, text_dim), mask (B, L), pooled vector (B, embed_dim)).
+
+    The tokens feed cross-attention (UNet) or join the image tokens (DiT); the pooled vector is added
+    to the timestep embedding. `null_caption` is the "no text" input that conditioning dropout trains
+    and classifier-free guidance uses as its unconditional branch.
+    """
+
+    def __init__(self, encoder: str, vocab_size: int, length: int, dim: int, layers: int, heads: int,
+                 embed_dim: int):
+        super().__init__()
+        from .text_encoders import JointTextEncoder, MiniLMTextEncoder
+
+        null = torch.zeros(length, dtype=torch.long)
+        if encoder == "minilm":
+            self.encoder = MiniLMTextEncoder(dim)
+            null[:2] = torch.tensor([101, 102])       # [CLS] [SEP]: the WordPiece encoding of ""
+        else:
+            self.encoder = JointTextEncoder(vocab_size, length, dim, layers, heads)
+            null[0] = 1                               # <empty>
+        self.register_buffer("null_caption", null, persistent=False)
+        self.pooled = nn.Sequential(nn.Linear(dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, ids: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from .text_encoders import masked_mean
+
+        if ids is None:
+            ids = self.null_caption.expand(batch, -1)
+        tokens, mask = self.encoder(ids)
+        return tokens, mask, self.pooled(masked_mean(tokens, mask))

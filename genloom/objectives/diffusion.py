@@ -3,7 +3,8 @@
 Each training example gets a random timestep t and Gaussian noise; the network sees the noised image
 and predicts eps, x0 or v (Salimans & Ho 2022) as the schedule says. Losses are weighted with Min-SNR-γ
 (Hang et al. 2023) so that the nearly clean timesteps do not dominate training. With probability
-`label_dropout` the label is replaced by "none", so one model serves classifier-free guidance.
+`label_dropout` the label (or the caption, for a text-to-image model) is replaced by "none", so one model
+serves classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -68,8 +69,13 @@ class DiffusionObjective:
 
     def _loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, t: torch.Tensor,
               noise: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        num_classes = unwrap_model(model).config.num_classes
-        labels = torch.where(drop, torch.full_like(labels, num_classes), labels) if num_classes else None
+        net = unwrap_model(model)
+        if getattr(net, "text", None) is not None:                                # captions (B, L)
+            labels = torch.where(drop[:, None], net.text.null_caption.to(labels), labels)
+        elif net.config.num_classes:
+            labels = torch.where(drop, torch.full_like(labels, net.config.num_classes), labels)
+        else:
+            labels = None
         noisy = self.schedule.add_noise(images, noise, t)                       # (B, C, H, W)
         output = model(noisy, t.float(), labels)
         error = (output.float() - self.schedule.target(images, noise, t)).pow(2).mean(dim=(1, 2, 3))  # (B,)
@@ -101,6 +107,8 @@ class DiffusionObjective:
 
         if not length:
             return ""
+        if getattr(model, "text", None) is not None:
+            return self._write_prompt_samples(model, data, folder, step)
         num_classes = model.config.num_classes
         per_class = self.config.samples_per_class
         if num_classes:
@@ -115,6 +123,20 @@ class DiffusionObjective:
         path = folder / f"step_{step:07d}.png"
         save_image_grid(images, path, nrow=columns, scale=max(1, 64 // model.config.image_size))
         return f"sample grid: {path}"
+
+    def _write_prompt_samples(self, model: nn.Module, data, folder: Path, step: int) -> str:
+        """Two images each for 16 validation captions; the captions go beside the grid in a .txt file."""
+        from ..data.images import save_image_grid
+
+        prompts = data.sample_prompts(16)
+        ids = torch.stack([data.tokenizer.encode(p, warn=False) for p in prompts for _ in range(2)])
+        images = generate_images(model, self.schedule, ids, len(ids), seed=0, sampler=self.config.sampler,
+                                 steps=self.config.sample_steps, guidance=self.config.guidance)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step_{step:07d}.png"
+        save_image_grid(images, path, nrow=8, scale=max(1, 64 // model.config.image_size))
+        path.with_suffix(".txt").write_text("".join(f"{i + 1:2d}. {p}\n" for i, p in enumerate(prompts)))
+        return f"sample grid: {path} (prompts in {path.with_suffix('.txt').name}, two images each, row by row)"
 
 
 @register("objective", "diffusion", DiffusionConfig)

@@ -245,12 +245,17 @@ def _sample_heun(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, sigmas: T
 @torch.no_grad()
 def sample(denoise: Denoise, schedule: NoiseSchedule, shape: Sequence[int], generator: torch.Generator,
            sampler: str = "dpmpp_2m", steps: int = 20, spacing: str = "leading", eta: float = 0.0,
-           callback: Callback | None = None, x_T: Tensor | None = None) -> Tensor:
+           callback: Callback | None = None, x_T: Tensor | None = None, init: Tensor | None = None,
+           strength: float = 1.0) -> Tensor:
     """A float32 batch of `shape` drawn from the network `denoise` (see the module docstring) in `steps` steps.
 
     x_T is the starting standard normal noise, drawn from `generator` when None, and scaled like diffusers'
     `init_noise_sigma`. `eta` is DDIM's noise scale (ddim only). `callback(i, n)` runs after step i of n
     (heun's steps call the network twice, see `function_evaluations`). The state is kept in float32.
+
+    Image-to-image (SDEdit, Meng et al. 2022): with `init` (clean data of `shape`), only the last
+    round(steps * strength) steps run, starting from `init` noised to the level of the first of them, as
+    diffusers' img2img pipelines do; strength 0 returns `init` unchanged.
     """
     _check_sampler(sampler)
     _check_steps(schedule, steps, spacing)
@@ -260,16 +265,31 @@ def sample(denoise: Denoise, schedule: NoiseSchedule, shape: Sequence[int], gene
         x_T = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+    require(0 <= strength <= 1, "strength", f"must be between 0 (keep the image) and 1 (redraw it), got {strength}")
+    if init is not None and tuple(init.shape) != tuple(shape):
+        raise ValueError(f"init has shape {tuple(init.shape)}, expected {tuple(shape)}")
     x = x_T.to(torch.float32)
     report = callback if callback is not None else (lambda i, n: None)
+    skip = 0 if init is None else steps - round(steps * strength)    # image-to-image: the steps left out
+    if init is not None and skip == steps:
+        return init.to(torch.float32).clone()
 
-    if sampler == "ddpm":
-        return _sample_ddpm(denoise, schedule, x, timesteps_for(schedule, steps, spacing), generator, report)
-    if sampler == "ddim":
-        return _sample_ddim(denoise, schedule, x, timesteps_for(schedule, steps, spacing), eta, generator, report)
-    if sampler == "dpmpp_2m":
-        return _sample_dpmpp_2m(denoise, schedule, x, _dpm_timesteps(schedule, steps, spacing), report)
+    if sampler in ("ddpm", "ddim", "dpmpp_2m"):
+        grid = timesteps_for(schedule, steps, spacing) if sampler != "dpmpp_2m" else _dpm_timesteps(schedule, steps, spacing)
+        grid = grid[skip:]
+        if init is not None:                                           # x_t = sqrt(ā) x0 + sqrt(1 - ā) eps
+            ab = schedule.alphas_cumprod[grid[0]].float()
+            x = ab ** 0.5 * init.to(torch.float32) + (1 - ab) ** 0.5 * x
+        if sampler == "ddpm":
+            return _sample_ddpm(denoise, schedule, x, grid, generator, report)
+        if sampler == "ddim":
+            return _sample_ddim(denoise, schedule, x, grid, eta, generator, report)
+        return _sample_dpmpp_2m(denoise, schedule, x, grid, report)
     sigmas = karras_sigmas(schedule, steps, spacing)
+    if init is not None:                                               # variance-exploding: x = x0 + sigma eps
+        sigmas = sigmas[skip:]
+        x = init.to(torch.float32) + sigmas[0].float() * x
+        return (_sample_euler if sampler == "euler" else _sample_heun)(denoise, schedule, x, sigmas, report)
     # The variance-exploding state starts at sigma_max times the noise, except that diffusers scales leading
     # spacing by sqrt(sigma_max² + 1), which makes the network's first input exactly the noise.
     sigma_max = sigmas[0].float()

@@ -144,6 +144,15 @@ class NoiseSchedule:
             return clipped
         return clipped / (snr + 1)
 
+    def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
+        """ā at (possibly fractional) timesteps `t`, interpolating log-sigma as `timestep_at` does (its inverse)."""
+        t = t.double().clamp(0, self.timesteps - 1)
+        low = t.floor().long().clamp(max=self.timesteps - 2)
+        weight = t - low
+        log_sigmas = self.log_sigmas.double().to(t.device)
+        log_sigma = log_sigmas[low] * (1 - weight) + log_sigmas[low + 1] * weight
+        return 1 / (1 + (2 * log_sigma).exp())
+
     def timestep_at(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional training timestep whose sigma is `sigma` (any shape), found by interpolating
         log-sigma linearly between neighbouring timesteps and clamped to [0, T-1], as diffusers does."""

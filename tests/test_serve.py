@@ -1,0 +1,313 @@
+"""`genloom serve` against a real server on a loopback port: the official openai client, streaming,
+images, auth, bad input, queue limits, disconnects, batching, a load run, schema fuzzing and the web page."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny
+from genloom import api, load
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+from genloom.serve.app import Limits, create_app  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("GENLOOM_TEST_ARTIFACTS", "test-artifacts"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a background thread, serving `create_app(models, limits, api_key)`."""
+
+    def __init__(self, models: dict, limits: Limits = Limits(), api_key: str | None = None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(models, limits, api_key), host="127.0.0.1", port=self.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("the server did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, corpus):
+    root = tmp_path_factory.mktemp("serve")
+    api.train("shakespeare-char", out=root / "text", overrides=tiny(corpus, "train.max_steps=20"))
+    api.train("glyphs-text-to-image", out=root / "t2i", overrides=[
+        "data.scenes_count=200", "data.caption_variants=1", "model.base_channels=16", "model.channel_mults=1,2",
+        "model.attention_resolutions=8", "model.text_dim=32", "model.text_layers=1", "model.text_heads=2",
+        "train.batch_size=8", "train.max_steps=3", "train.eval_interval=3", "train.eval_batches=1",
+        "train.progress=false", "train.compile=false", "train.precision=fp32", "objective.sample_steps=2"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(checkpoints):
+    return {"shakes": load(checkpoints / "text"), "scenes": load(checkpoints / "t2i")}
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    s = Server(models, Limits(max_body_bytes=200_000, max_prompt_tokens=2000, queue_size=64))
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_client_models_completion_chat_and_images(client):
+    ids = {m.id for m in client.models.list().data}
+    assert ids == {"shakes", "scenes"}
+    done = client.completions.create(model="shakes", prompt="ROMEO:", max_tokens=12, seed=3, temperature=0.8)
+    assert done.object == "text_completion" and len(done.choices) == 1
+    assert done.usage.completion_tokens == 12 and done.usage.prompt_tokens == len("ROMEO:")
+    again = client.completions.create(model="shakes", prompt="ROMEO:", max_tokens=12, seed=3, temperature=0.8)
+    assert again.choices[0].text == done.choices[0].text                           # a seed reproduces it
+    cut = client.completions.create(model="shakes", prompt="ROMEO:", max_tokens=30, seed=3, stop=["\n"])
+    assert "\n" not in cut.choices[0].text
+    chat = client.chat.completions.create(model="shakes", messages=[{"role": "user", "content": "Speak."}],
+                                          max_tokens=8, seed=1, n=2)
+    assert chat.object == "chat.completion" and len(chat.choices) == 2
+    assert chat.choices[0].message.role == "assistant"
+    image = client.images.generate(model="scenes", prompt="a red letter A on the left on a white background", n=2,
+                                   response_format="b64_json", extra_body={"steps": 2, "seed": 5})
+    assert len(image.data) == 2 and image.data[0].b64_json
+
+
+def test_streaming_chunks_share_an_id_start_with_the_role_and_end_with_usage(client):
+    chunks = list(client.chat.completions.create(model="shakes", messages=[{"role": "user", "content": "Hi"}],
+                                                 max_tokens=10, seed=2, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10 and not chunks[-1].choices
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    plain = client.chat.completions.create(model="shakes", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=10, seed=2)
+    assert text.strip() == plain.choices[0].message.content
+    pieces = list(client.completions.create(model="shakes", prompt="KING:", max_tokens=6, seed=0, stream=True))
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == client.completions.create(
+        model="shakes", prompt="KING:", max_tokens=6, seed=0).choices[0].text
+
+
+def test_concurrent_requests_are_batched_and_give_the_same_text_as_alone(server, client):
+    prompts = [f"LINE {i}:" for i in range(8)]
+    alone = [client.completions.create(model="shakes", prompt=p, max_tokens=20, seed=i).choices[0].text
+             for i, p in enumerate(prompts)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda i: client.completions.create(model="shakes", prompt=prompts[i], max_tokens=20,
+                                                                     seed=i).choices[0].text, range(8)))
+    assert together == alone
+
+
+def test_auth_failure_is_a_401_authentication_error(models):
+    s = Server(models, api_key="sesame")
+    try:
+        bad = openai.OpenAI(base_url=f"{s.url}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            bad.models.list()
+        assert caught.value.status_code == 401 and caught.value.body["type"] == "authentication_error"
+        good = openai.OpenAI(base_url=f"{s.url}/v1", api_key="sesame", max_retries=0)
+        assert [m.id for m in good.models.list().data]
+        assert httpx.get(f"{s.url}/health").status_code == 200          # health and the page stay open
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ("{not json", 400, "not valid JSON"),
+    ({"model": "shakes", "prompt": "x", "max_tokens": "many"}, 422, "max_tokens"),
+    ({"model": "nobody", "prompt": "x"}, 404, "does not exist"),
+    ({"model": "shakes", "prompt": "x", "max_tokens": -3}, 422, "max_tokens"),
+    ('{"model": "shakes", "prompt": "x", "temperature": NaN}', 422, "temperature"),
+    ({"model": "shakes", "prompt": "x", "n": 1000}, 400, "n=1000"),
+    ({"model": "shakes", "prompt": "x", "max_tokens": 10**6}, 400, "max_tokens"),
+    ({"model": "shakes", "prompt": "x" * 250_000}, 413, "larger than"),
+    ({"model": "shakes", "prompt": "x" * 5_000}, 400, "tokens"),
+    ({"model": "scenes", "prompt": "x"}, 400, "is a text-to-image model"),
+])
+def test_bad_completion_requests_get_clear_4xx(server, body, status, words):
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(f"{server.url}/v1/completions", content=content,
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert words in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert httpx.get(f"{server.url}/health").status_code == 200                       # still serving
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"model": "scenes", "prompt": "  "}, "prompt is empty"),
+    ({"model": "scenes", "prompt": "a red A", "size": "1024x1024"}, "32x32"),
+    ({"model": "scenes", "prompt": "a red A", "steps": 100000}, "steps"),
+    ({"model": "scenes", "prompt": "a red A", "response_format": "url"}, "b64_json"),
+    ({"model": "shakes", "prompt": "a red A"}, "is a text model"),
+])
+def test_bad_image_requests_get_clear_4xx(server, body, words):
+    response = httpx.post(f"{server.url}/v1/images/generations", json=body, timeout=30)
+    assert 400 <= response.status_code < 500 and words in response.json()["error"]["message"], response.text
+
+
+def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(models):
+    s = Server(models, Limits(queue_size=1, max_batch=1))
+    try:
+        slow = {"model": "shakes", "prompt": "A", "max_tokens": 2000, "stream": True}
+        with httpx.Client(timeout=30) as http:
+            with http.stream("POST", f"{s.url}/v1/completions", json=slow) as first:
+                lines = first.iter_lines()        # kept: a dropped iterator closes the connection
+                next(lines)                                                   # running
+                with http.stream("POST", f"{s.url}/v1/completions", json=slow) as second:
+                    assert second.status_code == 200                          # waiting in the queue
+                    third = http.post(f"{s.url}/v1/completions", json={**slow, "stream": False})
+                    assert third.status_code == 429 and third.json()["error"]["type"] == "rate_limit_exceeded"
+            deadline = time.time() + 10                                        # both clients left
+            while time.time() < deadline and http.get(f"{s.url}/health").json()["models"]["shakes"]["queue"]:
+                time.sleep(0.1)
+            assert http.get(f"{s.url}/health").json()["models"]["shakes"]["queue"] == 0
+            ok = http.post(f"{s.url}/v1/completions", json={"model": "shakes", "prompt": "A", "max_tokens": 3})
+            assert ok.status_code == 200
+    finally:
+        s.stop()
+
+
+def test_metrics_and_image_progress_stream(server):
+    with httpx.stream("POST", f"{server.url}/v1/images/generations", timeout=60,
+                      json={"model": "scenes", "prompt": "a blue circle", "steps": 3, "seed": 1, "stream": True}) as r:
+        events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:") and "DONE" not in line]
+    assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3]
+    assert events[-1]["type"] == "result" and events[-1]["genloom"]["seed"] == 1
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ("genloom_requests_total", "genloom_request_seconds_bucket", "genloom_tokens_generated_total",
+                 "genloom_images_generated_total", "genloom_queue_depth", "genloom_time_to_first_token_seconds"):
+        assert name in text
+
+
+def test_load_32_clients_for_30_seconds(models):
+    s = Server(models, Limits(queue_size=24))
+    latencies, statuses, stop_at = [], [], time.time() + 30
+    rss = []
+
+    def client_loop(i: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            while time.time() < stop_at:
+                start = time.perf_counter()
+                r = http.post(f"{s.url}/v1/completions", json={"model": "shakes", "prompt": f"{i}:", "max_tokens": 16,
+                                                               "seed": i})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    time.sleep(0.05)
+
+    def memory() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    try:
+        threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(32)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            rss.append(memory())
+            time.sleep(1)
+        for t in threads:
+            t.join()
+    finally:
+        s.stop()
+    assert set(statuses) <= {200, 429} and latencies
+    quantiles = statistics.quantiles(latencies, n=20)
+    report = {"requests": len(latencies), "rejected_429": statuses.count(429),
+              "throughput_rps": len(latencies) / 30, "p50_s": statistics.median(latencies), "p95_s": quantiles[18],
+              "rss_mb_first_last": [rss[2] / 2**20, rss[-1] / 2**20]}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "serve-load.json").write_text(json.dumps(report, indent=2))
+    print(report)
+    assert rss[-1] < rss[2] * 1.5                                            # memory stable
+
+
+def test_schema_fuzzing_finds_no_server_errors(models):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, settings
+
+    app = create_app(models, Limits(max_tokens=8, max_steps=2, max_n=2, max_images=2, max_batch=4))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+    @schema.parametrize()
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        response = case.call()
+        assert response.status_code < 500, (case.path, case.body, response.text)
+
+    check()
+
+
+def test_web_page_streams_text_and_shows_images(server):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not browser or not driver_path:
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=390,1200"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
+        Select(driver.find_element(By.ID, "model")).select_by_value("shakes")
+        driver.find_element(By.ID, "prompt").send_keys("ROMEO:")
+        driver.find_element(By.ID, "max_tokens").clear()
+        driver.find_element(By.ID, "max_tokens").send_keys("40")
+        driver.find_element(By.ID, "generate-text").click()
+        wait.until(lambda d: "reproduce with" in d.find_element(By.ID, "text-params").text)
+        assert len(driver.find_element(By.ID, "output").text) > len("ROMEO:")
+        Select(driver.find_element(By.ID, "model")).select_by_value("scenes")
+        driver.find_element(By.ID, "image_prompt").send_keys("a red letter A on the left on a white background")
+        driver.find_element(By.ID, "steps").clear()
+        driver.find_element(By.ID, "steps").send_keys("3")
+        driver.find_element(By.ID, "generate-image").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery .card img"))
+        assert driver.find_element(By.ID, "error").text == ""
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))
+    finally:
+        driver.quit()
+
