@@ -334,6 +334,15 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
 
         if body.stream:
             async def stream():
+                try:
+                    async for chunk in completion_chunks():
+                        yield chunk
+                except APIError as error:       # after the headers: report it in the stream, then end it
+                    yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
+                                          "code": error.code}})
+                yield _sse("[DONE]")
+
+            async def completion_chunks():
                 completion_tokens = 0
                 first = [True] * n
                 async for event in collect(request, job, events, deadline):
@@ -355,7 +364,6 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
                 if body.stream_options and body.stream_options.include_usage:
                     yield _sse({"id": ident, "object": "text_completion", "created": created, "model": entry.name,
                                 "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-                yield _sse("[DONE]")
             return StreamingResponse(stream(), media_type="text/event-stream")
 
         texts, tokens, logprobs, reasons = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)], [None] * n
@@ -397,6 +405,15 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
 
         if body.stream:
             async def stream():
+                try:
+                    async for chunk in chat_chunks():
+                        yield chunk
+                except APIError as error:       # after the headers: report it in the stream, then end it
+                    yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
+                                          "code": error.code}})
+                yield _sse("[DONE]")
+
+            async def chat_chunks():
                 completion_tokens = 0
                 base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": entry.name,
                         "system_fingerprint": None}
@@ -421,7 +438,6 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
                                                      "finish_reason": event["finish_reason"]}]})
                 if body.stream_options and body.stream_options.include_usage:
                     yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-                yield _sse("[DONE]")
             return StreamingResponse(stream(), media_type="text/event-stream")
 
         texts, tokens, logprobs, reasons = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)], [None] * n
