@@ -179,6 +179,20 @@ def _sse(payload: Any) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
+def _event_stream(chunks) -> StreamingResponse:
+    """Server-sent events of `chunks` ending in `data: [DONE]`; an error after the headers went out is sent
+    as an error event (the status can no longer change)."""
+    async def stream():
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except APIError as error:
+            yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
+                                  "code": error.code}})
+        yield _sse("[DONE]")
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
 def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str | None = None) -> FastAPI:
     """The FastAPI app serving `models` (name -> handle from `genloom.load`)."""
     app = FastAPI(title="genloom", version="0.1.0",
@@ -307,6 +321,21 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
         finally:
             job.cancelled.set()
 
+    async def gather(request: Request, job, events: asyncio.Queue, deadline: float, n: int, model: str):
+        """A finished text job's (texts, token ids, log-probabilities, finish reasons) per row."""
+        texts, tokens, logprobs, reasons = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)], [None] * n
+        async for event in collect(request, job, events, deadline):
+            if event.get("done"):
+                break
+            row = event["row"]
+            texts[row] += event["text"]
+            if event["token"] is not None:
+                tokens[row].append(event["token"])
+                logprobs[row].append(event["logprob"])
+                metrics.tokens(model, True)
+            reasons[row] = event["finish_reason"] or reasons[row]
+        return texts, tokens, logprobs, reasons
+
     def stops_of(stop) -> list[str]:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if len(stops) > 4:
@@ -333,15 +362,6 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
             return {"tokens": pieces, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
 
         if body.stream:
-            async def stream():
-                try:
-                    async for chunk in completion_chunks():
-                        yield chunk
-                except APIError as error:       # after the headers: report it in the stream, then end it
-                    yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
-                                          "code": error.code}})
-                yield _sse("[DONE]")
-
             async def completion_chunks():
                 completion_tokens = 0
                 first = [True] * n
@@ -364,19 +384,9 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
                 if body.stream_options and body.stream_options.include_usage:
                     yield _sse({"id": ident, "object": "text_completion", "created": created, "model": entry.name,
                                 "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-            return StreamingResponse(stream(), media_type="text/event-stream")
+            return _event_stream(completion_chunks())
 
-        texts, tokens, logprobs, reasons = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)], [None] * n
-        async for event in collect(request, job, events, deadline):
-            if event.get("done"):
-                break
-            row = event["row"]
-            texts[row] += event["text"]
-            if event["token"] is not None:
-                tokens[row].append(event["token"])
-                logprobs[row].append(event["logprob"])
-                metrics.tokens(entry.name, True)
-            reasons[row] = event["finish_reason"] or reasons[row]
+        texts, tokens, logprobs, reasons = await gather(request, job, events, deadline, n, entry.name)
         choices = [{"text": echo[i] + texts[i], "index": i, "finish_reason": reasons[i] or "length",
                     "logprobs": logprob_entry(tokens[i], logprobs[i]) if body.logprobs is not None else None}
                    for i in range(n)]
@@ -404,15 +414,6 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
             return out
 
         if body.stream:
-            async def stream():
-                try:
-                    async for chunk in chat_chunks():
-                        yield chunk
-                except APIError as error:       # after the headers: report it in the stream, then end it
-                    yield _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
-                                          "code": error.code}})
-                yield _sse("[DONE]")
-
             async def chat_chunks():
                 completion_tokens = 0
                 base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": entry.name,
@@ -438,19 +439,9 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
                                                      "finish_reason": event["finish_reason"]}]})
                 if body.stream_options and body.stream_options.include_usage:
                     yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-            return StreamingResponse(stream(), media_type="text/event-stream")
+            return _event_stream(chat_chunks())
 
-        texts, tokens, logprobs, reasons = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)], [None] * n
-        async for event in collect(request, job, events, deadline):
-            if event.get("done"):
-                break
-            row = event["row"]
-            texts[row] += event["text"]
-            if event["token"] is not None:
-                tokens[row].append(event["token"])
-                logprobs[row].append(event["logprob"])
-                metrics.tokens(entry.name, True)
-            reasons[row] = event["finish_reason"] or reasons[row]
+        texts, tokens, logprobs, reasons = await gather(request, job, events, deadline, n, entry.name)
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i].strip(), "refusal": None},
                     "logprobs": {"content": logprob_content(tokens[i], logprobs[i])} if body.logprobs else None,
                     "finish_reason": reasons[i] or "length"} for i in range(n)]
