@@ -124,7 +124,10 @@ class CaptionTokenizer:
         return self.encode("", warn=False)
 
     def encode(self, text: str, warn: bool = True) -> torch.Tensor:
-        ids = self.ids(text)
+        """The (max_length,) ids of `text`, cut (with a warning) when longer, padded with PAD."""
+        return self.pad(self.ids(text), warn)
+
+    def pad(self, ids: list[int], warn: bool = True) -> torch.Tensor:
         if len(ids) > self.max_length:
             if warn:
                 log.warning("the prompt has %d tokens, more than the text encoder's %d; it was cut to %r",
@@ -312,7 +315,7 @@ class CaptionedImageData:
             for v in range(variants):
                 ids = self.tokenizer.ids(captions[v % len(captions)])
                 cut += len(ids) > cfg.max_caption_tokens
-                tokens[i, v] = self.tokenizer.encode(captions[v % len(captions)], warn=False)
+                tokens[i, v] = self.tokenizer.pad(ids, warn=False)
         if cut:
             log.warning("%d caption(s) are longer than data.max_caption_tokens=%d tokens and were cut",
                         cut, cfg.max_caption_tokens)
