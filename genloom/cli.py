@@ -15,6 +15,9 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from .errors import GenloomError
+from .serve.limits import Limits
+
+_LIMITS = Limits()          # the defaults of `genloom serve`'s limit flags
 
 app = typer.Typer(
     add_completion=False,
@@ -387,30 +390,30 @@ def serve(
                                                    "'Authorization: Bearer KEY' on /v1/ requests.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Larger request bodies get "
-                                                "413.")] = 1_000_000,
+                                                "413.")] = _LIMITS.max_body_bytes,
     max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", min=1, help="Longer prompts get "
-                                                   "400.")] = 4096,
+                                                   "400.")] = _LIMITS.max_prompt_tokens,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="The largest max_tokens a request may "
-                                            "ask for.")] = 2048,
+                                            "ask for.")] = _LIMITS.max_tokens,
     max_n: Annotated[int, typer.Option("--max-n", min=1, help="The largest n (completions or images per "
-                                       "request).")] = 8,
+                                       "request).")] = _LIMITS.max_n,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="The most diffusion sampler steps per "
-                                           "request.")] = 250,
-    max_images: Annotated[int, typer.Option("--max-images", min=1, help="The most images per request.")] = 16,
+                                           "request.")] = _LIMITS.max_steps,
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="The most images per "
+                                            "request.")] = _LIMITS.max_images,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds a request may take before it is "
-                                           "abandoned (503).")] = 300.0,
+                                           "abandoned (503).")] = _LIMITS.timeout,
     queue_size: Annotated[int, typer.Option("--queue-size", min=1, help="Requests waiting per model before "
-                                            "the server answers 429.")] = 64,
+                                            "the server answers 429.")] = _LIMITS.queue_size,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Text completions decoded together in "
-                                           "one batch.")] = 16,
+                                           "one batch.")] = _LIMITS.max_batch,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions,
     /v1/images/generations), with /health, /metrics and a web page at / to try every model."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise GenloomError("genloom serve needs FastAPI and uvicorn: pip install 'genloom[serve]'") from None
+    import importlib.util
+
+    if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn")):
+        raise GenloomError("genloom serve needs FastAPI and uvicorn: pip install 'genloom[serve]'")
     from .serve import load_models
     from .serve import serve as run_server
 

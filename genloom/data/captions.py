@@ -28,7 +28,7 @@ from PIL import Image
 from ..config import require, validate
 from ..errors import CheckpointError, DataError
 from ..registry import register
-from .images import IMAGE_EXTENSIONS, LABELS_FILE, _conform, _conform_array, _image_files
+from .images import IMAGE_EXTENSIONS, LABELS_FILE, _conform, _conform_array, _image_files, split_examples
 from .scenes import Scene, caption_scene, digit_caption, random_scenes, render_scenes
 
 __all__ = ["CaptionedImageDataConfig", "CaptionedImageData", "CaptionTokenizer", "load_caption_tokenizer",
@@ -300,9 +300,8 @@ class CaptionedImageData:
         if count < 2:
             raise DataError(f"data.path: {source.description} has {count} image; training needs at least 2")
         self.captions, self.scenes = source.captions, source.scenes
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(cfg.seed))
-        num_val = min(count - 1, max(1, round(count * cfg.val_fraction)))
-        self._splits = {"train": order[:-num_val], "val": order[-num_val:]}
+        self._splits = split_examples(count, cfg.val_fraction, cfg.seed)
+        num_val = len(self._splits["val"])
         if self.tokenizer_kind == "words":
             train_captions = (c for i in self._splits["train"].tolist() for c in self.captions[i])
             self.tokenizer = CaptionTokenizer.from_captions(train_captions, cfg.max_caption_tokens)

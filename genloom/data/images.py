@@ -313,6 +313,13 @@ def load_image_source(config: ImageDataConfig) -> ImageSource:
 SPLITS = ("train", "val")
 
 
+def split_examples(count: int, val_fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """Example ids of the train and validation splits: a seeded shuffle, at least one example in each."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    num_val = min(count - 1, max(1, round(count * val_fraction)))
+    return {"train": order[:-num_val], "val": order[-num_val:]}
+
+
 class ImageData:
     """Images and class labels in memory, split once by a seeded shuffle, served as (B, C, H, W) in [-1, 1]."""
 
@@ -339,9 +346,8 @@ class ImageData:
         self._pixels = torch.from_numpy(source.pixels).permute(0, 3, 1, 2).contiguous()
         self._labels = torch.from_numpy(source.labels)
         self.classes, self.attributes = source.classes, source.attributes
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed))
-        num_val = min(count - 1, max(1, round(count * self.config.val_fraction)))
-        self._splits = {"train": order[:-num_val], "val": order[-num_val:]}
+        self._splits = split_examples(count, self.config.val_fraction, self.config.seed)
+        num_val = len(self._splits["val"])
         log.info("%s: %d images of %dx%dx%d, %d classes; %d for training, %d for validation",
                  source.description, count, *self._pixels.shape[1:], len(self.classes), count - num_val, num_val)
 

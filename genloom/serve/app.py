@@ -15,7 +15,6 @@ import io
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -28,25 +27,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import api
 from ..errors import GenloomError
 from ..generate.text import Sampling, encode_prompt
+from .limits import Limits
 from .metrics import Metrics
 from .workers import ImageJob, ImageWorker, QueueFull, TextJob, TextWorker
 
 __all__ = ["Limits", "create_app", "APIError"]
 
 PAGE = Path(__file__).with_name("page.html")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 1_000_000      # larger request bodies get 413
-    max_prompt_tokens: int = 4096        # longer prompts get 400
-    max_tokens: int = 2048               # the largest max_tokens a request may ask for
-    max_n: int = 8                       # the largest n (completions per prompt, images per request)
-    max_steps: int = 250                 # the most diffusion sampler steps a request may ask for
-    max_images: int = 16                 # the most images per request
-    timeout: float = 300.0               # seconds a request may take before it is abandoned (503)
-    queue_size: int = 64                 # jobs waiting per model before 429
-    max_batch: int = 16                  # text rows decoded together
 
 
 class APIError(Exception):

@@ -77,9 +77,8 @@ class _Worker:
 
     def _loop(self) -> None:
         while True:
-            first = self.jobs.get()
-            batch = [first] + self._more(first)
-            batch = [job for job in batch if not job.cancelled.is_set()]
+            job = self.jobs.get()
+            batch = [] if job.cancelled.is_set() else [job]
             self.busy = len(batch)
             try:
                 if batch:
@@ -90,9 +89,6 @@ class _Worker:
                     job.emit({"error": f"{type(error).__name__}: {error}"})
             finally:
                 self.busy = 0
-
-    def _more(self, first) -> list:
-        return []
 
     def _work(self, batch: list) -> None:
         raise NotImplementedError
