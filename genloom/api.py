@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .eval.image import ImageEvalResult
+    from .data.chat import ChatTemplate
+    from .eval.concept import ConceptEvalResult
+    from .eval.safety import SafetyEvalResult
     from .eval.scenes import SceneEvalResult
 from .generate.search import beam_search, speculative_tokens
 from .generate.text import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
@@ -27,7 +31,7 @@ from .nn.quantize import quantize_int8
 from .train import checkpoint as ckpt
 from .train.trainer import Trainer, TrainResult
 
-__all__ = ["train", "load", "TextModel", "ImageModel", "TextToImageModel", "GANModel", "Completion", "default_run_dir"]
+__all__ = ["train", "finetune", "merge", "load", "TextModel", "ImageModel", "TextToImageModel", "GANModel", "Completion", "default_run_dir"]
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -59,6 +63,58 @@ def train(recipe: str | RunConfig, out: str | Path | None = None, overrides: lis
     return Trainer(config, out, resume=resume).fit()
 
 
+def finetune(recipe: str, base: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
+             max_time: float | None = None, resume: bool = False) -> TrainResult:
+    """Fine-tune the checkpoint in `base` with a recipe (full, frozen parts, or LoRA per its [finetune] table).
+
+    A LoRA run leaves in `out` the adapter alone (adapter.safetensors + adapter.json), not the base weights.
+    """
+    overrides = list(overrides or [])
+    if max_time is not None:
+        overrides.append(f"train.max_time={max_time}")
+    config = load_recipe(recipe, overrides, base=base)
+    out = Path(out) if out is not None else default_run_dir(config.recipe or "finetune")
+    return Trainer(config, out, resume=resume).fit()
+
+
+def merge(base: str | Path, adapter: str | Path, out: str | Path) -> Path:
+    """Fold the LoRA adapter in `adapter` into the weights of `base`; write a full checkpoint to `out`."""
+    from .nn.lora import merge_adapter
+    from .train.finetune import ADAPTER_JSON, copy_assets
+
+    base, adapter, out = Path(base), Path(adapter), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"--out {out} already exists and is not empty; choose a new folder")
+    handle = load(base, adapters={"merged": adapter}, ema=True)
+    model = handle.model
+    merge_adapter(model, "merged")
+    config = json.loads((base / ckpt.CONFIG_FILE).read_text())
+    meta = json.loads((adapter / ADAPTER_JSON).read_text())
+    from .nn.text_encoders import GrownEmbedding
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, GrownEmbedding):       # new words: their rows join the embedding table
+            parent_name, _, attribute = name.rpartition(".")
+            table = torch.cat([module.weight, module.extra]).detach()
+            setattr(model.get_submodule(parent_name), attribute, torch.nn.Embedding.from_pretrained(table, freeze=False))
+            config["model"]["text_vocab_size"] = table.shape[0]
+    out.mkdir(parents=True, exist_ok=True)
+    config["description"] = f"{config.get('description', '')} + adapter {adapter.name} merged".strip()
+    writers = {
+        ckpt.CONFIG_FILE: lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
+        ckpt.MODEL_FILE: lambda p: ckpt.save_tensors(model.state_dict(), p, {
+            "format": "genloom", "merged_adapter": str(adapter.resolve()), "adapter_step": str(meta.get("step"))}),
+    }
+    ckpt.commit(out, writers)
+    copy_assets(base, out, overlay=adapter)
+    if meta.get("new_words"):
+        handle.tokenizer.save(out / "caption_tokenizer.json")        # with the new words
+    return out
+
+
+_CURRENT = object()    # "the adapter chosen with use_adapter" (the default of per-call `adapter=`)
+
+
 @dataclass(frozen=True)
 class Completion:
     """One generated continuation, with what a caller may want to know about it."""
@@ -73,9 +129,29 @@ class Completion:
 class TextModel:
     """A trained language model with its tokenizer: generate text, stream it, score it."""
 
-    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer):
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
+                 chat_template: "ChatTemplate | None" = None):
+        from .data.chat import ChatTemplate
+
         self.path, self.config, self.model, self.tokenizer = path, config, model, tokenizer
+        self.chat_template = chat_template or ChatTemplate.default(tokenizer)
         self.last_seed: int | None = None
+        self.adapters: list[str] = []          # names of the loaded LoRA adapters
+        self.adapter: str | None = None        # the one applied by default (None: the base model)
+
+    def use_adapter(self, name: str | None) -> None:
+        """Apply the loaded adapter `name` to later generations (None: the base model alone)."""
+        from .nn.lora import use_adapter
+
+        if name is not None and name not in self.adapters:
+            raise GenloomError(f"no adapter named {name!r} is loaded with {self.path} "
+                               f"(loaded: {', '.join(self.adapters) or 'none'})")
+        use_adapter(self.model, name)
+        self.adapter = name
+
+    def chat_prompt(self, messages: Sequence[dict]) -> str:
+        """The prompt that asks the model for the assistant's next turn (the model's chat template)."""
+        return self.chat_template.prompt(messages)
 
     @property
     def device(self) -> torch.device:
@@ -85,18 +161,24 @@ class TextModel:
         self.last_seed = secrets.randbelow(2**31) if seed is None else seed
         return self.last_seed
 
+    def _route(self, adapter) -> None:
+        if adapter is not _CURRENT:
+            self.use_adapter(adapter)
+
     def stream(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
-               stop: Sequence[str] = (), use_cache: bool = True) -> Iterator[str]:
-        """Yield pieces of the continuation of `prompt` as they are sampled."""
+               stop: Sequence[str] = (), use_cache: bool = True, adapter=_CURRENT) -> Iterator[str]:
+        """Yield pieces of the continuation of `prompt` as they are sampled. `adapter` names a loaded LoRA
+        adapter (None: the base model); by default the one chosen with `use_adapter` applies."""
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+        self._route(adapter)
         return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self._seed(seed), sampling, stop,
                            use_cache)
 
     def complete(self, prompts: str | Sequence[str] = "", max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
                  min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
-                 use_cache: bool = True) -> list[Completion]:
+                 use_cache: bool = True, adapter=_CURRENT) -> list[Completion]:
         """Continue each prompt `num_samples` times, all in one batch (prompt-major order).
 
         Sample j of every prompt uses seed + j, so it is the text that prompt alone with that seed
@@ -105,6 +187,7 @@ class TextModel:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
         seed = self._seed(seed)
+        self._route(adapter)
         rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
         encoded = [encode_prompt(self.tokenizer, prompt) for prompt, _ in rows]
         generators = [torch.Generator(device=self.device).manual_seed(seed + j) for _, j in rows]
@@ -155,7 +238,30 @@ class TextModel:
 
     def evaluate(self, data_path: str | None = None, progress: bool = True) -> TextEvalResult:
         """Loss on the validation split of the training data, or of `data_path` split the same way."""
-        return evaluate_text(self.model, self.tokenizer, self.config.data, data_path, progress=progress)
+        data_config = self.config.data
+        if data_config.kind != "text":
+            if data_path is None:
+                raise GenloomError(f"{self.path} was trained on {data_config.kind} data; give a text file to score "
+                                   "with --data, or use --task safety for the safety evaluation")
+            from .data.text import TextDataConfig
+            data_config = TextDataConfig(path=data_path)
+        return evaluate_text(self.model, self.tokenizer, data_config, data_path, progress=progress)
+
+    def reply(self, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 80, temperature: float = 0.0,
+              seed: int | None = 0, **options) -> list[str]:
+        """The assistant's next turn for each conversation (lists of {"role", "content"} messages), in one
+        batch, ending where the chat template closes a turn. Greedy by default."""
+        prompts = [self.chat_prompt(list(messages)) for messages in conversations]
+        completions = self.complete(prompts, max_new_tokens, temperature, seed=seed,
+                                    stop=self.chat_template.stop, **options)
+        return [c.text.strip() for c in completions]
+
+    def evaluate_safety(self, progress: bool = True) -> "SafetyEvalResult":
+        """Refusal rate on the held-out harmful requests of builtin:safety and answer rate on the others."""
+        from .eval.safety import evaluate_safety
+
+        return evaluate_safety(lambda requests: self.reply([[{"role": "user", "content": r}] for r in requests]),
+                               progress=progress)
 
 
 class ImageModel:
@@ -165,6 +271,16 @@ class ImageModel:
         self.path, self.config, self.model, self.labels = path, config, model, labels
         self.schedule = config.objective.noise_schedule()
         self.last_seed: int | None = None
+        self.adapters: list[str] = []
+
+    def use_adapter(self, name: str | None) -> None:
+        """Apply the loaded LoRA adapter `name` to later generations (None: the base model alone)."""
+        from .nn.lora import use_adapter
+
+        if name is not None and name not in self.adapters:
+            raise GenloomError(f"no adapter named {name!r} is loaded with {self.path} "
+                               f"(loaded: {', '.join(self.adapters) or 'none'})")
+        use_adapter(self.model, name)
 
     @property
     def num_classes(self) -> int:
@@ -319,9 +435,10 @@ class TextToImageModel(ImageModel):
     """A trained text-to-image diffusion model: images from a written prompt, with classifier-free guidance,
     negative prompts, image-to-image and inpainting."""
 
-    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer):
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer, base_words=None):
         super().__init__(path, config, model, [])
         self.tokenizer = tokenizer
+        self._base_words = set(base_words if base_words is not None else getattr(tokenizer, "vocab", []))
 
     def encode(self, prompt: str, what: str = "prompt") -> torch.Tensor:
         """The (L,) token ids of a prompt; an empty prompt is an error, a long one is cut with a warning."""
@@ -430,7 +547,7 @@ class TextToImageModel(ImageModel):
         source = self.config.data.path
         if source == "builtin:digits" and data_path is None:
             return self._evaluate_digits(num_samples, steps, sampler, guidances[0], seed, inception, progress)
-        if source != "builtin:scenes" or data_path is not None or inception is not None:
+        if source not in ("builtin:scenes", "builtin:stars") or data_path is not None or inception is not None:
             raise GenloomError(f"{self.path}: text-to-image scoring works on models of builtin:scenes (each "
                                "prompted attribute is checked by a classifier of rendered scenes) and "
                                f"builtin:digits; this model was trained on {source}")
@@ -441,6 +558,20 @@ class TextToImageModel(ImageModel):
             return self.generate(prompts, 1, steps, sampler, scale, seed, progress=progress)
 
         return evaluate_scenes(generate, num_samples, guidances, tuple(sets or PROMPT_SETS), progress=progress)
+
+    def evaluate_concept(self, word: str | None = None, num_samples: int = 100, guidance: float | None = None,
+                         seed: int = 0, steps: int | None = None, progress: bool = True) -> "ConceptEvalResult":
+        """How often images from prompts naming the new word (an adapter's finetune.new_words, trained on
+        builtin:stars) show the concept, by a star detector trained on rendered pictures."""
+        from .eval.concept import evaluate_concept
+
+        words = [w for w in self.tokenizer.vocab[3:] if w not in self._base_words] if word is None else [word]
+        if not words:
+            raise GenloomError(f"{self.path}: no new word is loaded; load the adapter that taught one "
+                               "(--adapter DIR) or name the word")
+        scale = self.config.objective.guidance if guidance is None else guidance
+        return evaluate_concept(lambda prompts, g: self.generate(prompts, 1, steps, None, g, seed, progress=progress),
+                                words[0], num_samples, scale, progress=progress)
 
     def _evaluate_digits(self, num_samples: int, steps: int | None, sampler: str | None, guidance: float, seed: int,
                          inception: str | Path | None, progress: bool) -> "ImageEvalResult":
@@ -533,15 +664,52 @@ class GANModel(ImageModel):
         return gan.generator(z, labels).float().clamp(-1, 1).cpu()
 
 
+TEXT_OBJECTIVES = ("lm", "dpo")
+
+
+def _adapter_dirs(adapters) -> dict[str, Path]:
+    if adapters is None:
+        return {}
+    if isinstance(adapters, (str, Path)):
+        adapters = [adapters]
+    if isinstance(adapters, dict):
+        return {str(k): Path(v) for k, v in adapters.items()}
+    out: dict[str, Path] = {}
+    for item in adapters:
+        folder = Path(item)
+        name = folder.resolve().name
+        while name in out:
+            name += "_"
+        out[name] = folder
+    return out
+
+
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
-         ema: bool = True) -> TextModel | ImageModel:
+         ema: bool = True, adapters=None) -> TextModel | ImageModel:
     """Open a checkpoint directory written by `genloom train`: a TextModel, an ImageModel (diffusion),
     a TextToImageModel (diffusion from captions) or a GANModel.
 
     `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
     small rounding error). `ema=True` uses the averaged weights where the run kept them.
+    `adapters`: LoRA adapter folders (written by `genloom finetune`) to load on top: one folder, a list
+    (named after their folders) or {name: folder}. One adapter is applied by default; with several, the
+    base model is, and `handle.use_adapter(name)` (or `adapter=` per call) picks one. A LoRA run's
+    folder can also be opened directly: its base model is loaded from where adapter.json says.
     """
+    from .train.finetune import attach_adapter, is_adapter_dir, read_adapter
+
     path = Path(path)
+    adapter_dirs = _adapter_dirs(adapters)
+    run_config = None
+    if path.is_dir() and is_adapter_dir(path):
+        meta, _ = read_adapter(path)
+        base = Path(meta.get("base", ""))
+        if not base.is_dir():
+            raise CheckpointError(f"{path} holds an adapter whose base model {base} is gone; pass the base model and "
+                                  f"the adapter: --checkpoint BASE_DIR --adapter {path}")
+        adapter_dirs = {path.resolve().name: path, **adapter_dirs}
+        run_config = RunConfig.from_json_file(path / ckpt.CONFIG_FILE)     # what the adapter was trained on
+        path = base
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory (expected a genloom checkpoint directory)")
     ckpt.recover(path)
@@ -553,25 +721,66 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = registry.lookup("model", config.model.kind).build(config.model, config)
     weights = path / ckpt.EMA_FILE if ema and (path / ckpt.EMA_FILE).is_file() else path / ckpt.MODEL_FILE
+    metas = {name: read_adapter(folder)[0] for name, folder in adapter_dirs.items()}
+    wanted = {meta.get("base_weights") for meta in metas.values()}
+    if len(wanted) > 1:
+        raise CheckpointError("these adapters were trained on different weights of the base (model and ema): "
+                              + ", ".join(f"{n}: {m.get('base_weights')}" for n, m in metas.items()))
+    if wanted and (path / next(iter(wanted))).is_file():
+        weights = path / next(iter(wanted))
     ckpt.load_weights(model, weights)
+    if adapter_dirs:
+        from .nn.lora import use_adapter, weights_fingerprint
+
+        full = [n for n, m in metas.items() if m.get("train_also")]
+        if full and len(adapter_dirs) > 1:
+            raise CheckpointError(f"the adapter {adapter_dirs[full[0]]} changes whole parameters "
+                                  f"({', '.join(metas[full[0]]['train_also'][:3])}), so it cannot share a base "
+                                  "model with other adapters; load it alone")
+        fingerprint = weights_fingerprint(model.state_dict())
+        model_dict = json.loads(config.to_json())["model"]
+        for name, folder in adapter_dirs.items():
+            attach_adapter(model, model_dict, fingerprint, folder, name, str(path))
+        use_adapter(model, next(iter(adapter_dirs)) if len(adapter_dirs) == 1 else None)
+        if quantize is not None:
+            raise GenloomError("quantize and adapters cannot be combined: fold the adapter into the base first "
+                               "(genloom merge --base BASE --adapter DIR --out MERGED) and quantize the result")
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
     elif quantize is not None:
         raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
-    if config.objective.kind == "diffusion" and getattr(config.model, "text_vocab_size", 0):
-        from .data.captions import load_caption_tokenizer
-
-        return TextToImageModel(path, config, model, load_caption_tokenizer(path))
     if config.objective.kind in ("diffusion", "gan"):
-        from .data.images import load_labels
+        if config.objective.kind == "diffusion" and getattr(config.model, "text_vocab_size", 0):
+            from .data.captions import load_caption_tokenizer
 
-        handle = GANModel if config.objective.kind == "gan" else ImageModel
-        return handle(path, config, model, load_labels(path))
-    if config.objective.kind != "lm":
+            tokenizer = load_caption_tokenizer(path)
+            base_words = list(tokenizer.vocab)
+            new_words = [w for m in metas.values() for w in m.get("new_words", [])]
+            if new_words:
+                tokenizer = tokenizer.with_words(new_words)
+            image_handle = TextToImageModel(path, run_config or config, model, tokenizer, base_words)
+        else:
+            from .data.images import load_labels
+
+            handle_class = GANModel if config.objective.kind == "gan" else ImageModel
+            image_handle = handle_class(path, run_config or config, model, load_labels(path))
+        image_handle.adapters = list(adapter_dirs)
+        return image_handle
+    if config.objective.kind not in TEXT_OBJECTIVES:
         raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")
     tokenizer = TextTokenizer.load(path / "tokenizer.json")
     if tokenizer.vocab_size > config.model.vocab_size:
         raise CheckpointError(f"{path}/tokenizer.json has {tokenizer.vocab_size} tokens but the model only "
                               f"{config.model.vocab_size}")
-    return TextModel(path, config, model, tokenizer)
+    from .data.chat import ChatTemplate
+
+    template = None
+    for folder in [*adapter_dirs.values(), path]:          # an instruction-tuned adapter brings its template
+        template = ChatTemplate.find(folder)
+        if template is not None:
+            break
+    handle = TextModel(path, run_config or config, model, tokenizer, template)
+    handle.adapters = list(adapter_dirs)
+    handle.adapter = handle.adapters[0] if len(handle.adapters) == 1 else None
+    return handle

@@ -67,7 +67,8 @@ def _setup_logging() -> None:
     log.propagate = False
 
 
-def _train(recipe: str, out: Optional[Path], overrides: list[str], max_time: Optional[float], resume: bool):
+def _train(recipe: str, out: Optional[Path], overrides: list[str], max_time: Optional[float], resume: bool,
+           base: Optional[Path] = None):
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from . import api
@@ -77,7 +78,10 @@ def _train(recipe: str, out: Optional[Path], overrides: list[str], max_time: Opt
     if resume and out is None:
         raise GenloomError("--resume needs --out DIR: the run folder to continue")
     with logging_redirect_tqdm(loggers=[log]):
-        result = api.train(recipe, out=out, overrides=overrides, max_time=max_time, resume=resume)
+        if base is not None:
+            result = api.finetune(recipe, base, out=out, overrides=overrides, max_time=max_time, resume=resume)
+        else:
+            result = api.train(recipe, out=out, overrides=overrides, max_time=max_time, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
         typer.echo(f"genloom: {result.step} steps in {result.elapsed:.0f} s{val}; checkpoint: {result.out_dir}", err=True)
@@ -137,10 +141,109 @@ def train(
     _train(recipe, out, set_ or [], max_time, resume)
 
 
+@app.command()
+@_friendly
+def finetune(
+    recipe: Annotated[str, typer.Argument(help="A built-in recipe name (see `genloom recipes`, e.g. "
+                                          "shakespeare-char-lora) or a .toml file.")],
+    base: Annotated[Path, typer.Option("--from", help="The checkpoint directory to start from (written by "
+                                       "`genloom train`, `genloom merge` or `genloom convert import`).")],
+    out: OutOption = None,
+    set_: SetOption = None,
+    max_time: MaxTimeOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the fine-tuning run in --out exactly where "
+                                         "it stopped.")] = False,
+) -> None:
+    """Fine-tune a trained model with a recipe: in full, with parts frozen (finetune.freeze), or with LoRA
+    adapters (finetune.method=lora), which leaves only the small adapter in --out. The model comes from
+    --from; the recipe gives the data, objective (lm, or dpo for preference pairs) and training settings."""
+    _train(recipe, out, set_ or [], max_time, resume, base=base)
+
+
+@app.command()
+@_friendly
+def merge(
+    base: Annotated[Path, typer.Option("--base", help="The base checkpoint directory the adapter was trained on.")],
+    adapter: Annotated[Path, typer.Option("--adapter", help="A LoRA run folder written by `genloom finetune`.")],
+    out: Annotated[Path, typer.Option("--out", help="A new folder for the merged, full checkpoint.")],
+) -> None:
+    """Fold a LoRA adapter into its base model's weights: a full checkpoint that generates exactly as base +
+    adapter does, with no adapter overhead (and can be quantized, converted or fine-tuned again)."""
+    from . import api
+
+    typer.echo(f"genloom: wrote {api.merge(base, adapter, out)}", err=True)
+
+
+@app.command()
+@_friendly
+def chat(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A text model: a run folder, or a LoRA "
+                                             "fine-tuning folder.")],
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="A LoRA adapter folder to apply.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="A system message that opens the "
+                                                  "conversation.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="The longest reply, in "
+                                                "tokens.")] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; "
+                                               "0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling; 1 = off.")] = 0.95,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed of the first reply (the next ones "
+                                                "use seed + 1, ...).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Talk to a chat model in the terminal: type a message, read the streamed reply. The conversation is
+    formatted with the model's chat template (chat_template.json); older turns are dropped when it no
+    longer fits the context. Commands: /reset starts over, /quit (or Ctrl-D) leaves."""
+    from . import api
+
+    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
+    if not isinstance(model, api.TextModel):
+        raise GenloomError(f"{checkpoint} is not a text model; genloom chat talks to text models")
+    seed = model._seed(seed)
+    interactive = sys.stdin.isatty()
+    opening = [{"role": "system", "content": system}] if system else []
+    history = list(opening)
+    typer.echo("genloom chat: type a message (/reset to start over, /quit to leave)", err=True)
+    turn = 0
+    while True:
+        if interactive:
+            typer.echo("you> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            break
+        message = line.strip()
+        if not message:
+            continue
+        if message == "/reset":
+            history = list(opening)
+            typer.echo("genloom: conversation cleared", err=True)
+            continue
+        history.append({"role": "user", "content": message})
+        prompt = model.chat_prompt(history)
+        block = model.config.model.block_size
+        budget = max(block // 2, block - max_new_tokens)          # room for the reply
+        while len(model.tokenizer.encode(prompt)) > budget and len(history) > len(opening) + 1:
+            history = opening + history[len(opening) + 2:]          # drop the oldest exchange
+            prompt = model.chat_prompt(history)
+        if interactive:
+            typer.echo("model> ", nl=False, err=True)
+        reply = ""
+        for piece in model.stream(prompt, max_new_tokens, temperature, top_p=top_p, seed=seed + turn,
+                                  stop=model.chat_template.stop):
+            reply += piece
+            typer.echo(piece, nl=False)
+        typer.echo("")
+        history.append({"role": "assistant", "content": reply.strip()})
+        turn += 1
+
+
 @generate_app.command("text")
 @_friendly
 def generate_text(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train`.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train` (or a "
+                                             "LoRA folder written by `genloom finetune`).")],
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="A LoRA adapter folder (written by `genloom "
+                                                    "finetune`) to apply to the model in --checkpoint.")] = None,
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue (default: start from nothing).")] = "",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate per sample.")] = 500,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")] = 0.8,
@@ -169,7 +272,7 @@ def generate_text(
     """Continue a prompt with a text model, streaming tokens to stdout as they are sampled."""
     from . import api
 
-    model = api.load(checkpoint, device=device, quantize=quantize)
+    model = api.load(checkpoint, device=device, quantize=quantize, adapters=[adapter] if adapter else None)
     if seed is None:
         seed = model._seed(None)
         typer.echo(f"genloom: seed {seed}", err=True)
@@ -206,6 +309,8 @@ def generate_text(
 def generate_image(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train` with an "
                                              "image recipe (e.g. digits-diffusion).")],
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="A LoRA adapter folder (from `genloom "
+                                                    "finetune`, e.g. a personalisation) to apply.")] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", help="The class to draw, by name (e.g. 7, or A "
                                                        "for glyphs); repeatable. Default: every class the model knows "
                                                        "(or unconditional samples).")] = None,
@@ -247,7 +352,7 @@ def generate_image(
     from . import api
     from .data.image_io import save_image_grid, to_pil_image
 
-    model = api.load(checkpoint, device=device)
+    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
     if not isinstance(model, api.ImageModel):
         raise GenloomError(f"{checkpoint} is a text model; use `genloom generate text`")
     text_options = [name for name, value in (("--prompt", prompt), ("--negative-prompt", negative_prompt),
@@ -335,7 +440,16 @@ def generate_variations(
 @app.command("eval")
 @_friendly
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train`.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train` (or a "
+                                             "LoRA folder written by `genloom finetune`).")],
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="A LoRA adapter folder to apply to the "
+                                                    "model in --checkpoint.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="safety (text models): refusal rate on held-out "
+                                                "harmful requests of builtin:safety and answer rate on the "
+                                                "others (greedy replies). concept (text-to-image with a "
+                                                "personalisation adapter): how often the new word's concept is "
+                                                "recognised, and single-object scores with and without the "
+                                                "adapter.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Text: score this text file or folder instead, on "
                                                 "its validation split (its last 10%, split as training splits). "
                                                 "Images: compare with this image folder instead.")] = None,
@@ -354,8 +468,8 @@ def evaluate(
                                                       "report the standard FID.")] = None,
     guidance_list: Annotated[Optional[str], typer.Option("--guidances", help="Text-to-image models: several "
                                                          "guidance scales to compare, e.g. 1,3,5.")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Text-to-image models: also write the "
-                                                   "scores as JSON to this file.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Text-to-image models and --task: also "
+                                                   "write the scores as JSON to this file.")] = None,
 ) -> None:
     """Score a checkpoint. Text: validation loss (nats per token), bits per character and perplexity.
     Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
@@ -364,8 +478,29 @@ def evaluate(
     objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
     from . import api
 
-    model = api.load(checkpoint, device=device)
-    if isinstance(model, api.TextToImageModel):
+    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
+    if task == "safety" and isinstance(model, api.TextModel):
+        result = model.evaluate_safety()
+        if report:
+            report.write_text(json.dumps(result.to_json(), indent=2))
+    elif task == "concept" and isinstance(model, api.TextToImageModel):
+        count = 100 if num_samples == 1000 else num_samples
+        result = model.evaluate_concept(num_samples=count, guidance=guidance, seed=seed, steps=steps)
+        typer.echo(result.summary())
+        scores = {}
+        for name in [model.adapter, None] if getattr(model, "adapter", None) else [None]:
+            model.use_adapter(name)
+            scores[name or "base"] = model.evaluate(count, steps, sampler, guidance, seed, sets=["single"])
+            typer.echo(f"prompts without the new word, {'with the adapter' if name else 'base model'}:\n"
+                       + scores[name or "base"].summary())
+        if report:
+            report.write_text(json.dumps({"concept": result.to_json(),
+                                          **{k: v.to_json() for k, v in scores.items()}}, indent=2))
+        return
+    elif task is not None:
+        raise GenloomError(f"--task {task!r}: the tasks are 'safety' (text models) and 'concept' (text-to-image "
+                           "models with a personalisation adapter)")
+    elif isinstance(model, api.TextToImageModel):
         scales = [float(g) for g in guidance_list.split(",")] if guidance_list else guidance
         result = model.evaluate(200 if num_samples == 1000 else num_samples, steps, sampler, scales, seed, data,
                                 inception)
@@ -383,6 +518,10 @@ def evaluate(
 def serve(
     model: Annotated[list[str], typer.Option("--model", help="NAME=CHECKPOINT_DIR of a model to serve; repeatable. "
                                              "Clients ask for it by NAME.")],
+    adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="MODEL:ADAPTER=ADAPTER_DIR: a LoRA adapter "
+                                                         "(from `genloom finetune`) on the text model MODEL, served as "
+                                                         "the model 'MODEL:ADAPTER'; repeatable. Requests for the "
+                                                         "base and its adapters share one batch.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default; 0.0.0.0 "
                                       "for every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
@@ -417,7 +556,7 @@ def serve(
     from .serve import load_models
     from .serve import serve as run_server
 
-    models = load_models(model, device)
+    models = load_models(model, device, adapter or [])
     typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
     run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
                max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,

@@ -24,6 +24,7 @@ from .errors import ConfigError
 
 __all__ = [
     "TrainConfig",
+    "FinetuneConfig",
     "RunConfig",
     "validate",
     "build_section",
@@ -199,11 +200,38 @@ class TrainConfig:
                 "train.device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How a run starts from a trained checkpoint (`genloom finetune RECIPE --from DIR`)."""
+
+    base: str = ""                   # the checkpoint directory to start from (set by --from)
+    method: Literal["full", "lora"] = "lora"  # full: every weight not frozen trains; lora: low-rank adapters only
+    freeze: tuple[str, ...] = ()     # full: parameter-name patterns that stay fixed, e.g. ["embed.*", "blocks.0.*"]
+    lora_rank: int = 4               # rank r of each adapter (A: r x in, B: out x r)
+    lora_alpha: float = 8.0          # the adapter's update is scaled by alpha / r
+    lora_dropout: float = 0.0        # dropout on the adapter's input
+    lora_targets: tuple[str, ...] = ("*.attn.qkv", "*.attn.proj")  # module-name patterns of the adapted layers
+    train_also: tuple[str, ...] = ()  # lora: parameter-name patterns trained in full and saved in the adapter
+    new_words: tuple[str, ...] = ()  # text-to-image: words added to the caption vocabulary, each with a trained
+                                     # embedding saved in the adapter (a new concept bound to a new word)
+    weights: Literal["ema", "model"] = "ema"  # which base weights to start from, where the base kept an average
+
+    def __post_init__(self) -> None:
+        validate(self, "finetune")
+        require(self.lora_rank >= 1, "finetune.lora_rank", "must be at least 1")
+        require(self.lora_alpha > 0, "finetune.lora_alpha", "must be positive")
+        require(0 <= self.lora_dropout < 1, "finetune.lora_dropout", "must be in [0, 1)")
+        require(self.method == "lora" or not self.train_also, "finetune.train_also",
+                "applies to method = \"lora\" (full fine-tuning trains everything not frozen)")
+
+
 # ----------------------------------------------------------------------------------------------
 # The whole run
 # ----------------------------------------------------------------------------------------------
 
 SECTIONS = ("data", "model", "objective", "train")
+OPTIONAL_SECTIONS = ("finetune",)
+ALL_SECTIONS = SECTIONS + OPTIONAL_SECTIONS
 
 
 @dataclass(frozen=True)
@@ -214,11 +242,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     recipe: str = ""        # the recipe name or file this run came from
     description: str = ""   # one line from the recipe
+    finetune: FinetuneConfig | None = None   # set for runs that start from a trained checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"recipe": self.recipe, "description": self.description}
         for section in SECTIONS:
             out[section] = dataclasses.asdict(getattr(self, section))
+        if self.finetune is not None:
+            out["finetune"] = dataclasses.asdict(self.finetune)
         return out
 
     def to_json(self) -> str:
@@ -229,12 +260,17 @@ class RunConfig:
         raw = dict(raw)
         recipe = raw.pop("recipe", "")
         description = raw.pop("description", "")
-        unknown = [k for k in raw if k not in SECTIONS]
+        unknown = [k for k in raw if k not in ALL_SECTIONS]
         if unknown:
-            close = difflib.get_close_matches(unknown[0], SECTIONS, n=1)
+            close = difflib.get_close_matches(unknown[0], ALL_SECTIONS, n=1)
             hint = f" Did you mean [{close[0]}]?" if close else ""
-            raise ConfigError(f"{source}: unknown section [{unknown[0]}].{hint} Valid sections: {', '.join(SECTIONS)}")
+            raise ConfigError(f"{source}: unknown section [{unknown[0]}].{hint} Valid sections: "
+                              f"{', '.join(ALL_SECTIONS)}")
         sections: dict[str, Any] = {}
+        if "finetune" in raw:
+            if not isinstance(raw["finetune"], dict):
+                raise ConfigError(f"{source}: [finetune] must be a table of key = value pairs")
+            sections["finetune"] = build_section(FinetuneConfig, dict(raw["finetune"]), "finetune")
         for section in SECTIONS:
             values = raw.get(section, {})
             if not isinstance(values, dict):
@@ -312,10 +348,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if dotted.count(".") != 1:
         raise ConfigError(f"--set {text!r}: the key must be section.key, e.g. model.n_layer=4")
     section, key = (part.strip() for part in dotted.split("."))
-    if section not in SECTIONS:
-        close = difflib.get_close_matches(section, SECTIONS, n=1)
+    if section not in ALL_SECTIONS:
+        close = difflib.get_close_matches(section, ALL_SECTIONS, n=1)
         hint = f" Did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"--set {text!r}: unknown section {section!r}.{hint} Valid sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"--set {text!r}: unknown section {section!r}.{hint} Valid sections: "
+                          f"{', '.join(ALL_SECTIONS)}")
     value: Any = value_text
     stripped = value_text.strip()
     if stripped[:1] in ('"', "'", "["):
@@ -340,7 +377,7 @@ def _budget_tier(tiers: Any, max_time: float, label: str) -> dict[str, Any] | No
         raise ConfigError(f"recipe {label}: [[budget]] must be a list of tables")
     chosen = None
     for tier in tiers:
-        unknown = [k for k in tier if k != "min_time" and k not in SECTIONS]
+        unknown = [k for k in tier if k != "min_time" and k not in ALL_SECTIONS]
         if "min_time" not in tier or unknown:
             raise ConfigError(f"recipe {label}: each [[budget]] needs min_time and may hold only the sections "
                               f"{', '.join(SECTIONS)} (found {', '.join(map(str, unknown)) or 'no min_time'})")
@@ -350,12 +387,41 @@ def _budget_tier(tiers: Any, max_time: float, label: str) -> dict[str, Any] | No
     return chosen
 
 
-def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+def _start_from(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
+    """A fine-tuning recipe on top of a base checkpoint: the model is the base's (a recipe's [model] table may
+    change only dropout), the data and objective default to the base's, and finetune.base names it."""
+    base = Path(base).expanduser()
+    config_path = base / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"--from {base}: no config.json there; expected a checkpoint directory written by "
+                          "genloom train or genloom merge")
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_path}: not valid JSON ({e})") from None
+    if "finetune" in saved and saved["finetune"].get("method") == "lora":
+        raise ConfigError(f"--from {base}: that folder holds a LoRA adapter, not a full model; fold it into its base "
+                          f"first: genloom merge --base BASE --adapter {base} --out MERGED")
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    recipe_model = raw.get("model", {})
+    if recipe_model.get("kind", saved["model"].get("kind")) != saved["model"].get("kind"):
+        raise ConfigError(f"recipe {label} is for model.kind = {recipe_model['kind']!r} but {base} holds a "
+                          f"{saved['model'].get('kind')!r} model")
+    raw["model"] = {**saved["model"], **{k: v for k, v in recipe_model.items() if k == "dropout"}}
+    for section in ("data", "objective"):
+        if section not in raw:
+            raw[section] = dict(saved.get(section, {}))
+    raw["finetune"] = {**raw.get("finetune", {}), "base": str(base.resolve())}
+    return raw
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None, base: str | Path | None = None) -> RunConfig:
     """Read a built-in recipe or a TOML file, apply `section.key=value` overrides, validate.
 
     A recipe may hold `[[budget]]` tables, each with a `min_time` in seconds and values for any
     section: when `train.max_time` reaches `min_time`, the largest such tier is applied on top of
     the recipe (and under the user's overrides), e.g. a larger, regularised model for a long budget.
+    With `base` (a checkpoint directory), the recipe fine-tunes that model (see `_start_from`).
     """
     raw, label = _read_recipe(name_or_path)
     raw.setdefault("recipe", label)
@@ -369,5 +435,9 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RunCon
             if section != "min_time":
                 raw.setdefault(section, {}).update(values)
         raw["recipe"] = f"{label} (budget tier for --max-time >= {tier['min_time']:g} s)"
-        with_overrides = apply_overrides(raw, overrides or [])
+    if base is not None:
+        raw = _start_from(raw, Path(base), label)
+    elif "finetune" in raw:
+        raise ConfigError(f"recipe {label} fine-tunes a trained model: run genloom finetune {label} --from CHECKPOINT_DIR")
+    with_overrides = apply_overrides(raw, overrides or [])
     return RunConfig.from_dict(with_overrides, source=f"recipe {label}")

@@ -22,6 +22,7 @@ _FAMILY_MODULES = (
     "genloom.data.text",
     "genloom.data.images",
     "genloom.data.captions",
+    "genloom.data.chat",
     "genloom.models.transformer",
     "genloom.models.unet",
     "genloom.models.dit",
@@ -29,6 +30,7 @@ _FAMILY_MODULES = (
     "genloom.objectives.lm",
     "genloom.objectives.diffusion",
     "genloom.objectives.gan",
+    "genloom.objectives.dpo",
 )
 
 

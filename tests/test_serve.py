@@ -63,7 +63,7 @@ class Server:
 def checkpoints(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("serve")
     api.train("shakespeare-char", out=root / "text", overrides=tiny(corpus, "train.max_steps=20"))
-    api.train("glyphs-text-to-image", out=root / "t2i", overrides=[
+    api.train("glyphs-text-to-image-unet", out=root / "t2i", overrides=[
         "data.scenes_count=200", "data.caption_variants=1", "model.base_channels=16", "model.channel_mults=1,2",
         "model.attention_resolutions=8", "model.text_dim=32", "model.text_layers=1", "model.text_heads=2",
         "train.batch_size=8", "train.max_steps=3", "train.eval_interval=3", "train.eval_batches=1",

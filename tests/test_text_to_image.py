@@ -33,7 +33,7 @@ TINY_T2I = [
 @pytest.fixture(scope="module")
 def t2i_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("t2i") / "run"
-    api.train("glyphs-text-to-image", out=out, overrides=TINY_T2I)
+    api.train("glyphs-text-to-image-unet", out=out, overrides=TINY_T2I)
     return out
 
 

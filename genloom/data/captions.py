@@ -29,14 +29,14 @@ from ..config import require, validate
 from ..errors import CheckpointError, DataError
 from ..registry import register
 from .images import IMAGE_EXTENSIONS, LABELS_FILE, _conform, _conform_array, _image_files, split_examples
-from .scenes import Scene, caption_scene, digit_caption, random_scenes, render_scenes
+from .scenes import Scene, caption_scene, concept_scenes, digit_caption, random_scenes, render_scenes
 
 __all__ = ["CaptionedImageDataConfig", "CaptionedImageData", "CaptionTokenizer", "load_caption_tokenizer",
            "CAPTION_TOKENIZER_FILE", "PAD", "EMPTY", "UNK"]
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("builtin:scenes", "builtin:digits")
+BUILTIN = ("builtin:scenes", "builtin:digits", "builtin:stars")
 CAPTION_TOKENIZER_FILE = "caption_tokenizer.json"
 PAD, EMPTY, UNK = 0, 1, 2       # token ids shared by both tokenizers' layouts (see CaptionTokenizer)
 
@@ -54,6 +54,8 @@ class CaptionedImageDataConfig:
     caption_variants: int = 8         # captions per image (templates and synonyms) cycled through in training
     max_caption_tokens: int = 32      # captions are cut to this many tokens
     seed: int = 0                     # seeds the scenes, their captions and the train/validation split
+    concept_word: str = "zorp"        # builtin:stars: the new word that names the star shape in its captions
+    prior_scenes: int = 0             # builtin:stars: ordinary builtin:scenes mixed in, so the model keeps what it knew
 
     def __post_init__(self) -> None:
         validate(self, "data")
@@ -112,6 +114,20 @@ class CaptionTokenizer:
     def from_captions(cls, captions, max_length: int) -> "CaptionTokenizer":
         words = sorted({w for c in captions for w in caption_words(c)})
         return cls("words", max_length, ["<pad>", "<empty>", "<unk>"] + words)
+
+    def with_words(self, words) -> "CaptionTokenizer":
+        """A copy that also knows `words` (new ids after the old ones), e.g. a word naming a new concept."""
+        if self.kind != "words":
+            raise DataError("new words apply to the jointly trained caption encoder; MiniLM reads any word already")
+        added = []
+        for word in words:
+            pieces = caption_words(word)
+            if len(pieces) != 1:
+                raise DataError(f"finetune.new_words: {word!r} is not one word (letters only, e.g. \"zorp\")")
+            if pieces[0] in self._ids or pieces[0] in added:
+                raise DataError(f"finetune.new_words: {word!r} is already a word the model knows; choose a new one")
+            added.append(pieces[0])
+        return CaptionTokenizer("words", self.max_length, self.vocab + added)
 
     def ids(self, text: str) -> list[int]:
         """Every token id of `text` (not cut to max_length)."""
@@ -183,6 +199,24 @@ def _scenes(config: CaptionedImageDataConfig) -> CaptionedSource:
     captions = [[caption_scene(s, np.random.default_rng([config.seed, i, v])) for v in range(config.caption_variants)]
                 for i, s in enumerate(scenes)]
     return CaptionedSource(pixels, captions, config.path, scenes)
+
+
+def _stars(config: CaptionedImageDataConfig) -> CaptionedSource:
+    """`scenes_count` pictures of a star (a shape builtin:scenes never shows), named by `concept_word`,
+    plus `prior_scenes` ordinary scenes."""
+    concept = {"star": config.concept_word}
+    stars = concept_scenes(config.scenes_count, config.seed)
+    prior = random_scenes(config.prior_scenes, config.seed + 1, config.two_object_fraction,
+                          holdout=False if config.holdout else None) if config.prior_scenes else []
+    # The few concept pictures are repeated (each copy with other caption wordings) to make up about half
+    # of the examples, as DreamBooth balances its instance and prior-preservation images.
+    repeats = max(1, len(prior) // len(stars))
+    scenes = stars * repeats + prior
+    pixels = _conform_array(render_scenes(scenes), config.image_size, config.channels or 3)
+    captions = [[caption_scene(s, np.random.default_rng([config.seed, i, v]), concept=concept)
+                 for v in range(config.caption_variants)] for i, s in enumerate(scenes)]
+    return CaptionedSource(pixels, captions, f"{config.path} ({len(stars)} stars called {config.concept_word!r}, "
+                           f"repeated {repeats}x, and {len(prior)} ordinary scenes)", scenes)
 
 
 def _digits(config: CaptionedImageDataConfig) -> CaptionedSource:
@@ -259,6 +293,8 @@ def load_captioned_source(config: CaptionedImageDataConfig) -> CaptionedSource:
         return _scenes(config)
     if config.path == "builtin:digits":
         return _digits(config)
+    if config.path == "builtin:stars":
+        return _stars(config)
     path = Path(config.path).expanduser()
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist (expected {', '.join(BUILTIN)}, a folder of images "
@@ -281,9 +317,11 @@ class CaptionedImageData:
     item_name = "img"
     items_per_example = 1
 
-    def __init__(self, config: CaptionedImageDataConfig, tokenizer_kind: Literal["words", "minilm"] = "words"):
+    def __init__(self, config: CaptionedImageDataConfig, tokenizer_kind: Literal["words", "minilm"] = "words",
+                 tokenizer: CaptionTokenizer | None = None):
         self.config = config
-        self.tokenizer_kind = tokenizer_kind
+        self.tokenizer_kind = tokenizer.kind if tokenizer is not None else tokenizer_kind
+        self.given_tokenizer = tokenizer       # a base model's tokenizer (fine-tuning), else one is built
         self.tokenizer: CaptionTokenizer | None = None
         self.captions: list[list[str]] = []
         self.scenes: list[Scene] | None = None
@@ -302,7 +340,9 @@ class CaptionedImageData:
         self.captions, self.scenes = source.captions, source.scenes
         self._splits = split_examples(count, cfg.val_fraction, cfg.seed)
         num_val = len(self._splits["val"])
-        if self.tokenizer_kind == "words":
+        if self.given_tokenizer is not None:
+            self.tokenizer = self.given_tokenizer
+        elif self.tokenizer_kind == "words":
             train_captions = (c for i in self._splits["train"].tolist() for c in self.captions[i])
             self.tokenizer = CaptionTokenizer.from_captions(train_captions, cfg.max_caption_tokens)
         else:
@@ -366,6 +406,7 @@ class CaptionedImageData:
 
 
 @register("data", "captioned_images", CaptionedImageDataConfig)
-def build_captioned_data(config: CaptionedImageDataConfig, run=None) -> CaptionedImageData:
+def build_captioned_data(config: CaptionedImageDataConfig, run=None,
+                         tokenizer: CaptionTokenizer | None = None) -> CaptionedImageData:
     encoder = getattr(getattr(run, "model", None), "text_encoder", "joint")
-    return CaptionedImageData(config, "minilm" if encoder == "minilm" else "words")
+    return CaptionedImageData(config, "minilm" if encoder == "minilm" else "words", tokenizer)

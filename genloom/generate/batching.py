@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..nn.attention import KVCache
+from ..nn.lora import lora_modules, route_rows
 from .text import Sampling, _left_pad, sample_next
 
 __all__ = ["Sequence", "ContinuousBatch"]
@@ -30,6 +31,7 @@ class Sequence:
     sampling: Sampling
     generator: torch.Generator
     owner: Any = None                        # whatever the caller wants back with each token
+    adapter: str | None = None               # the LoRA adapter this row is decoded with (None: the base model)
     seen: torch.Tensor | None = field(default=None, repr=False)   # (V,) bool: tokens in the text so far
 
 
@@ -77,6 +79,11 @@ class ContinuousBatch:
         self.rows: list[Sequence] = []
         self.cache: KVCache | None = None
         self.logits: torch.Tensor | None = None       # (B, V): each row's next-token logits
+        self.adapted = any(True for _ in lora_modules(model))   # rows may use different LoRA adapters
+
+    def _route(self, rows: list[Sequence]) -> None:
+        if self.adapted:
+            route_rows(self.model, [r.adapter for r in rows])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -87,6 +94,7 @@ class ContinuousBatch:
         half = self.block // 2
         windows = [r.tokens[-half:] if refill or len(r.tokens) > self.block else r.tokens for r in rows]
         tokens, valid = _left_pad(windows, self.device)                                  # (B, T)
+        self._route(rows)
         cache = self.model.new_cache(len(rows), self.block)
         if not valid.all():
             cache.key_mask = torch.ones(len(rows), self.block, dtype=torch.bool, device=self.device)
@@ -123,6 +131,7 @@ class ContinuousBatch:
         if self.cache.length + 1 > self.block:                   # full: start again from the recent half
             self.cache, self.logits = self._prefill(self.rows, refill=True)
         else:
+            self._route(self.rows)
             self.logits = self.model(tokens[:, None], self.cache)[:, -1]
         return tokens.tolist(), logprobs.tolist()
 

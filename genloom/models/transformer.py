@@ -129,14 +129,27 @@ class Transformer(nn.Module):
         return KVCache(cfg.n_layer, batch, cfg.kv_heads, max_length or cfg.block_size, cfg.head_dim,
                        dtype or param.dtype, param.device)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens (B, T). With a cache, tokens follow the cached positions."""
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
+                segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens (B, T). With a cache, tokens follow the cached positions.
+
+        `segments` (B, T) packs several documents in a row: a token attends only to earlier tokens of
+        its own segment, and positions restart at 0 where a segment begins.
+        """
         B, T = tokens.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} positions exceed the context length model.block_size={self.config.block_size}")
         positions = positions_abs = torch.arange(start, start + T, device=tokens.device)  # (T,)
         mask = None
+        if segments is not None:
+            if cache is not None:
+                raise ValueError("segments are for training on packed documents, not for decoding with a cache")
+            causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+            mask = ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]        # (B, 1, T, T)
+            previous = F.pad(segments, (1, 0), value=-2)[:, :-1]
+            begins = torch.where(segments != previous, positions[None, :], 0)                # (B, T)
+            positions = positions[None, :] - begins.cummax(dim=1).values                     # (B, T)
         if cache is not None and (cache.key_mask is not None or (start > 0 and T > 1)):
             # (T, S): query i (at start + i) sees keys 0 .. start + i.
             mask = torch.ones(T, start + T, dtype=torch.bool, device=tokens.device).tril(diagonal=start)

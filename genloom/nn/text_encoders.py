@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GenloomError
@@ -97,3 +98,30 @@ class MiniLMTextEncoder(nn.Module):
         with torch.no_grad():
             hidden = bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state    # (B, L, 384)
         return self.projection(hidden.float()), mask
+
+
+class GrownEmbedding(nn.Module):
+    """A token embedding with new rows after the old ones: the old rows stay the base model's (frozen),
+    the new ones (`extra`) are trained, e.g. for a word that names a new concept (personalisation)."""
+
+    def __init__(self, base: nn.Embedding, new_rows: int):
+        super().__init__()
+        self.weight = base.weight
+        start = base.weight.detach().mean(0, keepdim=True).repeat(new_rows, 1)
+        self.extra = nn.Parameter(start + torch.randn_like(start) * base.weight.detach().std() * 0.1)
+        self.num_embeddings = base.num_embeddings + new_rows
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, torch.cat([self.weight, self.extra]))
+
+
+def grow_vocabulary(model: nn.Module, new_rows: int) -> str:
+    """Give the model's trained caption encoder `new_rows` new token embeddings; returns the new
+    parameter's name. Models with a frozen pretrained encoder (MiniLM) read any word already."""
+    for name, module in model.named_modules():
+        if isinstance(module, JointTextEncoder):
+            module.embed = GrownEmbedding(module.embed, new_rows)
+            return f"{name}.embed.extra"
+    from ..errors import ConfigError
+    raise ConfigError("finetune.new_words needs a text-to-image model with the jointly trained text encoder "
+                      "(model.text_encoder = \"joint\"); a MiniLM model already reads new words")

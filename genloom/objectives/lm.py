@@ -35,17 +35,27 @@ class LanguageModelObjective:
     def phase_parameters(self, phase: str, model: nn.Module) -> Iterable[nn.Parameter]:
         return model.parameters()
 
-    def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        inputs, targets = batch                      # (B, T) each
-        logits = model(inputs)                       # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if len(batch) == 2:
+            inputs, targets = batch                  # (B, T) each
+            logits = model(inputs)                   # (B, T, V)
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        # Instruction tuning: packed conversations (segment ids), targets -100 outside the assistant's turns.
+        inputs, targets, segments = batch
+        logits = model(inputs, segments=segments)
+        total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+        return total / (targets != -100).sum().clamp(min=1)
 
     def eval_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return self.loss("model", model, batch)
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
         sampling = Sampling(temperature=self.config.sample_temperature)
-        text = prompt + "".join(stream_text(model, data.tokenizer, prompt, length, seed=step, sampling=sampling))
+        stop: list[str] = []
+        if not prompt and hasattr(data, "sample_prompt"):     # chat data: a validation conversation's reply
+            prompt, stop, length = data.sample_prompt(), data.template.stop, min(length, 120)
+        text = prompt + "".join(stream_text(model, data.tokenizer, prompt, length, seed=step, sampling=sampling,
+                                            stop=stop))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"step_{step:07d}.txt").write_text(text, encoding="utf-8")
         return text

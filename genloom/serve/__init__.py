@@ -7,19 +7,43 @@ from pathlib import Path
 __all__ = ["serve", "load_models"]
 
 
-def load_models(specs: list[str], device: str = "auto") -> dict:
-    """NAME=CHECKPOINT_DIR strings -> {name: handle}, with a clear error for a malformed spec."""
+def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str] | None = None) -> dict:
+    """NAME=CHECKPOINT_DIR strings -> {name: handle}, with a clear error for a malformed spec.
+
+    `adapter_specs` are NAME:ADAPTER=ADAPTER_DIR strings: LoRA adapters loaded onto the model NAME, served
+    as the model "NAME:ADAPTER" (one base model in memory, any number of small adapters).
+    """
     from .. import api
     from ..errors import GenloomError
 
-    models = {}
+    paths: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
+        name = name.strip()
+        if not sep or not name or not path.strip():
             raise GenloomError(f"--model {spec!r}: expected NAME=CHECKPOINT_DIR, e.g. --model shakes=runs/shakes")
-        if name in models:
+        if ":" in name:
+            raise GenloomError(f"--model {spec!r}: a model name may not contain ':' (NAME:ADAPTER names adapters)")
+        if name in paths:
             raise GenloomError(f"--model {spec!r}: the name {name!r} is used twice")
-        models[name.strip()] = api.load(Path(path.strip()), device=device)
+        paths[name] = Path(path.strip())
+    adapters: dict[str, dict[str, Path]] = {name: {} for name in paths}
+    for spec in adapter_specs or []:
+        label, sep, path = spec.partition("=")
+        base, colon, adapter = label.strip().partition(":")
+        if not sep or not colon or not base or not adapter or not path.strip():
+            raise GenloomError(f"--adapter {spec!r}: expected MODEL:ADAPTER=ADAPTER_DIR, e.g. "
+                               "--adapter shakes:romeo=runs/romeo-lora")
+        if base not in paths:
+            raise GenloomError(f"--adapter {spec!r}: no --model named {base!r} (models: {', '.join(paths) or 'none'})")
+        if adapter in adapters[base]:
+            raise GenloomError(f"--adapter {spec!r}: {base}:{adapter} is given twice")
+        adapters[base][adapter] = Path(path.strip())
+    models = {}
+    for name, path in paths.items():
+        models[name] = api.load(path, device=device, adapters=adapters[name] or None)
+        if adapters[name]:
+            models[name].use_adapter(None)            # the plain name serves the base model
     if not models:
         raise GenloomError("no model to serve: give --model NAME=CHECKPOINT_DIR (repeatable)")
     return models

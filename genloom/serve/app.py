@@ -135,15 +135,20 @@ def _kind(handle) -> str:
 
 
 class Served:
-    def __init__(self, name: str, handle, limits: Limits):
-        self.name, self.handle, self.kind = name, handle, _kind(handle)
+    """A model name clients ask for: a loaded model, or one of its LoRA adapters (sharing its worker, so
+    requests for the base and for every adapter are decoded in the same batches)."""
+
+    def __init__(self, name: str, handle, limits: Limits, adapter: str | None = None, worker=None):
+        self.name, self.handle, self.kind, self.adapter = name, handle, _kind(handle), adapter
         self.created = int(Path(handle.path).stat().st_mtime) if Path(handle.path).exists() else int(time.time())
-        self.worker = (TextWorker(name, handle, limits.queue_size, limits.max_batch) if self.kind == "text"
-                       else ImageWorker(name, limits.queue_size))
+        self.worker = worker or (TextWorker(name, handle, limits.queue_size, limits.max_batch) if self.kind == "text"
+                                 else ImageWorker(name, limits.queue_size))
 
     def card(self) -> dict:
         card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "genloom",
                 "kind": self.kind}
+        if self.adapter is not None:
+            card["adapter"] = self.adapter
         if self.kind == "text":
             card["context_length"] = self.handle.model.config.block_size
         else:
@@ -184,7 +189,11 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
     """The FastAPI app serving `models` (name -> handle from `genloom.load`)."""
     app = FastAPI(title="genloom", version="0.1.0",
                   description="genloom's models behind an OpenAI-compatible API")
-    served = {name: Served(name, handle, limits) for name, handle in models.items()}
+    served: dict[str, Served] = {}
+    for name, handle in models.items():
+        served[name] = Served(name, handle, limits)
+        for adapter in getattr(handle, "adapters", []) if served[name].kind == "text" else []:
+            served[f"{name}:{adapter}"] = Served(f"{name}:{adapter}", handle, limits, adapter, served[name].worker)
     metrics = Metrics()
     metrics.queue_depth = lambda: {name: s.worker.depth for name, s in served.items()}
 
@@ -278,7 +287,7 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
         def emit(event: dict) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        job = TextJob(rows, seeds, max_tokens, sampling, stops, emit)
+        job = TextJob(rows, seeds, max_tokens, sampling, stops, emit, adapter=entry.adapter)
         try:
             entry.worker.submit(job)
         except QueueFull:
@@ -383,8 +392,11 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         entry = model_for(body.model, ("text",), "/v1/chat/completions")
-        prompt = chat_prompt(body.messages)
-        stops = stops_of(body.stop) + ["\nUser:"]
+        try:
+            prompt = chat_prompt(entry.handle, body.messages)
+        except GenloomError as error:
+            raise APIError(400, str(error), param="messages") from None
+        stops = stops_of(body.stop) + entry.handle.chat_template.stop
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         max_tokens = body.max_completion_tokens or body.max_tokens
         job, seed = text_job(entry, body, [prompt], max_tokens, "messages", loop, events, stops)
@@ -602,15 +614,14 @@ class Guard:
             self.metrics.request(path, status[0], time.perf_counter() - start)
 
 
-def chat_prompt(messages: list[Message]) -> str:
-    """Messages joined by the plain default template: "System: ...", "User: ...", "Assistant: ...", one per
-    line, ending with "Assistant:" for the model to continue (base models have no chat template)."""
-    names = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
-    lines = []
-    for message in messages:
-        content = message.content if isinstance(message.content, str) else "".join(p.text for p in message.content)
-        lines.append(f"{names[message.role]}: {content}")
-    return "\n".join(lines) + "\nAssistant:"
+def chat_prompt(handle, messages: list[Message]) -> str:
+    """The messages in the model's chat template (its chat_template.json, or the plain default: "User: ..."
+    turns closed by a blank line), ending with the assistant's prefix for the model to continue."""
+    roles = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+    plain = [{"role": roles[m.role],
+              "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
+             for m in messages]
+    return handle.chat_prompt(plain)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -43,6 +43,7 @@ class TextJob:
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     remaining: int = 0                    # rows not finished yet
+    adapter: str | None = None            # the LoRA adapter to decode with (None: the base model)
 
     def __post_init__(self) -> None:
         self.remaining = len(self.prompts)
@@ -125,7 +126,8 @@ class TextWorker(_Worker):
     def _rows(self, job: TextJob) -> list[Sequence]:
         device = self.handle.device
         return [Sequence(list(prompt), job.sampling, torch.Generator(device=device).manual_seed(seed),
-                         owner=(job, i, TextStream(self.handle.tokenizer), StopMatcher(job.stop), [0]))
+                         owner=(job, i, TextStream(self.handle.tokenizer), StopMatcher(job.stop), [0]),
+                         adapter=job.adapter)
                 for i, (prompt, seed) in enumerate(zip(job.prompts, job.seeds))]
 
     def _loop(self) -> None:

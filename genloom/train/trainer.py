@@ -8,7 +8,6 @@ same batches, and the same losses, on one process or under `torchrun --nproc-per
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from . import checkpoint as ckpt
 from .ema import EMA
+from .finetune import ADAPTER_FILE, ADAPTER_JSON, adapter_metadata, adapter_payload, start_from_base
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
@@ -106,9 +106,20 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.resume = resume
         self._stop_signal: int | None = None
+        self.finetune_info: dict[str, Any] | None = None   # set for runs that start from a checkpoint
 
     # -- setting up --------------------------------------------------------------------------
+    @property
+    def lora(self) -> bool:
+        return self.config.finetune is not None and self.config.finetune.method == "lora"
+
     def _check_out_dir(self) -> None:
+        if self.config.finetune is not None and not self.config.finetune.base:
+            raise ConfigError("this run has a [finetune] section but no base checkpoint: use "
+                              "genloom finetune RECIPE --from CHECKPOINT_DIR")
+        if self.lora and self.config.train.ema_decay > 0:
+            raise ConfigError("train.ema_decay: LoRA runs keep no weight average (set train.ema_decay=0, or use "
+                              "finetune.method=full)")
         ckpt.recover(self.out_dir)
         has_checkpoint = (self.out_dir / ckpt.STATE_JSON).is_file()
         if self.resume and not has_checkpoint:
@@ -121,7 +132,11 @@ class Trainer:
     def _build(self, rt: Runtime) -> None:
         cfg = self.config
         torch.manual_seed(cfg.train.seed)
-        self.data = registry.lookup("data", cfg.data.kind).build(cfg.data, cfg)
+        assets = {}
+        if cfg.finetune is not None:          # new inputs are read the way the base model reads them
+            from .finetune import data_assets
+            assets = data_assets(Path(cfg.finetune.base), cfg.data, cfg.finetune)
+        self.data = registry.lookup("data", cfg.data.kind).build(cfg.data, cfg, **assets)
         if rt.is_main:
             self.data.prepare()
         rt.barrier()
@@ -134,10 +149,15 @@ class Trainer:
             if differences:
                 raise ConfigError(f"--resume: the recipe differs from the checkpoint in {self.out_dir}: "
                                   + "; ".join(differences))
-        self.model = registry.lookup("model", cfg.model.kind).build(cfg.model, cfg).to(rt.device)
+        self.model = registry.lookup("model", cfg.model.kind).build(cfg.model, cfg)
+        if cfg.finetune is not None:
+            self.finetune_info = start_from_base(self.model, cfg)
+        self.model.to(rt.device)
         self.objective = registry.lookup("objective", cfg.objective.kind).build(cfg.objective, cfg)
-        self.optimizers = {phase: build_optimizer(self.model, list(self.objective.phase_parameters(phase, self.model)),
-                                                  cfg.train)
+        if hasattr(self.objective, "setup"):     # e.g. DPO keeps the starting model as its reference
+            self.objective.setup(self.model)
+        self.optimizers = {phase: build_optimizer(self.model, [p for p in self.objective.phase_parameters(phase, self.model)
+                                                               if p.requires_grad], cfg.train)
                            for phase in self.objective.phases}
         for phase, scale in getattr(self.objective, "lr_scales", {}).items():   # e.g. a GAN's two time-scale LRs
             for group in self.optimizers[phase].param_groups:
@@ -167,12 +187,19 @@ class Trainer:
                 tensors.update(opt_tensors)
             state = {"step": step, "tokens": tokens, "elapsed": elapsed, "world_size": rt.world_size,
                      "optimizers": optimizer_meta, "precision": str(self.dtype)}
-            model_tensors = self.model.state_dict()
             writers = {
-                ckpt.MODEL_FILE: lambda p: ckpt.save_tensors(model_tensors, p, {"format": "genloom", "step": str(step)}),
                 ckpt.STATE_FILE: lambda p: ckpt.save_tensors(tensors, p),
                 ckpt.STATE_JSON: lambda p: p.write_text(json.dumps(state, indent=2)),
             }
+            if self.lora:     # the adapter alone: the base weights stay where they are
+                adapter = adapter_payload(self.model, self.finetune_info)
+                meta = adapter_metadata(self.config, self.finetune_info, step)
+                writers[ADAPTER_FILE] = lambda p: ckpt.save_tensors(adapter, p, {"format": "genloom-adapter"})
+                writers[ADAPTER_JSON] = lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")
+            else:
+                model_tensors = self.model.state_dict()
+                writers[ckpt.MODEL_FILE] = lambda p: ckpt.save_tensors(model_tensors, p,
+                                                                       {"format": "genloom", "step": str(step)})
             if self.ema is not None:
                 ema_tensors = self.ema.model.state_dict()
                 writers[ckpt.EMA_FILE] = lambda p: ckpt.save_tensors(ema_tensors, p, {"format": "genloom", "step": str(step)})
@@ -180,7 +207,16 @@ class Trainer:
         rt.barrier()
 
     def _restore(self, rt: Runtime, data_rng: torch.Generator) -> tuple[int, int, float]:
-        ckpt.load_weights(self.model, self.out_dir / ckpt.MODEL_FILE)
+        if self.lora:
+            saved = ckpt.load_tensors(self.out_dir / ADAPTER_FILE)
+            current = adapter_payload(self.model, self.finetune_info)
+            if set(saved) != set(current):
+                raise CheckpointError(f"--resume: {self.out_dir / ADAPTER_FILE} does not hold this run's adapter")
+            with torch.no_grad():
+                for key, value in current.items():
+                    value.copy_(saved[key])
+        else:
+            ckpt.load_weights(self.model, self.out_dir / ckpt.MODEL_FILE)
         if self.ema is not None:
             ckpt.load_weights(self.ema.model, self.out_dir / ckpt.EMA_FILE)
         tensors = ckpt.load_tensors(self.out_dir / ckpt.STATE_FILE)
@@ -255,8 +291,12 @@ class Trainer:
             model = torch.compile(model)  # compiled on the first step; validation and samples stay eager
         model.train()
         n_params = sum(p.numel() for p in self.model.parameters())
+        n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         items_per_step = t.batch_size * self.data.items_per_example
         if rt.is_main:
+            if n_trainable != n_params:
+                log.info("fine-tuning %s parameters of %s (%.2f%%)", f"{n_trainable:,}", f"{n_params:,}",
+                         100 * n_trainable / n_params)
             log.info("model: %.2fM parameters; batch %d x %d %s per step (%d process(es) x %d micro-batch(es) of %d); "
                      "precision %s", n_params / 1e6, t.batch_size, self.data.items_per_example, self.data.item_name,
                      rt.world_size, self.accumulation, self.micro, "bf16 autocast" if self.dtype else "fp32")

@@ -1,0 +1,202 @@
+"""Starting a run from a trained checkpoint: full fine-tuning (some parts frozen) or LoRA adapters.
+
+A LoRA run's folder holds the adapter alone (`adapter.safetensors` + `adapter.json`) with its own
+small train state, never a copy of the base weights. `adapter.json` names the base checkpoint and a
+fingerprint of its weights, so an adapter is never applied to a model it was not trained on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..nn.lora import (add_adapter, adapter_tensors, load_adapter_tensors, use_adapter, weights_fingerprint)
+from . import checkpoint as ckpt
+
+__all__ = ["ADAPTER_FILE", "ADAPTER_JSON", "ADAPTER_FORMAT", "TRAINING_ADAPTER", "base_weights_file",
+           "start_from_base", "adapter_payload", "adapter_metadata", "read_adapter", "attach_adapter",
+           "is_adapter_dir", "copy_assets", "ASSET_FILES"]
+
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_JSON = "adapter.json"
+ADAPTER_FORMAT = "genloom-adapter-1"
+TRAINING_ADAPTER = "default"        # the adapter's name inside the model while it trains
+# Files other than weights that a checkpoint needs to read inputs (copied by `genloom merge`).
+ASSET_FILES = ("tokenizer.json", "caption_tokenizer.json", "labels.json", "chat_template.json")
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / ADAPTER_JSON).is_file() and not (Path(path) / ckpt.MODEL_FILE).is_file()
+
+
+def base_weights_file(base: Path, which: str = "ema") -> Path:
+    """The weights fine-tuning starts from: the base's average where it kept one (and `which` is ema)."""
+    base = Path(base)
+    if not base.is_dir():
+        raise CheckpointError(f"finetune.base: {base} is not a directory (expected a genloom checkpoint)")
+    if is_adapter_dir(base):
+        raise CheckpointError(f"finetune.base: {base} holds an adapter, not a full model; fold it into its base "
+                              f"first: genloom merge --base BASE --adapter {base} --out MERGED")
+    ckpt.recover(base)
+    for name in (ckpt.CONFIG_FILE, ckpt.MODEL_FILE):
+        if not (base / name).is_file():
+            raise CheckpointError(f"finetune.base: {base} is missing {name}; is it a genloom checkpoint directory?")
+    if which == "ema" and (base / ckpt.EMA_FILE).is_file():
+        return base / ckpt.EMA_FILE
+    return base / ckpt.MODEL_FILE
+
+
+def _matching(model: nn.Module, patterns: tuple[str, ...], key: str) -> list[str]:
+    names = [n for n, _ in model.named_parameters()]
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    unused = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unused:
+        shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+        raise ConfigError(f"{key}: {unused[0]!r} matches no parameter; parameters are named like: {shown}")
+    return chosen
+
+
+def start_from_base(model: nn.Module, config) -> dict[str, Any]:
+    """Load the base weights into `model`, then freeze parts of it (full) or add a trainable adapter
+    (lora). Returns what adapter.json records about the base."""
+    ft = config.finetune
+    weights = base_weights_file(Path(ft.base), ft.weights)
+    ckpt.load_weights(model, weights)
+    fingerprint = weights_fingerprint(model.state_dict())
+    info: dict[str, Any] = {"base": str(Path(ft.base).resolve()), "base_weights": weights.name,
+                            "base_fingerprint": fingerprint}
+    if ft.method == "full":
+        frozen = set(_matching(model, ft.freeze, "finetune.freeze"))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name not in frozen)
+        if frozen and len(frozen) == len(list(model.parameters())):
+            raise ConfigError("finetune.freeze: every parameter is frozen; nothing would train")
+        info["frozen"] = sorted(frozen)
+        return info
+    model.requires_grad_(False)
+    info["targets"] = add_adapter(model, TRAINING_ADAPTER, ft.lora_targets, ft.lora_rank, ft.lora_alpha,
+                                  ft.lora_dropout)
+    use_adapter(model, TRAINING_ADAPTER)
+    also = _matching(model, ft.train_also, "finetune.train_also")
+    if ft.new_words:
+        from ..nn.text_encoders import grow_vocabulary
+
+        also.append(grow_vocabulary(model, len(ft.new_words)))
+        info["new_words"] = list(ft.new_words)
+    for name, parameter in model.named_parameters():
+        if name in also:
+            parameter.requires_grad_(True)
+    info["train_also"] = also
+    return info
+
+
+def adapter_payload(model: nn.Module, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors an adapter file holds: its low-rank matrices and any parameters trained in full."""
+    tensors = dict(adapter_tensors(model, TRAINING_ADAPTER))
+    parameters = dict(model.named_parameters())
+    for name in info.get("train_also", []):
+        tensors[name] = parameters[name]
+    return tensors
+
+
+def adapter_metadata(config, info: dict[str, Any], step: int) -> dict[str, Any]:
+    ft = config.finetune
+    return {"format": ADAPTER_FORMAT, **info, "model": json.loads(config.to_json())["model"],
+            "rank": ft.lora_rank, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout,
+            "recipe": config.recipe, "step": step}
+
+
+def read_adapter(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An adapter folder's metadata and tensors, checked."""
+    path = Path(path)
+    ckpt.recover(path)
+    meta_path = path / ADAPTER_JSON
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not an adapter folder (it has no {ADAPTER_JSON}; adapters are written by "
+                              "genloom finetune with finetune.method = \"lora\")")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{meta_path}: not a genloom adapter (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                              f"expected {ADAPTER_FORMAT!r})")
+    return meta, ckpt.load_tensors(path / ADAPTER_FILE)
+
+
+def attach_adapter(model: nn.Module, model_config: dict[str, Any], fingerprint: str, path: Path, name: str,
+                   base_label: str) -> dict[str, Any]:
+    """Add the adapter saved in `path` to `model` under `name`, after checking it was trained on this base."""
+    meta, tensors = read_adapter(path)
+    if meta.get("model") != model_config:
+        differences = [f"model.{k}: adapter's base {meta.get('model', {}).get(k)!r}, this model {v!r}"
+                       for k, v in model_config.items() if meta.get("model", {}).get(k) != v]
+        raise CheckpointError(f"the adapter {path} was trained on another kind of model than {base_label}: "
+                              + "; ".join(differences[:4]))
+    if meta.get("base_fingerprint") != fingerprint:
+        raise CheckpointError(f"the adapter {path} was trained on the base model {meta.get('base')} "
+                              f"(weights {meta.get('base_fingerprint')}), not on {base_label} (weights {fingerprint}); "
+                              "an adapter only works with the exact weights it was trained on")
+    add_adapter(model, name, [f"{t}" for t in meta.get("targets", [])] or ["<none>"], int(meta["rank"]),
+                float(meta["alpha"]), 0.0)
+    load_adapter_tensors(model, name, tensors, str(path / ADAPTER_FILE))
+    full = {k: v for k, v in tensors.items() if not k.endswith((".lora_a", ".lora_b"))}
+    if meta.get("new_words"):
+        from ..nn.text_encoders import grow_vocabulary
+
+        grow_vocabulary(model, len(meta["new_words"]))
+    if full:
+        parameters = dict(model.named_parameters())
+        unknown = [k for k in full if k not in parameters]
+        if unknown:
+            raise CheckpointError(f"{path / ADAPTER_FILE}: {unknown[0]} is not a parameter of the model")
+        with torch.no_grad():
+            for key, value in full.items():
+                if parameters[key].shape != value.shape:
+                    raise CheckpointError(f"{path / ADAPTER_FILE}: {key} has shape {tuple(value.shape)}, the model "
+                                          f"expects {tuple(parameters[key].shape)}")
+                parameters[key].copy_(value)
+    return meta
+
+
+def copy_assets(source: Path, target: Path, overlay: Path | None = None) -> None:
+    """Copy tokenizer and label files from a checkpoint (then from `overlay`, e.g. an adapter's chat template)."""
+    for folder in (source, overlay):
+        if folder is None:
+            continue
+        for name in ASSET_FILES:
+            if (Path(folder) / name).is_file():
+                shutil.copyfile(Path(folder) / name, Path(target) / name)
+
+
+def data_assets(base: Path, data_config, finetune=None) -> dict[str, Any]:
+    """What the data module needs from the base checkpoint to read new data the way the base does
+    (its tokenizer, with any new words), as keyword arguments for the data builder."""
+    base = Path(base)
+    kind = getattr(data_config, "kind", "")
+    if kind in ("text", "chat", "preference"):
+        from ..data.chat import ChatTemplate
+        from ..data.tokenizers import TextTokenizer
+
+        if not (base / "tokenizer.json").is_file():
+            raise CheckpointError(f"finetune.base: {base} has no tokenizer.json, so it is not a text model and cannot "
+                                  f"learn from data.kind = {kind!r}")
+        assets: dict[str, Any] = {"tokenizer": TextTokenizer.load(base / "tokenizer.json")}
+        if kind != "text":
+            assets["template"] = ChatTemplate.find(base)     # a model tuned before keeps its template
+        return assets
+    if kind == "captioned_images":
+        from ..data.captions import load_caption_tokenizer
+
+        tokenizer = load_caption_tokenizer(base)
+        if finetune is not None and finetune.new_words:
+            tokenizer = tokenizer.with_words(finetune.new_words)
+        return {"tokenizer": tokenizer}
+    return {}
