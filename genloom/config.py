@@ -205,7 +205,7 @@ class FinetuneConfig:
     """How a run starts from a trained checkpoint (`genloom finetune RECIPE --from DIR`)."""
 
     base: str = ""                   # the checkpoint directory to start from (set by --from)
-    method: Literal["full", "lora"] = "lora"  # full: every weight not frozen trains; lora: low-rank adapters only
+    method: Literal["full", "lora"] = "full"  # full: every weight not frozen trains; lora: low-rank adapters only
     freeze: tuple[str, ...] = ()     # full: parameter-name patterns that stay fixed, e.g. ["embed.*", "blocks.0.*"]
     lora_rank: int = 4               # rank r of each adapter (A: r x in, B: out x r)
     lora_alpha: float = 8.0          # the adapter's update is scaled by alpha / r

@@ -1,7 +1,10 @@
 import json
+import tomllib
+from pathlib import Path
 
 import pytest
 
+import genloom
 from genloom.config import RunConfig, TrainConfig, builtin_recipes, load_recipe, parse_override
 from genloom.errors import ConfigError
 
@@ -65,9 +68,23 @@ def test_recipe_file(tmp_path):
         load_recipe(str(tmp_path / "missing.toml"))
 
 
-def test_every_builtin_recipe_is_valid():
+def test_every_builtin_recipe_is_valid(tmp_path):
+    bases = {}
+    for kind, recipe, settings in (("text", "shakespeare-char", ["model.vocab_size=65"]),
+                                   ("image", "glyphs-text-to-image", ["model.text_vocab_size=80", "model.text_length=32",
+                                                                      "model.image_size=32", "model.channels=3"])):
+        bases[kind] = tmp_path / kind
+        bases[kind].mkdir()
+        (bases[kind] / "config.json").write_text(load_recipe(recipe, settings).to_json())
     for name in builtin_recipes():
-        load_recipe(name)
+        try:
+            load_recipe(name)
+        except ConfigError as error:            # a fine-tuning recipe: valid on top of a base model
+            assert "genloom finetune" in str(error)
+            raw = tomllib.loads((Path(genloom.__file__).parent / "recipes" / f"{name}.toml").read_text())
+            kind = "image" if raw["data"]["kind"] == "captioned_images" else "text"
+            config = load_recipe(name, base=bases[kind])
+            assert config.finetune is not None and config.finetune.base == str(bases[kind].resolve())
 
 
 def test_budget_tiers_apply_by_max_time(tmp_path):

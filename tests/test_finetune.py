@@ -34,6 +34,15 @@ def base(corpus, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def chat_base(corpus, tmp_path_factory):
+    """The same, with room for a whole request and reply (128 characters)."""
+    out = tmp_path_factory.mktemp("chat-base") / "run"
+    genloom.train("shakespeare-char", out=out, overrides=tiny(corpus, "model.block_size=128", "train.max_steps=20",
+                                                              "train.eval_interval=20"))
+    return out
+
+
 def lora_run(base, corpus, out, *extra, steps=6):
     return api.finetune("shakespeare-char-lora", base, out=out,
                         overrides=[f"data.path={corpus}", *FT, f"train.max_steps={steps}", *extra])
@@ -105,8 +114,9 @@ def test_generate_with_adapter_on_the_command_line_is_greedy_and_matches_the_api
     assert result.returncode == 0, result.stderr
     expected = genloom.load(base, adapters=[out]).generate("KING", 30, temperature=0.0)[0]
     assert result.stdout == "KING" + expected + "\n"
-    plain = genloom.load(base).generate("KING", 30, temperature=0.0)[0]
-    assert expected != plain
+    adapted = genloom.load(base, adapters=[out]).complete("KING", 30, temperature=0.0)[0].logprobs
+    plain = genloom.load(base).complete("KING", 30, temperature=0.0)[0].logprobs
+    assert adapted != plain                                             # the adapter was applied
 
 
 def test_lora_layers_route_adapters_per_row_and_merge_exactly():
@@ -198,7 +208,7 @@ def test_chat_loss_covers_only_assistant_tokens(base, tmp_path):
         [{"role": "user", "content": "Speak."}, {"role": "assistant", "content": "I will."}],
     ] * 3
     path.write_text("\n".join(json.dumps({"messages": c}) for c in conversations))
-    data = ChatData(ChatDataConfig(path=str(path), val_fraction=0.2, pack=False), 64, _tokenizer(base))
+    data = ChatData(ChatDataConfig(path=str(path), val_fraction=0.2, pack=False), 128, _tokenizer(base))
     data.prepare()
     tokenizer = data.tokenizer
     inputs, targets, segments = data.batch(torch.arange(len(data._windows["train"])))
@@ -215,18 +225,22 @@ def test_chat_loss_covers_only_assistant_tokens(base, tmp_path):
 def test_packed_conversations_do_not_see_each_other(base, tmp_path):
     path = tmp_path / "chat.jsonl"
     lines = [{"messages": [{"role": "user", "content": f"Line {c}"}, {"role": "assistant", "content": "Yes, " + c}]}
-             for c in "abcdefgh"]
+             for c in "abcdefghij"]
     path.write_text("\n".join(json.dumps(x) for x in lines))
-    data = ChatData(ChatDataConfig(path=str(path), val_fraction=0.2, pack=True), 64, _tokenizer(base))
+    tokenizer = _tokenizer(base)
+    data = ChatData(ChatDataConfig(path=str(path), val_fraction=0.2, pack=True), 128, tokenizer)
     data.prepare()
     inputs, targets, segments = data.batch(torch.tensor([0]))
-    assert segments.max() >= 1                                        # several conversations in one window
-    model = genloom.load(base).model
-    with torch.no_grad():
-        packed = model(inputs, segments=segments)[0]
-        second = segments[0] == 1
-        alone = model(inputs[:, second])[0]
-    assert torch.allclose(packed[second], alone, atol=1e-5)
+    assert segments.max() >= 2                                        # several conversations in one window
+    for position in ("rope", "learned"):
+        torch.manual_seed(0)
+        model = Transformer(TransformerConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=2, n_head=2,
+                                              d_model=32, position=position)).eval()
+        with torch.no_grad():
+            packed = model(inputs, segments=segments)[0]
+            second = segments[0] == 1
+            alone = model(inputs[:, second])[0]                      # the second conversation on its own
+        assert torch.allclose(packed[second], alone, atol=1e-5), position
 
 
 def test_bad_chat_data_is_named(base, tmp_path):
@@ -249,9 +263,9 @@ def test_bad_chat_data_is_named(base, tmp_path):
         PreferenceData(PreferenceDataConfig(path=str(path)), 64, tokenizer).prepare()
 
 
-def test_chat_command_keeps_a_conversation(base, corpus, tmp_path):
+def test_chat_command_keeps_a_conversation(chat_base, tmp_path):
     out = tmp_path / "sft"
-    api.finetune("shakespeare-char-safety", base, out=out, overrides=[*FT, "train.max_steps=3"])
+    api.finetune("shakespeare-char-safety", chat_base, out=out, overrides=[*FT, "train.max_steps=3"])
     assert (out / "chat_template.json").is_file()
     result = run_cli("chat", "--checkpoint", str(out), "--max-new-tokens", "8", "--seed", "1",
                      input="Hello there\n/reset\nHow do I bake bread?\n/quit\n")
@@ -273,17 +287,22 @@ def test_dpo_loss_matches_hand_computed_values():
     assert sequence_logprobs(logits, targets).item() == pytest.approx(math.log(0.5) + math.log(0.6), abs=1e-6)
 
 
-def test_dpo_starts_at_log_two_and_learns_the_preferences(base, tmp_path):
+def test_dpo_starts_at_log_two_and_learns_the_preferences(chat_base, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"                 # one consistent preference, easy to learn quickly
+    pairs.write_text("\n".join(json.dumps({"prompt": f"Say something about {w}.", "chosen": "Gladly, my lord.",
+                                           "rejected": "Never, knave."}) for w in ("love", "war", "wine", "night",
+                                                                                   "the sea", "the king")))
     out = tmp_path / "dpo"
-    api.finetune("shakespeare-char-safety-dpo", base, out=out,
-                 overrides=[*FT, "train.max_steps=30", "train.eval_interval=30", "train.lr=1e-2"])
+    api.finetune("shakespeare-char-safety-dpo", chat_base, out=out,
+                 overrides=[*FT, f"data.path={pairs}", "data.val_fraction=0.2", "train.max_steps=30",
+                            "train.eval_interval=30", "train.lr=3e-3", "objective.sft_weight=0"])
     rows = [r for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     losses = [float(r.split(",")[header.index("loss")]) for r in rows if r.split(",")[header.index("loss")]]
-    assert losses[0] == pytest.approx(math.log(2), abs=0.02)           # policy == reference at the start
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)           # policy == reference at the start
     assert losses[-1] < 0.5 * math.log(2)
     model = genloom.load(out)                                          # a DPO run loads as a text model
-    assert isinstance(model, api.TextModel)
+    assert isinstance(model, api.TextModel) and (out / "chat_template.json").is_file()
 
 
 # -- the safety data set -------------------------------------------------------------------------

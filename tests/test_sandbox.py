@@ -64,3 +64,26 @@ def test_trivial_samples_run_fast_in_parallel():
     rate = 40 / (time.perf_counter() - start)
     assert all(r.passed for r in results)
     assert rate >= 10, f"{rate:.1f} samples/s"                  # the target, 20/s, is measured in bench/
+
+
+def test_pass_at_k_matches_hand_computed_values(tmp_path):
+    import math
+
+    import pytest
+
+    from genloom.errors import DataError
+    from genloom.eval.passk import CodeTask, pass_at_k, read_tasks, task_program
+
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)                  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+    assert pass_at_k(10, 0, 5) == 0.0 and pass_at_k(3, 3, 2) == 1.0 and pass_at_k(4, 1, 4) == 1.0
+    with pytest.raises(ValueError, match="at least 6 samples"):
+        pass_at_k(5, 1, 6)
+    task = CodeTask("t/0", "def double(x):\n", "def check(f):\n    assert f(3) == 6\n", "double")
+    assert run_sandboxed(task_program(task, "    return 2 * x\n")).passed
+    assert not run_sandboxed(task_program(task, "    return x\n")).passed
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"task_id": "a", "prompt": "def f():\\n", "test": "def check(c): pass"}\n')
+    with pytest.raises(DataError, match="line 1: missing the string field.*entry_point"):
+        read_tasks(path)
