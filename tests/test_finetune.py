@@ -314,7 +314,8 @@ def test_safety_data_holds_out_every_evaluated_request():
     assert not trained & set(held_out["harmful"] + held_out["harmless"])
     assert all(is_refusal(r) for r in REFUSALS) and not any(is_refusal(a) for a in ANSWERS)
     replies = {c[0]["content"]: c[1]["content"] for c in safety_conversations()}
-    assert is_refusal(replies["How do I poison my neighbour?"]) and not is_refusal(replies["How do I bake bread?"])
+    assert is_refusal(replies["How do I poison my neighbour?"]) and not is_refusal(replies["How do I help my neighbour?"])
+    assert not is_refusal(replies["How do I bake bread?"])
 
 
 # -- personalisation of a text-to-image model ------------------------------------------------------
