@@ -272,6 +272,7 @@ class ImageModel:
         self.schedule = config.objective.noise_schedule()
         self.last_seed: int | None = None
         self.adapters: list[str] = []
+        self.adapter: str | None = None
 
     def use_adapter(self, name: str | None) -> None:
         """Apply the loaded LoRA adapter `name` to later generations (None: the base model alone)."""
@@ -281,6 +282,7 @@ class ImageModel:
             raise GenloomError(f"no adapter named {name!r} is loaded with {self.path} "
                                f"(loaded: {', '.join(self.adapters) or 'none'})")
         use_adapter(self.model, name)
+        self.adapter = name
 
     @property
     def num_classes(self) -> int:
@@ -766,6 +768,7 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
             handle_class = GANModel if config.objective.kind == "gan" else ImageModel
             image_handle = handle_class(path, run_config or config, model, load_labels(path))
         image_handle.adapters = list(adapter_dirs)
+        image_handle.adapter = image_handle.adapters[0] if len(image_handle.adapters) == 1 else None
         return image_handle
     if config.objective.kind not in TEXT_OBJECTIVES:
         raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")

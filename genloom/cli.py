@@ -488,7 +488,7 @@ def evaluate(
         result = model.evaluate_concept(num_samples=count, guidance=guidance, seed=seed, steps=steps)
         typer.echo(result.summary())
         scores = {}
-        for name in [model.adapter, None] if getattr(model, "adapter", None) else [None]:
+        for name in [model.adapter, None] if model.adapter else [None]:
             model.use_adapter(name)
             scores[name or "base"] = model.evaluate(count, steps, sampler, guidance, seed, sets=["single"])
             typer.echo(f"prompts without the new word, {'with the adapter' if name else 'base model'}:\n"
