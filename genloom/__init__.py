@@ -1,9 +1,10 @@
 """genloom: one readable PyTorch toolkit for generative AI, from data to serving."""
 
-from .api import GANModel, ImageModel, TextModel, load, train
+from .api import GANModel, ImageModel, TextModel, TextToImageModel, finetune, load, merge, train
 from .config import RunConfig, load_recipe
 from .errors import CheckpointError, ConfigError, DataError, GenloomError, TrainingError
 
 __version__ = "0.1.0"
-__all__ = ["load", "train", "load_recipe", "RunConfig", "TextModel", "ImageModel", "GANModel", "GenloomError", "ConfigError", "DataError",
-           "CheckpointError", "TrainingError", "__version__"]
+__all__ = ["load", "train", "finetune", "merge", "load_recipe", "RunConfig", "TextModel", "ImageModel",
+           "TextToImageModel", "GANModel", "GenloomError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
+           "__version__"]

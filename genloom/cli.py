@@ -37,7 +37,7 @@ log = logging.getLogger("genloom")
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="Run folder for the checkpoint, metrics.csv, "
                                                    "loss.png and samples/ (default: runs/RECIPE-DATE-TIME).")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a recipe value: section.key=value (sections: data, model, objective, train). "
+    "--set", help="Override a recipe value: section.key=value (sections: data, model, objective, train, finetune). "
                   "Repeat for several, e.g. --set model.n_layer=4 --set train.lr=3e-4.")]
 MaxTimeOption = Annotated[Optional[float], typer.Option(
     "--max-time", help="Stop after this many seconds of wall time; the learning-rate schedule is fitted to it.")]

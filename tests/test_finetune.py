@@ -362,3 +362,38 @@ def test_a_new_word_and_adapter_teach_a_concept_and_leave_the_base_alone(tmp_pat
     from genloom.data.captions import load_caption_tokenizer
     with pytest.raises(DataError, match="already a word the model knows"):
         load_caption_tokenizer(base).with_words(["red"])
+
+
+def test_the_server_serves_a_base_and_its_adapters_in_one_batch(base, corpus, tmp_path):
+    pytest.importorskip("fastapi")
+    import concurrent.futures
+
+    import httpx
+    from test_serve import Server
+
+    from genloom.serve import load_models
+
+    romeo, other = tmp_path / "romeo", tmp_path / "other"
+    lora_run(base, corpus, romeo)
+    lora_run(base, corpus, other, "train.seed=7", "train.lr=1e-2")
+    models = load_models([f"shakes={base}"], "cpu", [f"shakes:romeo={romeo}", f"shakes:other={other}"])
+    server = Server(models)
+    try:
+        ids = [m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]]
+        assert ids == ["shakes", "shakes:romeo", "shakes:other"]
+
+        def ask(name: str) -> str:
+            body = {"model": name, "prompt": "KING", "max_tokens": 24, "temperature": 0}
+            return httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+
+        names = ["shakes", "shakes:romeo", "shakes:other"] * 3
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:          # sent together: decoded together
+            answers = list(pool.map(ask, names))
+    finally:
+        server.stop()
+    expected = {"shakes": genloom.load(base).generate("KING", 24, temperature=0.0)[0],
+                "shakes:romeo": genloom.load(base, adapters=[romeo]).generate("KING", 24, temperature=0.0)[0],
+                "shakes:other": genloom.load(base, adapters=[other]).generate("KING", 24, temperature=0.0)[0]}
+    assert answers == [expected[n] for n in names]
+    with pytest.raises(genloom.GenloomError, match="no --model named 'nope'"):
+        load_models([f"shakes={base}"], "cpu", [f"nope:x={romeo}"])

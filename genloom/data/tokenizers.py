@@ -52,14 +52,16 @@ class TextTokenizer:
         return cls(tok)
 
     @classmethod
-    def train_bpe(cls, texts: Iterable[str], vocab_size: int) -> "TextTokenizer":
-        """Byte-level BPE (GPT-2 style pre-tokenization) trained on `texts`."""
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int,
+                  special_tokens: list[str] | None = None) -> "TextTokenizer":
+        """Byte-level BPE (GPT-2 style pre-tokenization) trained on `texts`; `special_tokens` (default: the
+        end-of-text token) get the first ids and are never split or merged."""
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=[END_OF_TEXT],
+            special_tokens=list(special_tokens or [END_OF_TEXT]),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
