@@ -126,18 +126,11 @@ class Completion:
     seed: int                 # the seed that reproduces this sample alone
 
 
-class TextModel:
-    """A trained language model with its tokenizer: generate text, stream it, score it."""
+class _Adapters:
+    """LoRA adapters loaded on a handle's model (`genloom.load(..., adapters=...)`) and the one in use."""
 
-    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
-                 chat_template: "ChatTemplate | None" = None):
-        from .data.chat import ChatTemplate
-
-        self.path, self.config, self.model, self.tokenizer = path, config, model, tokenizer
-        self.chat_template = chat_template or ChatTemplate.default(tokenizer)
-        self.last_seed: int | None = None
-        self.adapters: list[str] = []          # names of the loaded LoRA adapters
-        self.adapter: str | None = None        # the one applied by default (None: the base model)
+    adapters: list[str] = []          # names of the loaded adapters (set by `load`)
+    adapter: str | None = None        # the one applied by default (None: the base model)
 
     def use_adapter(self, name: str | None) -> None:
         """Apply the loaded adapter `name` to later generations (None: the base model alone)."""
@@ -148,6 +141,18 @@ class TextModel:
                                f"(loaded: {', '.join(self.adapters) or 'none'})")
         use_adapter(self.model, name)
         self.adapter = name
+
+
+class TextModel(_Adapters):
+    """A trained language model with its tokenizer: generate text, stream it, score it."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
+                 chat_template: "ChatTemplate | None" = None):
+        from .data.chat import ChatTemplate
+
+        self.path, self.config, self.model, self.tokenizer = path, config, model, tokenizer
+        self.chat_template = chat_template or ChatTemplate.default(tokenizer)
+        self.last_seed: int | None = None
 
     def chat_prompt(self, messages: Sequence[dict]) -> str:
         """The prompt that asks the model for the assistant's next turn (the model's chat template)."""
@@ -264,25 +269,13 @@ class TextModel:
                                progress=progress)
 
 
-class ImageModel:
+class ImageModel(_Adapters):
     """A trained diffusion model: images of a class (or of anything), by any sampler, from a seed."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
         self.path, self.config, self.model, self.labels = path, config, model, labels
         self.schedule = config.objective.noise_schedule()
         self.last_seed: int | None = None
-        self.adapters: list[str] = []
-        self.adapter: str | None = None
-
-    def use_adapter(self, name: str | None) -> None:
-        """Apply the loaded LoRA adapter `name` to later generations (None: the base model alone)."""
-        from .nn.lora import use_adapter
-
-        if name is not None and name not in self.adapters:
-            raise GenloomError(f"no adapter named {name!r} is loaded with {self.path} "
-                               f"(loaded: {', '.join(self.adapters) or 'none'})")
-        use_adapter(self.model, name)
-        self.adapter = name
 
     @property
     def num_classes(self) -> int:
@@ -767,9 +760,7 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
 
             handle_class = GANModel if config.objective.kind == "gan" else ImageModel
             image_handle = handle_class(path, run_config or config, model, load_labels(path))
-        image_handle.adapters = list(adapter_dirs)
-        image_handle.adapter = image_handle.adapters[0] if len(image_handle.adapters) == 1 else None
-        return image_handle
+        return _adapted(image_handle, list(adapter_dirs))
     if config.objective.kind not in TEXT_OBJECTIVES:
         raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")
     tokenizer = TextTokenizer.load(path / "tokenizer.json")
@@ -784,6 +775,11 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         if template is not None:
             break
     handle = TextModel(path, run_config or config, model, tokenizer, template)
-    handle.adapters = list(adapter_dirs)
-    handle.adapter = handle.adapters[0] if len(handle.adapters) == 1 else None
+    return _adapted(handle, list(adapter_dirs))
+
+
+def _adapted(handle, names: list[str]):
+    """The handle knowing its adapters: one is applied by default, several leave the base model in use."""
+    handle.adapters = names
+    handle.adapter = names[0] if len(names) == 1 else None
     return handle

@@ -29,6 +29,7 @@ from ..config import require, validate
 from ..errors import CheckpointError, DataError
 from ..registry import register
 from .images import split_examples
+from .sources import jsonl_records
 from .tokenizers import TextTokenizer
 
 __all__ = ["ChatTemplate", "ChatDataConfig", "ChatData", "PreferenceDataConfig", "PreferenceData",
@@ -112,18 +113,8 @@ def _jsonl(path: str) -> list[tuple[int, dict]]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"data.path: {path} does not exist (expected a .jsonl file or builtin:safety)")
-    out = []
     with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}, line {number}: expected a JSON object")
-            out.append((number, record))
+        out = list(jsonl_records(f, path))
     if not out:
         raise DataError(f"data.path: {path} holds no examples")
     return out

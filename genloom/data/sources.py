@@ -14,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import DataError
 
@@ -183,17 +183,26 @@ class TextSource:
                 yield from _read_utf8_chunks(path)
 
 
+def jsonl_records(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file, with a DataError naming `where` and the
+    line for one that is not a JSON object."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}, line {number}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}, line {number}: expected a JSON object")
+        yield number, record
+
+
 def _jsonl_texts(path: Path) -> Iterator[str]:
     with open(path, encoding="utf-8", errors="genloom-count-replace") as f:
         first = True
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        for number, record in jsonl_records(f, str(path)):
+            if not isinstance(record.get("text"), str):
                 raise DataError(f"{path}, line {number}: expected an object with a string field \"text\"")
             if not first:
                 yield DOCUMENT_SEPARATOR

@@ -10,9 +10,7 @@ adapter, to show what the adapter changed elsewhere.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,8 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data.scenes import caption_scene, concept_scenes, random_scenes, render_scenes
-from ..data.text import default_cache_dir
-from ..train.checkpoint import commit, load_weights, recover, save_tensors, write_json_atomic
+from .scenes import cached_classifier
 
 __all__ = ["ConceptClassifier", "concept_classifier", "ConceptEvalResult", "evaluate_concept", "concept_prompts"]
 
@@ -85,26 +82,8 @@ def train_concept_classifier(count: int = 8000, steps: int = 800, batch_size: in
 
 def concept_classifier(cache_dir: str | Path | None = None, progress: bool = True) -> ConceptClassifier:
     """The star detector, trained once (under a minute on 2 CPU cores) and cached under `<cache>/concept-classifier/`."""
-    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "concept-classifier"
-    recover(folder)
-    weights, info_file = folder / "model.safetensors", folder / "info.json"
-    if weights.is_file() and info_file.is_file():
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        if info.get("version") == CLASSIFIER_VERSION:
-            model = ConceptClassifier()
-            load_weights(model, weights)
-            model.eval().requires_grad_(False)
-            model.holdout_accuracy = info["holdout_accuracy"]
-            return model
-    start = time.perf_counter()
-    model = train_concept_classifier(progress=progress)
-    log.info("concept classifier: %.1f%% right on held-out rendered pictures (%.0f s)", 100 * model.holdout_accuracy,
-             time.perf_counter() - start)
-    folder.mkdir(parents=True, exist_ok=True)
-    info = {"version": CLASSIFIER_VERSION, "holdout_accuracy": model.holdout_accuracy}
-    commit(folder, {"model.safetensors": lambda p: save_tensors(model.state_dict(), p),
-                    "info.json": lambda p: write_json_atomic(p, info)})
-    return model
+    return cached_classifier("concept-classifier", CLASSIFIER_VERSION, ConceptClassifier, train_concept_classifier,
+                             cache_dir, progress)
 
 
 def concept_prompts(word: str, count: int, seed: int = 20_000) -> list[str]:

@@ -13,10 +13,10 @@ product to stay exact for large n.
 from __future__ import annotations
 
 import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.sources import jsonl_records
 from ..errors import DataError
 
 __all__ = ["CodeTask", "pass_at_k", "read_tasks", "task_program"]
@@ -52,13 +52,7 @@ def read_tasks(path: str | Path) -> list[CodeTask]:
     opener = gzip.open if path.suffix == ".gz" else open
     tasks = []
     with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
+        for number, record in jsonl_records(f, str(path)):
             missing = [k for k in ("prompt", "test", "entry_point") if not isinstance(record.get(k), str)]
             if missing:
                 raise DataError(f"{path}, line {number}: missing the string field(s) {', '.join(missing)} "

@@ -127,31 +127,39 @@ def train_scene_classifier(count: int = 30000, steps: int = 2000, batch_size: in
     return model
 
 
-def scene_classifier(cache_dir: str | Path | None = None, progress: bool = True) -> SceneClassifier:
-    """The scene classifier, trained once (about two minutes on 2 CPU cores) and cached under
-    `<cache>/scene-classifier/`."""
-    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "scene-classifier"
+def cached_classifier(name: str, version: int, build, train, cache_dir: str | Path | None = None,
+                      progress: bool = True):
+    """A small evaluation network stored under `<cache>/<name>/` (weights and info.json with its held-out
+    accuracy): loaded when its `version` is there, else made by `train(progress=...)` once and saved."""
+    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / name
     recover(folder)
     weights, info_file = folder / "model.safetensors", folder / "info.json"
     if weights.is_file() and info_file.is_file():
         info = json.loads(info_file.read_text(encoding="utf-8"))
-        if info.get("version") == CLASSIFIER_VERSION:
-            model = SceneClassifier()
+        if info.get("version") == version:
+            model = build()
             load_weights(model, weights)
             model.eval().requires_grad_(False)
             model.holdout_accuracy = info["holdout_accuracy"]
             return model
-    log.info("training the scene classifier once (it is cached in %s)", folder)
+    log.info("training the %s once (it is cached in %s)", name.replace("-", " "), folder)
     start = time.perf_counter()
-    model = train_scene_classifier(progress=progress)
-    log.info("scene classifier: all attributes right on %.1f%% of held-out rendered scenes (%.0f s)",
-             100 * model.holdout_accuracy, time.perf_counter() - start)
-    info = {"version": CLASSIFIER_VERSION, "holdout_accuracy": model.holdout_accuracy,
+    model = train(progress=progress)
+    log.info("%s: %.1f%% right on held-out rendered pictures (%.0f s)", name, 100 * model.holdout_accuracy,
+             time.perf_counter() - start)
+    info = {"version": version, "holdout_accuracy": model.holdout_accuracy,
             "train_seconds": round(time.perf_counter() - start, 1)}
     folder.mkdir(parents=True, exist_ok=True)
     commit(folder, {"model.safetensors": lambda p: save_tensors(model.state_dict(), p),
                     "info.json": lambda p: write_json_atomic(p, info)})
     return model
+
+
+def scene_classifier(cache_dir: str | Path | None = None, progress: bool = True) -> SceneClassifier:
+    """The scene classifier, trained once (about two minutes on 2 CPU cores) and cached under
+    `<cache>/scene-classifier/` (its held-out accuracy: every attribute right on rendered scenes)."""
+    return cached_classifier("scene-classifier", CLASSIFIER_VERSION, SceneClassifier, train_scene_classifier,
+                             cache_dir, progress)
 
 
 def score_scenes(classifier: SceneClassifier, images: Tensor, prompts: list[Scene]) -> dict[str, Tensor]:
