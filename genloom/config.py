@@ -234,6 +234,16 @@ OPTIONAL_SECTIONS = ("finetune",)
 ALL_SECTIONS = SECTIONS + OPTIONAL_SECTIONS
 
 
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in `path`, or a ConfigError naming the file (`what` says what it should be)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: Any
@@ -287,13 +297,7 @@ class RunConfig:
 
     @classmethod
     def from_json_file(cls, path: Path) -> "RunConfig":
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json(path, "config file"), source=str(path))
 
     def replace(self, section: str, **changes: Any) -> "RunConfig":
         """A copy with some keys of one section changed (values are checked again)."""
@@ -395,10 +399,7 @@ def _start_from(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
     if not config_path.is_file():
         raise ConfigError(f"--from {base}: no config.json there; expected a checkpoint directory written by "
                           "genloom train or genloom merge")
-    try:
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_path}: not valid JSON ({e})") from None
+    saved = read_json(config_path, "config file")
     if "finetune" in saved and saved["finetune"].get("method") == "lora":
         raise ConfigError(f"--from {base}: that folder holds a LoRA adapter, not a full model; fold it into its base "
                           f"first: genloom merge --base BASE --adapter {base} --out MERGED")

@@ -260,6 +260,10 @@ class ChatData:
         targets = torch.where(trained[:, 1:].bool(), tokens[:, 1:], IGNORE)
         return tokens[:, :-1], targets, segments[:, :-1]
 
+    @property
+    def sample_stop(self) -> list[str]:
+        return self.template.stop
+
     def sample_prompt(self) -> str:
         """A validation conversation up to its last reply: the prompt of the samples written while training."""
         messages = self.conversations[self.val_ids[0]]
@@ -356,6 +360,10 @@ class PreferenceData:
         tokens, trained = rows[:, :, 0], rows[:, :, 1]
         targets = torch.where(trained[..., 1:].bool(), tokens[..., 1:], IGNORE)
         return {"inputs": tokens[..., :-1], "targets": targets}
+
+    @property
+    def sample_stop(self) -> list[str]:
+        return self.template.stop if self.config.chat else []
 
     def sample_prompt(self) -> str:
         prompt = self.pairs[self.val_ids[0]]["prompt"]

@@ -44,6 +44,17 @@ class _LoRAMixin:
         self.lora_dropout = nn.ModuleDict()
         self.route: str | tuple[str | None, ...] | None = None
 
+    def add(self, name: str, rank: int, alpha: float, dropout: float) -> None:
+        """A new adapter: A (rank, *weight.shape[1:]) initialised as nn.Linear/Conv2d initialise their weights,
+        B (out, rank) zero, so the layer starts unchanged."""
+        weight = self.weight
+        a = torch.empty(rank, *weight.shape[1:], device=weight.device, dtype=weight.dtype)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_a[name] = nn.Parameter(a)
+        self.lora_b[name] = nn.Parameter(torch.zeros(weight.shape[0], rank, device=weight.device, dtype=weight.dtype))
+        self.lora_scale[name] = alpha / rank
+        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
     def _delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
         raise NotImplementedError
 
@@ -75,15 +86,6 @@ class LoRALinear(nn.Linear, _LoRAMixin):
         layer._init_adapters()
         return layer
 
-    def add(self, name: str, rank: int, alpha: float, dropout: float) -> None:
-        weight = self.weight
-        a = torch.empty(rank, self.in_features, device=weight.device, dtype=weight.dtype)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))            # as nn.Linear initialises its weight
-        self.lora_a[name] = nn.Parameter(a)
-        self.lora_b[name] = nn.Parameter(torch.zeros(self.out_features, rank, device=weight.device, dtype=weight.dtype))
-        self.lora_scale[name] = alpha / rank
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
     def _delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
         h = F.linear(self.lora_dropout[name](x), self.lora_a[name])
         return F.linear(h, self.lora_b[name]) * self.lora_scale[name]
@@ -114,15 +116,6 @@ class LoRAConv2d(nn.Conv2d, _LoRAMixin):
         layer.bias = conv.bias
         layer._init_adapters()
         return layer
-
-    def add(self, name: str, rank: int, alpha: float, dropout: float) -> None:
-        weight = self.weight
-        a = torch.empty(rank, *weight.shape[1:], device=weight.device, dtype=weight.dtype)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.lora_a[name] = nn.Parameter(a)
-        self.lora_b[name] = nn.Parameter(torch.zeros(self.out_channels, rank, device=weight.device, dtype=weight.dtype))
-        self.lora_scale[name] = alpha / rank
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def _delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
         h = F.conv2d(self.lora_dropout[name](x), self.lora_a[name], None, self.stride, self.padding, self.dilation)

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import require, validate
-from ..generate.text import Sampling, stream_text
 from ..nn.lora import adapters_off, lora_modules
 from ..registry import register
+from .lm import write_text_sample
 
 __all__ = ["DPOConfig", "DPOObjective", "dpo_loss", "sequence_logprobs"]
 
@@ -94,13 +94,7 @@ class DPOObjective:
         return self.loss("model", model, batch)
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
-        prompt = prompt or data.sample_prompt()
-        stop = data.template.stop if data.config.chat else []
-        text = prompt + "".join(stream_text(model, data.tokenizer, prompt, min(length, 120), seed=step,
-                                            sampling=Sampling(temperature=self.config.sample_temperature), stop=stop))
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"step_{step:07d}.txt").write_text(text, encoding="utf-8")
-        return text
+        return write_text_sample(model, data, folder, step, length, prompt, self.config.sample_temperature)
 
 
 @register("objective", "dpo", DPOConfig)

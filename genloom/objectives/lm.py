@@ -14,7 +14,7 @@ from ..config import validate
 from ..generate.text import Sampling, stream_text
 from ..registry import register
 
-__all__ = ["LanguageModelConfig", "LanguageModelObjective"]
+__all__ = ["LanguageModelConfig", "LanguageModelObjective", "write_text_sample"]
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,21 @@ class LanguageModelObjective:
         return self.loss("model", model, batch)
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
-        sampling = Sampling(temperature=self.config.sample_temperature)
-        stop: list[str] = []
-        if not prompt and hasattr(data, "sample_prompt"):     # chat data: a validation conversation's reply
-            prompt, stop, length = data.sample_prompt(), data.template.stop, min(length, 120)
-        text = prompt + "".join(stream_text(model, data.tokenizer, prompt, length, seed=step, sampling=sampling,
-                                            stop=stop))
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"step_{step:07d}.txt").write_text(text, encoding="utf-8")
-        return text
+        return write_text_sample(model, data, folder, step, length, prompt, self.config.sample_temperature)
+
+
+def write_text_sample(model: nn.Module, data, folder: Path, step: int, length: int, prompt: str,
+                      temperature: float) -> str:
+    """Sample `length` tokens after `prompt` (seeded by the step) into folder/step_NNNNNNN.txt. Chat and
+    preference data without a prompt: the reply to a validation conversation, ending with its turn."""
+    stop: list[str] = []
+    if not prompt and hasattr(data, "sample_prompt"):
+        prompt, stop, length = data.sample_prompt(), data.sample_stop, min(length, 120)
+    text = prompt + "".join(stream_text(model, data.tokenizer, prompt, length, seed=step,
+                                        sampling=Sampling(temperature=temperature), stop=stop))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"step_{step:07d}.txt").write_text(text, encoding="utf-8")
+    return text
 
 
 @register("objective", "lm", LanguageModelConfig)

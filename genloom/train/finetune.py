@@ -16,13 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..config import read_json
+from ..errors import CheckpointError, ConfigError, GenloomError
 from ..nn.lora import (add_adapter, adapter_tensors, load_adapter_tensors, use_adapter, weights_fingerprint)
 from . import checkpoint as ckpt
 
 __all__ = ["ADAPTER_FILE", "ADAPTER_JSON", "ADAPTER_FORMAT", "TRAINING_ADAPTER", "base_weights_file",
            "start_from_base", "adapter_payload", "adapter_metadata", "read_adapter", "attach_adapter",
-           "is_adapter_dir", "copy_assets", "ASSET_FILES"]
+           "is_adapter_dir", "copy_assets", "AdapterChoice", "fold_new_words", "ASSET_FILES"]
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_JSON = "adapter.json"
@@ -30,6 +31,21 @@ ADAPTER_FORMAT = "genloom-adapter-1"
 TRAINING_ADAPTER = "default"        # the adapter's name inside the model while it trains
 # Files other than weights that a checkpoint needs to read inputs (copied by `genloom merge`).
 ASSET_FILES = ("tokenizer.json", "caption_tokenizer.json", "labels.json", "chat_template.json")
+
+
+class AdapterChoice:
+    """LoRA adapters loaded on a handle's model (`genloom.load(..., adapters=...)`) and the one in use."""
+
+    adapters: list[str] = []          # names of the loaded adapters (set by `load`)
+    adapter: str | None = None        # the one applied by default (None: the base model)
+
+    def use_adapter(self, name: str | None) -> None:
+        """Apply the loaded adapter `name` to later generations (None: the base model alone)."""
+        if name is not None and name not in self.adapters:
+            raise GenloomError(f"no adapter named {name!r} is loaded with {self.path} "
+                               f"(loaded: {', '.join(self.adapters) or 'none'})")
+        use_adapter(self.model, name)
+        self.adapter = name
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -113,28 +129,26 @@ def adapter_metadata(config, info: dict[str, Any], step: int) -> dict[str, Any]:
             "recipe": config.recipe, "step": step}
 
 
-def read_adapter(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """An adapter folder's metadata and tensors, checked."""
+def read_adapter(path: Path) -> dict[str, Any]:
+    """An adapter folder's metadata (adapter.json), checked; the tensors are read where they are used."""
     path = Path(path)
     ckpt.recover(path)
     meta_path = path / ADAPTER_JSON
     if not meta_path.is_file():
         raise CheckpointError(f"{path} is not an adapter folder (it has no {ADAPTER_JSON}; adapters are written by "
                               "genloom finetune with finetune.method = \"lora\")")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = read_json(meta_path, "adapter metadata")
     if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{meta_path}: not a genloom adapter (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                              f"expected {ADAPTER_FORMAT!r})")
-    return meta, ckpt.load_tensors(path / ADAPTER_FILE)
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{meta_path}: not a genloom adapter (format {found!r}, expected {ADAPTER_FORMAT!r})")
+    return meta
 
 
 def attach_adapter(model: nn.Module, model_config: dict[str, Any], fingerprint: str, path: Path, name: str,
                    base_label: str) -> dict[str, Any]:
     """Add the adapter saved in `path` to `model` under `name`, after checking it was trained on this base."""
-    meta, tensors = read_adapter(path)
+    meta = read_adapter(path)
+    tensors = ckpt.load_tensors(Path(path) / ADAPTER_FILE)
     if meta.get("model") != model_config:
         differences = [f"model.{k}: adapter's base {meta.get('model', {}).get(k)!r}, this model {v!r}"
                        for k, v in model_config.items() if meta.get("model", {}).get(k) != v]
@@ -164,6 +178,20 @@ def attach_adapter(model: nn.Module, model_config: dict[str, Any], fingerprint: 
                                           f"expects {tuple(parameters[key].shape)}")
                 parameters[key].copy_(value)
     return meta
+
+
+def fold_new_words(model: nn.Module) -> int | None:
+    """Make the rows of new words part of the caption encoder's embedding table (for a merged checkpoint);
+    returns the new vocabulary size, or None when the model had no new words."""
+    from ..nn.text_encoders import GrownEmbedding
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, GrownEmbedding):
+            parent_name, _, attribute = name.rpartition(".")
+            table = torch.cat([module.weight, module.extra]).detach()
+            setattr(model.get_submodule(parent_name), attribute, nn.Embedding.from_pretrained(table, freeze=False))
+            return table.shape[0]
+    return None
 
 
 def copy_assets(source: Path, target: Path, overlay: Path | None = None) -> None:
