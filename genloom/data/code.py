@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sysconfig
 import zlib
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import torch
 from ..config import require, validate
 from ..errors import DataError
 from ..registry import register
-from .text import default_cache_dir
+from .text import TokenWindows, default_cache_dir
 from .tokenizers import END_OF_TEXT, TextTokenizer
 
 __all__ = ["CodeDataConfig", "CodeData", "FIM_PREFIX", "FIM_MIDDLE", "FIM_SUFFIX", "code_files", "fim_tokens",
@@ -85,12 +86,22 @@ def _root(path: str) -> Path:
     return root
 
 
+def _listing(root: Path) -> list[Path]:
+    """Every file under `root`, sorted; in a git checkout, the files git tracks (so ignored build output and
+    virtual environments stay out)."""
+    if (root / ".git").exists() and shutil.which("git"):
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True)
+        if listed.returncode == 0:
+            return sorted(root / name for name in listed.stdout.decode(errors="replace").split("\0") if name)
+    return sorted(root.rglob("*"))
+
+
 def code_files(path: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
     """(relative path, text) of every source file, sorted, identical contents kept once (the first path)."""
     root = _root(path)
     seen: set[str] = set()
     out = []
-    for file in sorted(root.rglob("*")):
+    for file in _listing(root):
         relative = file.relative_to(root)
         if file.suffix not in extensions or not file.is_file() or any(
                 part in SKIPPED_FOLDERS or part.startswith(".") for part in relative.parts[:-1]):
@@ -144,15 +155,16 @@ def train_code_tokenizer(texts: Iterator[str], vocab_size: int) -> TextTokenizer
     return TextTokenizer.train_bpe(texts, vocab_size, special_tokens=SPECIAL_TOKENS)
 
 
-class CodeData:
+class CodeData(TokenWindows):
     """Token arrays of the training pieces (FIM applied once, seeded) and of the plain validation files."""
-
-    item_name = "tok"
 
     def __init__(self, config: CodeDataConfig, block_size: int, tokenizer: TextTokenizer | None = None):
         self.config, self.block_size, self.tokenizer = config, block_size, tokenizer
         self._arrays: dict[str, np.ndarray] = {}
         self.meta: dict = {}
+
+    def describe(self) -> str:
+        return "CPython's standard library" if self.config.path == "builtin:stdlib" else self.config.path
 
     def _key(self, files: list[tuple[str, str]]) -> str:
         h = hashlib.sha256(f"{CACHE_FORMAT}|{json.dumps(self.config.__dict__, sort_keys=True, default=str)}".encode())
@@ -177,9 +189,7 @@ class CodeData:
             self.tokenizer = TextTokenizer.load(folder / "tokenizer.json")
         for split in ("train", "val"):
             self._arrays[split] = np.load(folder / f"{split}.npy", mmap_mode="r")
-            if len(self._arrays[split]) <= self.block_size + 1:
-                raise DataError(f"data.path: the {split} split of {cfg.path} has {len(self._arrays[split])} tokens; "
-                                f"a window needs {self.block_size + 1}. Use more files or a smaller model.block_size")
+        self._check_length(self.describe())
 
     def _build(self, files: list[tuple[str, str]], folder: Path) -> None:
         cfg = self.config
@@ -187,18 +197,17 @@ class CodeData:
         val = [(r, t) for r, t in files if is_validation(r, cfg.val_fraction)]
         if not train or not val:
             raise DataError(f"data.path: {cfg.path} has {len(files)} file(s); the hash split left "
-                            f"{len(train)} for training and {len(val)} for validation (need both)")
-        log.info("code corpus %s: %d files (%d held out), %.1f MB", cfg.path, len(files), len(val),
+                            f"{len(train)} for training and {len(val)} for validation (need both; "
+                            "change data.val_fraction or add files)")
+        log.info("code corpus %s: %d files (%d held out), %.1f MB", self.describe(), len(files), len(val),
                  sum(len(t) for _, t in files) / 1e6)
         tokenizer = self.tokenizer or train_code_tokenizer((t for _, t in train), cfg.vocab_size)
         rng = np.random.default_rng(cfg.seed)
         eot = tokenizer.token_id(END_OF_TEXT)
-        ids: dict[str, list[int]] = {"train": [], "val": []}
-        for relative, text in train:
-            for piece in pieces(text, cfg.chunk_chars):
-                ids["train"] += fim_tokens(tokenizer, piece, rng, cfg.fim_rate, cfg.spm_rate)
-        for relative, text in val:
-            ids["val"] += tokenizer.encode(text) + [eot]
+        train_pieces = [piece for _, text in train for piece in pieces(text, cfg.chunk_chars)]
+        ids = {"train": [i for piece in train_pieces
+                         for i in fim_tokens(tokenizer, piece, rng, cfg.fim_rate, cfg.spm_rate)],
+               "val": [i for ids in tokenizer.encode_batch([t for _, t in val]) for i in ids + [eot]]}
         tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -206,36 +215,15 @@ class CodeData:
         for split, values in ids.items():
             np.save(tmp / f"{split}.npy", np.asarray(values, dtype=dtype))
         tokenizer.save(tmp / "tokenizer.json")
-        meta = {"format": CACHE_FORMAT, "files": len(files), "val_files": [r for r, _ in val],
+        meta = {"format": CACHE_FORMAT, "source": self.describe(), "files": len(files), "val_files": [r for r, _ in val],
                 "train_tokens": len(ids["train"]), "val_tokens": len(ids["val"]),
-                "train_bytes": sum(len(t.encode()) for _, t in train), "val_bytes": sum(len(t.encode()) for _, t in val)}
+                "train_bytes": sum(len(t.encode()) for _, t in train), "val_bytes": sum(len(t.encode()) for _, t in val),
+                "val_chars": sum(len(t) for _, t in val)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             tmp.rename(folder)
-        except OSError:
+        except OSError:                                 # another process finished first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
-
-    # -- what the trainer and the model need ----------------------------------------------------
-    def model_settings(self) -> dict:
-        return {"vocab_size": self.tokenizer.vocab_size}
-
-    def save_assets(self, folder: Path) -> None:
-        self.tokenizer.save(Path(folder) / "tokenizer.json")
-
-    @property
-    def items_per_example(self) -> int:
-        return self.block_size
-
-    def sample_indices(self, generator: torch.Generator, n: int) -> torch.Tensor:
-        return torch.randint(0, len(self._arrays["train"]) - self.block_size - 1, (n,), generator=generator)
-
-    def val_indices(self, n: int) -> torch.Tensor:
-        return torch.linspace(0, len(self._arrays["val"]) - self.block_size - 2, n).round().long()
-
-    def batch(self, offsets: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        index = offsets.numpy()[:, None] + np.arange(self.block_size + 1)[None, :]
-        window = torch.from_numpy(self._arrays[split][index].astype(np.int64))
-        return window[:, :-1], window[:, 1:]
 
 
 @register("data", "code", CodeDataConfig)

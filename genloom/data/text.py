@@ -26,7 +26,7 @@ from ..registry import register
 from .sources import open_text_source
 from .tokenizers import TextTokenizer
 
-__all__ = ["TextDataConfig", "TextData", "default_cache_dir"]
+__all__ = ["TextDataConfig", "TextData", "TokenWindows", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,65 @@ def _split_stream(chunks: Iterator[str], train_chars: int) -> Iterator[tuple[str
         seen += len(piece)
 
 
-class TextData:
-    """Token arrays for a text corpus, with random training windows and fixed validation windows."""
+class TokenWindows:
+    """Windows of a flat token array per split (`_arrays`): what the trainer and evaluators read from text
+    and code data alike. Subclasses fill `_arrays`, `tokenizer` and `block_size`."""
 
     item_name = "tok"
+    tokenizer: TextTokenizer
+    block_size: int
+    _arrays: dict[str, np.ndarray]
+
+    # -- what the trainer and the model need ----------------------------------------------------
+    def model_settings(self) -> dict:
+        return {"vocab_size": self.tokenizer.vocab_size}
+
+    def save_assets(self, folder: Path) -> None:
+        self.tokenizer.save(Path(folder) / "tokenizer.json")
+
+    def num_tokens(self, split: str) -> int:
+        return len(self._arrays[split])
+
+    @property
+    def items_per_example(self) -> int:
+        return self.block_size
+
+    def _check_length(self, source: str) -> None:
+        block_size = self.block_size
+        for split in SPLITS:
+            n = self.num_tokens(split)
+            if n <= block_size + 1:
+                raise DataError(
+                    f"data.path: the {split} split of {source} has {n} tokens, but a training "
+                    f"window needs {block_size + 1} (model.block_size + 1). Use more text or a smaller "
+                    "model.block_size")
+
+    def sample_indices(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        """Start offsets of `n` random training windows."""
+        high = self.num_tokens("train") - self.block_size - 1
+        return torch.randint(0, high + 1, (n,), generator=generator)
+
+    def val_indices(self, n: int) -> torch.Tensor:
+        """The same `n` validation windows every time (evenly spread over the split)."""
+        high = self.num_tokens("val") - self.block_size - 1
+        return torch.linspace(0, high, n).round().long()
+
+    def batch(self, offsets: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets for windows starting at `offsets`: two (B, T) int64 tensors."""
+        index = offsets.numpy()[:, None] + np.arange(self.block_size + 1)[None, :]
+        window = torch.from_numpy(self._arrays[split][index].astype(np.int64))  # (B, T+1)
+        return window[:, :-1], window[:, 1:]
+
+    def full_windows(self, block_size: int, split: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Non-overlapping windows covering every token of a split once (the last one shorter)."""
+        data = self._arrays[split]
+        for start in range(0, len(data) - 1, block_size):
+            chunk = torch.from_numpy(data[start : start + block_size + 1].astype(np.int64))
+            yield chunk[None, :-1], chunk[None, 1:]
+
+
+class TextData(TokenWindows):
+    """Token arrays for a text corpus, with random training windows and fixed validation windows."""
 
     def __init__(self, config: TextDataConfig, block_size: int, tokenizer: TextTokenizer | None = None):
         self.config = config
@@ -115,7 +170,7 @@ class TextData:
         if not (folder / "meta.json").is_file():
             self._build(folder)
         self._open(folder)
-        self._check_length()
+        self._check_length(self.source.describe())
 
     def _build(self, folder: Path) -> None:
         log.info("tokenizing %s (cached in %s)", self.source.describe(), folder)
@@ -178,54 +233,6 @@ class TextData:
             n = self.meta[f"{split}_tokens"]
             self._arrays[split] = (np.memmap(folder / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
                                    if n else np.zeros(0, dtype=self.meta["dtype"]))
-
-    # -- what the trainer and the model need ----------------------------------------------------
-    def model_settings(self) -> dict:
-        return {"vocab_size": self.tokenizer.vocab_size}
-
-    def save_assets(self, folder: Path) -> None:
-        self.tokenizer.save(Path(folder) / "tokenizer.json")
-
-    def num_tokens(self, split: str) -> int:
-        return len(self._arrays[split])
-
-    @property
-    def items_per_example(self) -> int:
-        return self.block_size
-
-    def _check_length(self) -> None:
-        block_size = self.block_size
-        for split in SPLITS:
-            n = self.num_tokens(split)
-            if n <= block_size + 1:
-                raise DataError(
-                    f"data.path: the {split} split of {self.source.describe()} has {n} tokens, but a training "
-                    f"window needs {block_size + 1} (model.block_size + 1). Use more text or a smaller "
-                    "model.block_size")
-
-    def sample_indices(self, generator: torch.Generator, n: int) -> torch.Tensor:
-        """Start offsets of `n` random training windows."""
-        high = self.num_tokens("train") - self.block_size - 1
-        return torch.randint(0, high + 1, (n,), generator=generator)
-
-    def val_indices(self, n: int) -> torch.Tensor:
-        """The same `n` validation windows every time (evenly spread over the split)."""
-        high = self.num_tokens("val") - self.block_size - 1
-        return torch.linspace(0, high, n).round().long()
-
-    def batch(self, offsets: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and next-token targets for windows starting at `offsets`: two (B, T) int64 tensors."""
-        index = offsets.numpy()[:, None] + np.arange(self.block_size + 1)[None, :]
-        window = torch.from_numpy(self._arrays[split][index].astype(np.int64))  # (B, T+1)
-        return window[:, :-1], window[:, 1:]
-
-    def full_windows(self, block_size: int, split: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Non-overlapping windows covering every token of a split once (the last one shorter)."""
-        data = self._arrays[split]
-        for start in range(0, len(data) - 1, block_size):
-            chunk = torch.from_numpy(data[start : start + block_size + 1].astype(np.int64))
-            yield chunk[None, :-1], chunk[None, 1:]
-
 
 @register("data", "text", TextDataConfig)
 def build_text_data(config: TextDataConfig, run, tokenizer: TextTokenizer | None = None) -> TextData:

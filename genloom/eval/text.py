@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.text import TextData, TextDataConfig
+from ..data.text import TextData, TextDataConfig, TokenWindows
 from ..data.tokenizers import TextTokenizer
 
-__all__ = ["TextEvalResult", "evaluate_text"]
+__all__ = ["TextEvalResult", "evaluate_text", "score_split"]
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,14 @@ class TextEvalResult:
     nats_per_token: float
     bits_per_character: float
     perplexity: float       # exp(nats per token)
+    bits_per_byte: float | None = None   # code models: per byte of UTF-8 source
 
     def summary(self) -> str:
         return (f"data: {self.source} (validation split: {self.tokens:,} tokens, {self.characters:,} characters)\n"
                 f"loss: {self.nats_per_token:.4f} nats/token\n"
                 f"bits per character: {self.bits_per_character:.4f}\n"
-                f"perplexity: {self.perplexity:.3f}")
+                + (f"bits per byte: {self.bits_per_byte:.4f}\n" if self.bits_per_byte is not None else "")
+                + f"perplexity: {self.perplexity:.3f}")
 
 
 @torch.no_grad()
@@ -43,13 +45,25 @@ def evaluate_text(model: nn.Module, tokenizer: TextTokenizer, data_config: TextD
     """
     if data_path is not None:
         data_config = dataclasses.replace(data_config, path=data_path)
-    block = model.config.block_size
-    data = TextData(data_config, block, tokenizer)
+    data = TextData(data_config, model.config.block_size, tokenizer)
     data.prepare()
+    total_nats, total_tokens = score_split(model, data, batch_size, progress)
+    nats = total_nats / total_tokens
+    characters = data.meta["val_chars"]
+    return TextEvalResult(source=data.source.describe(), tokens=total_tokens, characters=characters,
+                          nats_per_token=nats, bits_per_character=total_nats / characters / math.log(2),
+                          perplexity=math.exp(nats))
+
+
+@torch.no_grad()
+def score_split(model: nn.Module, data: TokenWindows, batch_size: int = 16, progress: bool = True,
+                split: str = "val") -> tuple[float, int]:
+    """(total nats, tokens scored) over every token of a prepared data set's split, once."""
+    block = model.config.block_size
     device = next(model.parameters()).device
     model.eval()
     total_nats, total_tokens = 0.0, 0
-    windows = list(data.full_windows(block, "val"))
+    windows = list(data.full_windows(block, split))
     bar = tqdm(total=len(windows), desc="evaluating", unit="window", disable=not progress, leave=False)
     for start in range(0, len(windows), batch_size):
         group = windows[start:start + batch_size]
@@ -64,8 +78,4 @@ def evaluate_text(model: nn.Module, tokenizer: TextTokenizer, data_config: TextD
             total_tokens += targets.numel()
         bar.update(len(group))
     bar.close()
-    nats = total_nats / total_tokens
-    characters = data.meta["val_chars"]
-    return TextEvalResult(source=data.source.describe(), tokens=total_tokens, characters=characters,
-                          nats_per_token=nats, bits_per_character=total_nats / characters / math.log(2),
-                          perplexity=math.exp(nats))
+    return total_nats, total_tokens

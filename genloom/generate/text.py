@@ -186,13 +186,16 @@ class StopMatcher:
 
 
 def stream_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int, seed: int,
-                sampling: Sampling = Sampling(), stop: Sequence[str] = (), use_cache: bool = True) -> Iterator[str]:
-    """Stream the continuation of `prompt` as text pieces, ending before any of the `stop` strings."""
+                sampling: Sampling = Sampling(), stop: Sequence[str] = (), use_cache: bool = True,
+                matcher=None, prompt_ids: Sequence[int] | None = None) -> Iterator[str]:
+    """Stream the continuation of `prompt` as text pieces, ending before any of the `stop` strings (or where
+    `matcher`, an object with StopMatcher's push/flush/stopped, ends it). `prompt_ids`: the prompt's tokens
+    when they are not simply its encoding (code prompts, fill-in-the-middle)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    stream, matcher = TextStream(tokenizer), StopMatcher(stop)
-    for token, _ in generate_tokens(model, [encode_prompt(tokenizer, prompt)], max_new_tokens, [generator],
-                                    sampling, use_cache):
+    stream, matcher = TextStream(tokenizer), matcher or StopMatcher(stop)
+    ids = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, prompt)
+    for token, _ in generate_tokens(model, [ids], max_new_tokens, [generator], sampling, use_cache):
         piece = matcher.push(stream.push(int(token[0])))
         if piece:
             yield piece

@@ -50,6 +50,8 @@ class LanguageModelObjective:
         return self.loss("model", model, batch)
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
+        if hasattr(data, "write_sample"):        # data that is not text (music) writes its own kind of sample
+            return data.write_sample(model, folder, step, length, self.config.sample_temperature)
         return write_text_sample(model, data, folder, step, length, prompt, self.config.sample_temperature)
 
 
