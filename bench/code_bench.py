@@ -80,7 +80,7 @@ def model(run: Path | None, seconds: int, out: Path) -> dict:
     score = handle.evaluate()
     code = handle.evaluate_code(num_samples=10, syntax_samples=100, infill_samples=200, temperature=0.8, seed=0)
     return {"run": str(run), "model": {k: config["model"][k] for k in ("n_layer", "d_model", "n_head", "block_size")},
-            "steps": int(last[header.index("step")]), "train_seconds": float(last[header.index("time")]),
+            "steps": int(last[header.index("step")]), "train_seconds": float(last[header.index("time_s")]),
             "held_out": {"nats_per_token": score.nats_per_token, "perplexity": score.perplexity,
                          "bits_per_byte": score.bits_per_byte, "tokens": score.tokens},
             "code": code.to_json(), "eval_seconds": time.perf_counter() - started}
@@ -113,8 +113,8 @@ def main() -> None:
         m = result["model"]
         c = m["code"]
         print(f"\nmodel {m['model']}, {m['steps']} steps in {m['train_seconds']:.0f} s")
-        print(f"| held-out perplexity | bits/byte | syntax valid | line infill EM | expression infill EM | "
-              f"pass@1 | pass@10 |\n|---|---|---|---|---|---|---|")
+        print("| held-out perplexity | bits/byte | syntax valid | line infill EM | expression infill EM | "
+              "pass@1 | pass@10 |\n|---|---|---|---|---|---|---|")
         print(f"| {m['held_out']['perplexity']:.2f} | {m['held_out']['bits_per_byte']:.3f} | {c['syntax_valid']:.1%} "
               f"| {c['infill_line_exact']:.1%} | {c['infill_expression_exact']:.1%} | {c['pass_at'][1]:.1%} | "
               f"{c['pass_at'][10]:.1%} |")

@@ -185,3 +185,25 @@ def test_generate_music_cli_writes_midi_musicxml_wav_and_png(music_run, tmp_path
 def test_piano_roll_of_an_empty_piece(tmp_path):
     piano_roll(Piece("empty", [], 4, 16), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").is_file()
+
+
+def test_fluidsynth_renders_when_installed(tmp_path):
+    import shutil
+    import wave
+
+    from genloom.generate.music import find_soundfont, render_wav
+
+    if not shutil.which("fluidsynth") or find_soundfont() is None:
+        with pytest.raises(GenloomError, match="apt-get install fluidsynth"):
+            render_wav(Piece("a4", [Note(0, 0, 69, 16)], 1, 16), tmp_path / "a.wav", "fluidsynth")
+        pytest.skip("FluidSynth or a soundfont is not installed")
+    used = render_wav(Piece("a4", [Note(0, 0, 69, 16)], 1, 16), tmp_path / "a.wav", "fluidsynth", tempo=120)
+    assert used == "fluidsynth"
+    with wave.open(str(tmp_path / "a.wav")) as f:
+        rate, frames = f.getframerate(), f.readframes(f.getnframes())
+        channels = f.getnchannels()
+    audio = np.frombuffer(frames, dtype="<i2").reshape(-1, channels)[:, 0].astype(float)
+    assert len(audio) >= 1.9 * rate                          # a 2-second note (and its release)
+    held = audio[int(0.2 * rate):int(1.8 * rate)]
+    spectrum = np.abs(np.fft.rfft(held * np.hanning(len(held))))
+    assert np.fft.rfftfreq(len(held), 1 / rate)[spectrum.argmax()] == pytest.approx(440, rel=0.02)

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from conftest import run_cli, tiny
 from genloom import api, load

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
 
 from ..config import require, validate
 from ..errors import DataError
