@@ -172,10 +172,12 @@ class TextModel(AdapterChoice):
                                    adapter)
 
     def _complete_rows(self, encoded: list[list[int]], matchers: list, offsets: list[int], max_new_tokens: int,
-                       sampling: Sampling, seed: int | None, use_cache: bool = True,
-                       adapter=_CURRENT) -> list[Completion]:
+                       sampling: Sampling, seed: int | None, use_cache: bool = True, adapter=_CURRENT,
+                       first_allowed: torch.Tensor | None = None, skips: Sequence[str] = ()) -> list[Completion]:
         """Decode token prompts together; row i draws from seed + offsets[i] and ends where matchers[i]
-        (a StopMatcher or anything with its push/flush/stopped) says."""
+        (a StopMatcher or anything with its push/flush/stopped) says. Token healing: `first_allowed` (B, V)
+        limits the first tokens, and skips[i] (text the prompt already has) is cut from row i's start."""
+        skips = list(skips) or [""] * len(encoded)
         seed = self._seed(seed)
         self._route(adapter)
         generators = [torch.Generator(device=self.device).manual_seed(seed + j) for j in offsets]
@@ -184,11 +186,14 @@ class TextModel(AdapterChoice):
         tokens: list[list[int]] = [[] for _ in encoded]
         logprobs: list[list[float]] = [[] for _ in encoded]
         for step_tokens, step_logprobs in generate_tokens(self.model, encoded, max_new_tokens, generators, sampling,
-                                                          use_cache):
+                                                          use_cache, first_allowed):
             for i, (token, logprob) in enumerate(zip(step_tokens.tolist(), step_logprobs.tolist())):
                 if matchers[i].stopped:
                     continue
-                texts[i] += matchers[i].push(streams[i].push(token))
+                piece = streams[i].push(token)
+                cut = min(len(piece), len(skips[i]))
+                piece, skips[i] = piece[cut:], skips[i][cut:]
+                texts[i] += matchers[i].push(piece)
                 if not matchers[i].stopped:
                     tokens[i].append(token)
                     logprobs[i].append(logprob)

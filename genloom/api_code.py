@@ -17,7 +17,7 @@ from .errors import GenloomError
 from .eval.code import (CodeEvalResult, InfillCase, function_prompts, functional_score, infill_cases, infill_score,
                         resolve_tasks, syntax_score)
 from .eval.text import TextEvalResult, score_split
-from .generate.code import SPECIAL_STOPS, BlockEnd, LineEnd, code_prompt_ids, infill_prompt_ids
+from .generate.code import SPECIAL_STOPS, BlockEnd, LineEnd, allowed_first, code_prompt_ids, infill_prompt_ids
 from .generate.text import Sampling, StopMatcher, stream_text
 
 __all__ = ["CodeModel", "STOP_RULES"]
@@ -40,6 +40,19 @@ def _rule(stop_at: str):
 class CodeModel(TextModel):
     """A language model of source code with fill-in-the-middle tokens."""
 
+    @property
+    def _pieces(self) -> list[str]:
+        """Every token's text (for token healing)."""
+        if not hasattr(self, "_token_texts"):
+            self._token_texts = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
+        return self._token_texts
+
+    def _decode(self, prompts: list[tuple[list[int], str]], matchers: list, offsets: list[int], max_new_tokens: int,
+                sampling: Sampling, seed: int | None, adapter) -> list[Completion]:
+        healed = [h for _, h in prompts]
+        return self._complete_rows([ids for ids, _ in prompts], matchers, offsets, max_new_tokens, sampling, seed,
+                                   adapter=adapter, first_allowed=allowed_first(self._pieces, healed), skips=healed)
+
     def _room(self, max_new_tokens: int) -> int:
         block = self.model.config.block_size
         return max(block - max_new_tokens, block // 2)
@@ -54,9 +67,8 @@ class CodeModel(TextModel):
         rule = _rule(stop_at)
         room = self._room(max_new_tokens)
         rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
-        return self._complete_rows([code_prompt_ids(self.tokenizer, p, room) for p, _ in rows],
-                                   [rule(p) for p, _ in rows], [j for _, j in rows], max_new_tokens,
-                                   Sampling(temperature, top_k, top_p), seed, adapter=adapter)
+        return self._decode([code_prompt_ids(self.tokenizer, p, room) for p, _ in rows], [rule(p) for p, _ in rows],
+                            [j for _, j in rows], max_new_tokens, Sampling(temperature, top_k, top_p), seed, adapter)
 
     def infill(self, prefix: str | Sequence[str], suffix: str | Sequence[str], max_new_tokens: int = 64,
                temperature: float = 0.0, top_p: float = 1.0, seed: int | None = 0, num_samples: int = 1,
@@ -70,10 +82,9 @@ class CodeModel(TextModel):
         rule = _rule(stop_at)
         room = self._room(max_new_tokens)
         rows = [(p, s, j) for p, s in zip(prefixes, suffixes) for j in range(num_samples)]
-        return self._complete_rows([infill_prompt_ids(self.tokenizer, p, s, room) for p, s, _ in rows],
-                                   [LineEnd() if rule is LineEnd else _special_only("") for _ in rows],
-                                   [j for _, _, j in rows], max_new_tokens, Sampling(temperature, 0, top_p), seed,
-                                   adapter=adapter)
+        return self._decode([infill_prompt_ids(self.tokenizer, p, s, room) for p, s, _ in rows],
+                            [LineEnd() if rule is LineEnd else _special_only("") for _ in rows],
+                            [j for _, _, j in rows], max_new_tokens, Sampling(temperature, 0, top_p), seed, adapter)
 
     def stream_code(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.95,
                     seed: int | None = None, stop_at: str = "block", suffix: str | None = None,
@@ -82,12 +93,13 @@ class CodeModel(TextModel):
         self._route(adapter)
         room = self._room(max_new_tokens)
         if suffix is None:
-            ids, matcher = code_prompt_ids(self.tokenizer, prompt, room), _rule(stop_at)(prompt)
+            (ids, healed), matcher = code_prompt_ids(self.tokenizer, prompt, room), _rule(stop_at)(prompt)
         else:
-            ids = infill_prompt_ids(self.tokenizer, prompt, suffix, room)
+            ids, healed = infill_prompt_ids(self.tokenizer, prompt, suffix, room)
             matcher = LineEnd() if stop_at == "line" else _special_only("")
         return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self._seed(seed),
-                           Sampling(temperature, 0, top_p), matcher=matcher, prompt_ids=ids)
+                           Sampling(temperature, 0, top_p), matcher=matcher, prompt_ids=ids,
+                           first_allowed=allowed_first(self._pieces, [healed])[0], skip=healed)
 
     # -- scores ------------------------------------------------------------------------------------------
     def _data_config(self, data_path: str | None) -> CodeDataConfig:
@@ -113,23 +125,25 @@ class CodeModel(TextModel):
                               bits_per_byte=nats / data.meta["val_bytes"] / math.log(2))
 
     def evaluate_code(self, tasks: str | Path | None = None, num_samples: int = 10, syntax_samples: int = 100,
-                      infill_samples: int = 200, temperature: float = 0.8, seed: int = 0,
+                      infill_samples: int = 200, temperatures: Sequence[float] = (0.2, 0.8), seed: int = 0,
                       data_path: str | None = None, parts: Sequence[str] = ("syntax", "infill", "tasks"),
-                      progress: bool = True) -> CodeEvalResult:
+                      max_new_tokens: int = 384, progress: bool = True) -> CodeEvalResult:
         """Syntax validity of sampled function bodies, infilling exact match on held-out lines and
-        expressions, and pass@1 / pass@10 on HumanEval-format `tasks` (genloom's own set by default)."""
+        expressions, and pass@1 / pass@10 on HumanEval-format `tasks` (genloom's own set by default), each
+        sampled at every temperature in `temperatures` (Chen et al. 2021 report pass@1 at 0.2 and pass@10 at
+        0.8)."""
         result = CodeEvalResult()
         files = self.held_out_files(data_path) if {"syntax", "infill"} & set(parts) else []
-        if "syntax" in parts:
+        for temperature in temperatures if "syntax" in parts else ():
             prompts = function_prompts(files, syntax_samples, seed)
             if not prompts:
                 raise GenloomError("no functions in the held-out files to prompt with")
 
             def bodies(group: list[str]) -> list[tuple[str, bool]]:
                 return [(c.text, c.finish_reason == "stop")
-                        for c in self.complete_code(group, 256, temperature, seed=seed)]
+                        for c in self.complete_code(group, max_new_tokens, temperature, seed=seed)]
 
-            syntax_score(bodies, prompts, result, progress=progress)
+            syntax_score(bodies, prompts, result, str(temperature), progress=progress)
         if "infill" in parts:
             cases = {kind: infill_cases(files, infill_samples, kind, seed) for kind in ("line", "expression")}
 
@@ -138,13 +152,13 @@ class CodeModel(TextModel):
                                                     stop_at="line")]
 
             infill_score(fill, cases, result, progress=progress)
-        if "tasks" in parts:
-            task_list = resolve_tasks(tasks)
-
+        task_list = resolve_tasks(tasks) if "tasks" in parts else []
+        for temperature in temperatures if task_list else ():
             def solve(prompts: list[str], n: int) -> list[list[str]]:
-                texts = [c.text for c in self.complete_code(prompts, 256, temperature, seed=seed, num_samples=n)]
+                texts = [c.text for c in self.complete_code(prompts, max_new_tokens, temperature, seed=seed,
+                                                            num_samples=n)]
                 return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
             functional_score(solve, task_list, str(tasks or "genloom's task set"), num_samples, (1, 10), result,
-                             progress=progress)
+                             str(temperature), progress=progress)
         return result

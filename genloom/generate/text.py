@@ -91,7 +91,8 @@ def _left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, t
 @torch.no_grad()
 def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                     generators: Sequence[torch.Generator], sampling: Sampling | Sequence[Sampling] = Sampling(),
-                    use_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    use_cache: bool = True,
+                    first_allowed: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token (B,), its log-probability under the model (B,)) `max_new_tokens` times.
 
     `sampling` applies to every row, or (a sequence) one per row: the server batches requests with
@@ -99,6 +100,8 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
 
     Past the context length the model sees the most recent `block_size` tokens; with the cache the
     window moves by half a context at a time and the cache is refilled.
+
+    `first_allowed` (B, V) bool limits each row's first token to the True ones (token healing).
     """
     device = next(model.parameters()).device
     block = model.config.block_size
@@ -120,6 +123,9 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
                     cache.key_mask[:, :window] = valid[:, -window:]
                 pending = tokens[:, -window:]
             logits = model(pending, cache)[:, -1]                            # (B, V)
+        if first_allowed is not None:
+            logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
+            first_allowed = None
         next_token = sample_next(logits, generators, sampling, seen)         # (B,)
         logprob = logits.float().log_softmax(-1).gather(1, next_token[:, None])[:, 0]
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
@@ -187,16 +193,22 @@ class StopMatcher:
 
 def stream_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int, seed: int,
                 sampling: Sampling = Sampling(), stop: Sequence[str] = (), use_cache: bool = True,
-                matcher=None, prompt_ids: Sequence[int] | None = None) -> Iterator[str]:
+                matcher=None, prompt_ids: Sequence[int] | None = None, first_allowed: torch.Tensor | None = None,
+                skip: str = "") -> Iterator[str]:
     """Stream the continuation of `prompt` as text pieces, ending before any of the `stop` strings (or where
     `matcher`, an object with StopMatcher's push/flush/stopped, ends it). `prompt_ids`: the prompt's tokens
-    when they are not simply its encoding (code prompts, fill-in-the-middle)."""
+    when they are not simply its encoding (code prompts, fill-in-the-middle); `first_allowed` and `skip`: the
+    first token must be one of these, and the text `skip` (the prompt's end, healed) is not yielded again."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     stream, matcher = TextStream(tokenizer), matcher or StopMatcher(stop)
     ids = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, prompt)
-    for token, _ in generate_tokens(model, [ids], max_new_tokens, [generator], sampling, use_cache):
-        piece = matcher.push(stream.push(int(token[0])))
+    for token, _ in generate_tokens(model, [ids], max_new_tokens, [generator], sampling, use_cache,
+                                    None if first_allowed is None else first_allowed[None]):
+        text = stream.push(int(token[0]))
+        cut = min(len(text), len(skip))
+        text, skip = text[cut:], skip[cut:]
+        piece = matcher.push(text)
         if piece:
             yield piece
         if matcher.stopped:
