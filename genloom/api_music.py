@@ -79,20 +79,23 @@ class MusicModel:
                                "the piano's keys)")
 
     def compose(self, num_samples: int = 1, bars: int = 8, key: str | None = None, seed: int | None = None,
-                temperature: float = 1.0) -> list[Piece]:
-        """New pieces of `bars` bars; `key` like 'G major' (default: drawn by the seed); sample i uses seed + i."""
+                temperature: float = 1.0, voice_leading: bool = False) -> list[Piece]:
+        """New pieces of `bars` bars; `key` like 'G major' (default: drawn by the seed); sample i uses seed + i.
+        `voice_leading`: the decoder also forbids parallel fifths and octaves (grid models)."""
         seed = self._seed(seed)
         out = []
         for i in range(num_samples):
             chosen = parse_key(key) if key else (random.Random(seed + i).randrange(12),
                                                  random.Random(seed + i + 10**6).choice(["major", "minor"]))
-            piece = compose(self.model, self.encoding, self.voices, bars, seed + i, temperature, chosen)
+            piece = compose(self.model, self.encoding, self.voices, bars, seed + i, temperature, chosen,
+                            voice_leading=voice_leading)
             piece.name = f"composed-{seed + i}"
             out.append(piece)
         return out
 
     def continue_piece(self, opening: str | Path | Piece, bars: int = 8, opening_bars: int = 2,
-                       num_samples: int = 1, seed: int | None = None, temperature: float = 1.0) -> list[Piece]:
+                       num_samples: int = 1, seed: int | None = None, temperature: float = 1.0,
+                       voice_leading: bool = False) -> list[Piece]:
         """The first `opening_bars` bars of `opening` (a MIDI/MusicXML file, heldout:N, or a Piece) and `bars`
         more."""
         piece = self._piece(opening, "--opening")
@@ -101,13 +104,13 @@ class MusicModel:
         out = []
         for i in range(num_samples):
             result = compose(self.model, self.encoding, self.voices, bars, seed + i, temperature,
-                             opening=piece, opening_bars=opening_bars)
+                             opening=piece, opening_bars=opening_bars, voice_leading=voice_leading)
             result.name = f"{piece.name}-continued-{seed + i}"
             out.append(result)
         return out
 
     def harmonize(self, melody: str | Path | Piece, num_samples: int = 1, seed: int | None = None,
-                  temperature: float = 1.0) -> list[Piece]:
+                  temperature: float = 1.0, voice_leading: bool = False) -> list[Piece]:
         """Alto, tenor and bass under a soprano melody (the top voice of a file, heldout:N, or a Piece)."""
         piece = self._piece(melody, "--melody")
         self._check_range(Piece(piece.name, piece.voice(0)), "--melody")
@@ -115,7 +118,7 @@ class MusicModel:
         out = []
         for i in range(num_samples):
             result = compose(self.model, self.encoding, self.voices, seed=seed + i, temperature=temperature,
-                             melody=piece)
+                             melody=piece, voice_leading=voice_leading)
             result.name = f"{piece.name}-harmonised-{seed + i}"
             out.append(result)
         return out
@@ -125,7 +128,7 @@ class MusicModel:
         return write_piece(piece, Path(stem), formats, synth, tempo)
 
     def evaluate(self, num_samples: int = 20, temperature: float = 1.0, seed: int = 0,
-                 harmonise: int = 20, progress: bool = True) -> MusicEvalResult:
+                 harmonise: int = 20, voice_leading: bool = False, progress: bool = True) -> MusicEvalResult:
         """Held-out NLL per note and per sixteenth frame; statistics of `num_samples` composed pieces (each in the
         key and of the length of a held-out piece) beside the held-out pieces; and the in-key share of the
         lower voices when harmonising `harmonise` held-out sopranos."""
@@ -139,18 +142,19 @@ class MusicModel:
             like = real[i % len(real)]
             bars = max(1, -(-like.length // like.bar))
             piece = compose(self.model, self.encoding, self.voices, bars, seed + i, temperature,
-                            (like.tonic, like.mode), like.bar)
+                            (like.tonic, like.mode), like.bar, voice_leading=voice_leading)
             generated.append(piece)
         result = MusicEvalResult(
             source=data.describe(), nll_per_note=nats / data.meta["val_notes"],
             nll_per_frame=nats / data.meta["val_frames"], nats_per_token=nats / tokens,
             generated=music_stats(generated), real=music_stats(real),
             pitch_class_distance=pitch_class_distance(generated, real),
-            settings={"num_samples": num_samples, "temperature": temperature, "seed": seed})
+            settings={"num_samples": num_samples, "temperature": temperature, "seed": seed,
+                      "voice_leading": voice_leading})
         if harmonise and self.encoding == "grid" and self.voices > 1:
             sopranos = real[:harmonise]
             harmonised = [compose(self.model, self.encoding, self.voices, seed=seed + i, temperature=temperature,
-                                  melody=p)
+                                  melody=p, voice_leading=voice_leading)
                           for i, p in enumerate(tqdm(sopranos, desc="harmonising", disable=not progress, leave=False))]
             lower = range(1, self.voices)
             result.harmonised_in_key = in_key_share(harmonised, lower)

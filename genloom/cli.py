@@ -521,6 +521,9 @@ def generate_music(
     melody: Annotated[Optional[str], typer.Option("--melody", help="Harmonise this soprano melody (the top part "
                                                   "of a MIDI/MusicXML file, or heldout:N): the model writes "
                                                   "alto, tenor and bass.")] = None,
+    voice_leading: Annotated[bool, typer.Option("--voice-leading", help="Grid models: the decoder also forbids "
+                                                "parallel fifths and octaves between voices (a rule on top of "
+                                                "the model).")] = False,
     synth: Annotated[str, typer.Option("--synth", help="WAV renderer: genloom (built-in numpy synthesizer), "
                                        "fluidsynth (needs FluidSynth and a General MIDI soundfont), or auto.")] = "genloom",
     tempo: Annotated[float, typer.Option("--tempo", min=10.0, help="Quarter notes per minute in the MIDI and "
@@ -543,15 +546,61 @@ def generate_music(
         seed = model._seed(None)
         typer.echo(f"genloom: seed {seed}", err=True)
     if melody:
-        pieces = model.harmonize(melody, num_samples, seed, temperature)
+        pieces = model.harmonize(melody, num_samples, seed, temperature, voice_leading)
     elif opening:
-        pieces = model.continue_piece(opening, bars, opening_bars, num_samples, seed, temperature)
+        pieces = model.continue_piece(opening, bars, opening_bars, num_samples, seed, temperature, voice_leading)
     else:
-        pieces = model.compose(num_samples, bars, key, seed, temperature)
+        pieces = model.compose(num_samples, bars, key, seed, temperature, voice_leading)
     for piece in pieces:
         paths = model.write(piece, out / piece.name.replace("/", "-"), synth=synth, tempo=tempo)
         typer.echo(f"{paths[0].with_suffix('')}.{{mid,musicxml,wav,png}}: {len(piece.notes)} notes, "
                    f"{-(-piece.length // piece.bar)} bars, {piece.key_name}")
+
+
+@generate_app.command("video")
+@_friendly
+def generate_video(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of a video model (e.g. trained "
+                                             "with the moving-digits recipe).")],
+    prompt: Annotated[list[str], typer.Option("--prompt", help="What to show, e.g. \"the digit 3 moving right\" "
+                                              "(repeatable).")] = [],
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Clips per prompt.")] = 1,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per clip (default: the model's; "
+                                                  "more are made in overlapping windows).")] = None,
+    init_video: Annotated[Optional[Path], typer.Option("--init-video", help="Extend this footage: a GIF or a "
+                                                       "folder of frames.")] = None,
+    context_frames: Annotated[int, typer.Option("--context-frames", min=0, help="With --init-video: how many of "
+                                                "its first frames to keep; the rest is generated.")] = 0,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampler steps (default: the "
+                                                 "recipe's).")] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp_2m, euler or heun "
+                                                   "(default: the recipe's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale "
+                                                      "(default: the recipe's).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; clip j of a prompt uses seed + j "
+                                                "(default: a random seed, printed).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the clips: an animated GIF and a frame strip PNG "
+                                      "each (and an MP4 when imageio with ffmpeg is installed).")] = Path("videos"),
+    scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge the frames this many times.")] = 4,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Generate short clips from a prompt, or extend footage (--init-video with --context-frames)."""
+    from . import api
+    from .api_video import VideoModel, save_clip
+
+    model = api.load(checkpoint, device=device)
+    if not isinstance(model, VideoModel):
+        raise GenloomError(f"{checkpoint} is not a video model; train one with the moving-digits recipe")
+    if not prompt:
+        raise GenloomError("give --prompt, e.g. --prompt \"the digit 3 moving right\"")
+    if seed is None:
+        seed = model._seed(None)
+        typer.echo(f"genloom: seed {seed}", err=True)
+    clips = model.generate(prompt, num_samples, seed, steps, sampler, guidance, frames, init_video, context_frames)
+    for i, clip in enumerate(clips):
+        name = "-".join(prompt[i // num_samples].lower().split())[:60]
+        paths = save_clip(clip, out / f"{name}-{seed + i % num_samples}", scale)
+        typer.echo(" ".join(str(p) for p in paths))
 
 
 @app.command("eval")
@@ -603,7 +652,8 @@ def evaluate(
     Code: the same on the held-out files, with bits per byte (--task code runs the generated code). Music:
     held-out NLL per note and per sixteenth frame, and statistics of composed pieces (--num-samples, 20 by
     default) beside the held-out ones (in key, voice ranges, crossings, parallel fifths/octaves, pitch-class
-    distance), and the in-key share of harmonised held-out sopranos. Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
+    distance), and the in-key share of harmonised held-out sopranos. Video (moving digits): the requested
+    digit in every frame, motion direction, FVD-digits, and continuation of held-out clips. Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
     precision/recall, and how often the requested class is recognised. Text-to-image (builtin:scenes):
     GenEval-style shares of images whose every prompted attribute is right, per prompt set (single
     objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
@@ -611,6 +661,7 @@ def evaluate(
 
     from .api_code import CodeModel
     from .api_music import MusicModel
+    from .api_video import VideoModel
 
     model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
     if task == "safety" and isinstance(model, api.TextModel):
@@ -648,6 +699,10 @@ def evaluate(
             report.write_text(json.dumps(result.to_json(), indent=2))
     elif isinstance(model, api.ImageModel):
         result = model.evaluate(num_samples, steps, sampler, guidance, seed, data, inception)
+    elif isinstance(model, VideoModel):
+        result = model.evaluate(200 if num_samples == 1000 else num_samples, steps, guidance, seed)
+        if report:
+            report.write_text(json.dumps(result.to_json(), indent=2))
     elif isinstance(model, MusicModel):
         result = model.evaluate(20 if num_samples == 1000 else num_samples, seed=seed)
         if report:

@@ -157,6 +157,10 @@ def test_a_music_model_composes_continues_harmonises_and_is_scored(music_run, tm
     (harmonised,) = model.harmonize("heldout:0", seed=0)
     melody = model.held_out()[0]
     assert harmonised.voice(0) == melody.voice(0)
+    ruled = model.compose(num_samples=3, bars=4, seed=1, voice_leading=True)     # the rule holds exactly
+    assert music_stats(ruled).parallels_per_100 == 0
+    ruled = model.harmonize("heldout:1", seed=1, voice_leading=True)
+    assert music_stats(ruled).parallels_per_100 == 0
     result = model.evaluate(num_samples=2, harmonise=2, progress=False)
     assert result.nll_per_note > 0 and result.nll_per_frame > 0 and result.harmonised_in_key is not None
     assert "| in key |" in result.summary()

@@ -37,7 +37,7 @@ REMI_BODY = torch.tensor([t.startswith(("BAR", "POS_", "V_", "P_", "D_")) or t =
 def _sample(model: nn.Module, prompt: list[int], slots: Sequence, generator: torch.Generator, temperature: float,
             stop=None) -> list[int]:
     """Extend `prompt` slot by slot: an int slot is forced, a boolean mask slot is sampled among its True
-    tokens. Forced tokens are fed in one pass with the next sampled one (KV cache; past the context the
+    tokens (a callable slot gives that mask from the tokens so far). Forced tokens are fed in one pass with the next sampled one (KV cache; past the context the
     window moves by half a context). `stop(tokens)` may end early."""
     device = next(model.parameters()).device
     block = model.config.block_size
@@ -48,6 +48,8 @@ def _sample(model: nn.Module, prompt: list[int], slots: Sequence, generator: tor
             tokens.append(slot)
             pending.append(slot)
             continue
+        if callable(slot):
+            slot = slot(tokens)                             # a mask that depends on what came before
         if cache is None or cache.length + len(pending) > block:
             cache = model.new_cache(1, block)               # (re)fill: the last half context, or all that fits
             pending = tokens[-(block // 2):] if len(tokens) > block else tokens
@@ -70,10 +72,51 @@ def _melody_tokens(melody: Piece, bar: int) -> list[str]:
     return [t for t in _grid_tokens(solo) if t != "BAR"]
 
 
+class _VoiceLeading:
+    """Grid decoding with the rule against parallel fifths and octaves: a voice may not move to a pitch that
+    makes a perfect fifth or octave (or unison) with a voice above it, decided at the same step, when the
+    two voices made that interval before and both move in the same direction."""
+
+    def __init__(self, voices: int, start: int):
+        self.voices, self.seen = voices, start
+        self.before: list[int | None] = [None] * voices    # sounding pitch per voice at the previous step
+        self.now: list[int | None] = [None] * voices       # at this step (filled voice by voice)
+        self.voice = 0
+
+    def _advance(self, tokens: list[int]) -> None:
+        for token in tokens[self.seen:]:
+            name = VOCAB[token]
+            if not (name.startswith("P_") or name in ("HOLD", "REST")):
+                continue
+            v = self.voice
+            self.now[v] = int(name[2:]) if name.startswith("P_") else (self.before[v] if name == "HOLD" else None)
+            self.voice += 1
+            if self.voice == self.voices:
+                self.before, self.now, self.voice = self.now, [None] * self.voices, 0
+        self.seen = len(tokens)
+
+    def __call__(self, tokens: list[int]) -> torch.Tensor:
+        self._advance(tokens)
+        v, mask = self.voice, GRID_VOICE.clone()
+        low = self.before[v]
+        if low is None:
+            return mask
+        for u in range(v):
+            high, high_now = self.before[u], self.now[u]
+            interval = abs(high - low) % 12 if high is not None else None
+            if high_now is None or high_now == high or interval not in (0, 7):
+                continue
+            for x in range(21, 109):
+                if x != low and (x > low) == (high_now > high) and abs(high_now - x) % 12 == interval:
+                    mask[TOKEN_ID[f"P_{x}"]] = False
+        return mask
+
+
 def compose(model: nn.Module, encoding: str, voices: int = 4, bars: int = 8, seed: int = 0, temperature: float = 1.0,
             key: tuple[int, str] = (0, "major"), bar: int = 16, opening: Piece | None = None,
-            opening_bars: int = 2, melody: Piece | None = None) -> Piece:
-    """A new piece of `bars` bars (after the opening's, if any), or the melody harmonised."""
+            opening_bars: int = 2, melody: Piece | None = None, voice_leading: bool = False) -> Piece:
+    """A new piece of `bars` bars (after the opening's, if any), or the melody harmonised. `voice_leading`:
+    grid decoding also forbids parallel fifths and octaves between the voices (a rule, not the model)."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     if melody is not None:
         if encoding != "grid":
@@ -97,11 +140,14 @@ def compose(model: nn.Module, encoding: str, voices: int = 4, bars: int = 8, see
         steps = bars * bar if melody is None else -(-melody.length // bar) * bar
         soprano = _melody_tokens(melody, bar) if melody is not None else []
         soprano += ["REST"] * (steps - len(soprano))
+        rule = _VoiceLeading(voices, len(prompt)) if voice_leading else None
+        if rule is not None and opening is not None:              # the opening's last step is "before"
+            rule.seen = len(prompt) - voices * bar                  # (replays its last bar)
         for t in range(steps):
             if t % bar == 0:
                 slots.append(TOKEN_ID["BAR"])
             for v in range(voices):
-                slots.append(TOKEN_ID[soprano[t]] if melody is not None and v == 0 else GRID_VOICE)
+                slots.append(TOKEN_ID[soprano[t]] if melody is not None and v == 0 else rule or GRID_VOICE)
         slots.append(TOKEN_ID["<end>"])
         tokens = _sample(model, prompt, slots, generator, temperature)
     else:

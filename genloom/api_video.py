@@ -1,0 +1,176 @@
+"""The handle of a video diffusion model: clips from a prompt, footage extended, clips scored and saved.
+
+`genloom.load(DIR)` returns a `VideoModel` for a checkpoint trained with `objective.kind = "video_diffusion"`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .config import RunConfig
+from .data.video import VideoData, parse_video_prompt, read_clip
+from .errors import GenloomError
+from .eval.video import VideoEvalResult, motion_directions, score_clips
+from .objectives.video import generate_videos
+
+__all__ = ["VideoModel", "save_clip"]
+
+
+def save_clip(clip: torch.Tensor, stem: Path, scale: int = 4, seconds: float = 1.0) -> list[Path]:
+    """One clip (C, T, H, W) in [-1, 1] as `stem`.gif (looping), a frame strip `stem`.png, and `stem`.mp4 when
+    imageio with ffmpeg is installed."""
+    from .data.image_io import save_gif, save_image_grid
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    frames = clip.transpose(0, 1)                                             # (T, C, H, W)
+    written = [stem.with_suffix(".gif"), stem.with_suffix(".png")]
+    save_gif(frames, written[0], scale=scale, seconds=seconds, bounce=False)
+    save_image_grid(frames, written[1], nrow=len(frames), scale=scale)
+    try:
+        import imageio.v3 as iio
+
+        pixels = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        pixels = pixels.repeat(scale, 1).repeat(scale, 2)
+        if pixels.shape[-1] == 1:
+            pixels = pixels.repeat(3, -1)
+        iio.imwrite(stem.with_suffix(".mp4"), pixels, fps=max(1, round(len(frames) / seconds)))
+        written.append(stem.with_suffix(".mp4"))
+    except Exception:                                  # no imageio / ffmpeg: the GIF and PNG are enough
+        pass
+    return written
+
+
+class VideoModel:
+    """A video denoiser with its noise schedule and class names."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, classes: list[str]):
+        self.path, self.config, self.model, self.classes = path, config, model, classes
+        self.schedule = config.objective.noise_schedule()
+        self.last_seed: int | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.model.config.frames
+
+    def _seed(self, seed: int | None) -> int:
+        self.last_seed = secrets.randbelow(2**31) if seed is None else seed
+        return self.last_seed
+
+    def label(self, prompt: str) -> int:
+        """The class of a prompt such as 'the digit 3 moving right'."""
+        return parse_video_prompt(prompt, self.classes)
+
+    def load_clip(self, path: str | Path) -> torch.Tensor:
+        """A GIF or folder of frames as one clip (C, T, H, W) in [-1, 1]: up to this model's number of frames,
+        resized to its frame size."""
+        cfg = self.model.config
+        frames = read_clip(path, max(1, min(cfg.frames, _count_frames(path))), cfg.image_size, cfg.channels)
+        return torch.from_numpy(frames).float().permute(3, 0, 1, 2) / 127.5 - 1
+
+    def generate(self, prompts: str | Sequence[str], num_samples: int = 1, seed: int | None = None,
+                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                 frames: int | None = None, init_video: str | Path | torch.Tensor | None = None,
+                 context_frames: int = 0) -> torch.Tensor:
+        """Clips (N, C, frames, H, W) in [-1, 1], `num_samples` per prompt (prompt-major; sample j uses seed + j).
+        With `init_video` (a file, a folder of frames, or a (C, T, H, W) tensor) its first `context_frames`
+        frames are kept and the rest are made to follow them. More `frames` than the model makes at once are
+        made in windows, each continuing the second half of the one before."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        labels = [self.label(p) for p in prompts for _ in range(num_samples)] if self.classes else None
+        count = len(prompts) * num_samples
+        seed = self._seed(seed)
+        T = self.frames
+        frames = frames or T
+        objective = self.config.objective
+        options = dict(sampler=sampler or objective.sampler, steps=steps or objective.sample_steps,
+                       guidance=objective.guidance if guidance is None else guidance)
+        context = None
+        if init_video is not None:
+            clip = init_video if isinstance(init_video, torch.Tensor) else self.load_clip(init_video)
+            cfg = self.model.config
+            if tuple(clip.shape[-2:]) != (cfg.image_size, cfg.image_size) or clip.shape[0] != cfg.channels:
+                raise GenloomError(f"--init-video: frames of {tuple(clip.shape[-2:])} pixels with {clip.shape[0]} "
+                                   f"channel(s); this model makes {cfg.image_size}x{cfg.image_size} with {cfg.channels}")
+            if not 1 <= context_frames < T:
+                raise GenloomError(f"--context-frames {context_frames}: give 1 to {T - 1} frames of the clip to "
+                                   "continue")
+            if clip.shape[1] < context_frames:
+                raise GenloomError(f"--init-video has {clip.shape[1]} frame(s), fewer than --context-frames "
+                                   f"{context_frames}")
+            context = torch.zeros(count, clip.shape[0], T, *clip.shape[-2:])
+            context[:, :, :context_frames] = clip[:, :context_frames]
+        elif context_frames:
+            raise GenloomError("--context-frames needs --init-video (the clip to continue)")
+        clips = generate_videos(self.model, self.schedule, labels, count, seed, context=context,
+                                context_frames=context_frames if context is not None else 0, **options)
+        made = clips
+        while made.shape[2] < frames:                                          # extend in windows
+            keep = T // 2
+            context = torch.zeros_like(clips)
+            context[:, :, :keep] = made[:, :, -keep:]
+            more = generate_videos(self.model, self.schedule, labels, count, seed + 1000 + made.shape[2],
+                                   context=context, context_frames=keep, **options)
+            made = torch.cat([made, more[:, :, keep:]], dim=2)
+        return made[:, :, :frames]
+
+    def evaluate(self, num_samples: int = 200, steps: int | None = None, guidance: float | None = None,
+                 seed: int = 0, context_frames: int = 2, progress: bool = True) -> VideoEvalResult:
+        """Identity, motion and FVD-digits of `num_samples` clips (the classes in turn), and the continuation
+        of as many held-out clips from their first `context_frames` frames (moving-digits models)."""
+        if self.config.data.path != "builtin:moving-digits":
+            raise GenloomError("the video evaluation scores moving digits; this model was trained on "
+                               f"{self.config.data.path}")
+        data = VideoData(self.config.data)
+        data.prepare()
+        classes = torch.arange(num_samples) % len(self.classes)
+        objective = self.config.objective
+        options = dict(sampler=objective.sampler, steps=steps or objective.sample_steps,
+                       guidance=objective.guidance if guidance is None else guidance)
+        clips = generate_videos(self.model, self.schedule, classes.tolist(), num_samples, seed, **options)
+        n_val = data.num_examples("val")
+        real, real_classes = data.batch(torch.arange(min(num_samples, n_val)), "val")
+        other, _ = data.batch(torch.arange(min(num_samples, data.num_examples("train"))), "train")
+        result = score_clips(clips, classes, real, other, progress)
+        if context_frames:
+            made = generate_videos(self.model, self.schedule, real_classes.tolist(), len(real), seed + 1,
+                                   context=real, context_frames=context_frames, **options)
+            result.continuation_identity = _identity_after(made, real_classes, context_frames)
+            result.continuation_mse = float((made[:, :, context_frames:] - real[:, :, context_frames:]).pow(2).mean())
+            directions = motion_directions(made)
+            result.continuation_direction = sum(d == n.split()[1] for d, n in zip(
+                directions, [self.classes[int(c)] for c in real_classes])) / len(real)
+        return result
+
+    def save(self, clips: torch.Tensor, folder: str | Path, prefix: str = "clip", scale: int = 4) -> list[Path]:
+        paths = []
+        for i, clip in enumerate(clips):
+            paths += save_clip(clip, Path(folder) / f"{prefix}_{i:03d}", scale)
+        return paths
+
+
+def _count_frames(path: str | Path) -> int:
+    from PIL import Image, ImageSequence
+
+    path = Path(path)
+    if path.is_dir():
+        return sum(1 for f in path.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    try:
+        with Image.open(path) as image:
+            return sum(1 for _ in ImageSequence.Iterator(image))
+    except Exception:
+        return 0
+
+
+@torch.no_grad()
+def _identity_after(clips: torch.Tensor, classes: torch.Tensor, start: int) -> float:
+    from .eval.video import frame_classifier
+
+    N, _, T, H, W = clips.shape
+    net = frame_classifier(H, progress=False)
+    seen = net(clips[:, :, start:].transpose(1, 2).reshape(-1, 1, H, W)).argmax(-1).view(N, T - start)
+    return float((seen == (classes // 4)[:, None]).all(1).float().mean())
