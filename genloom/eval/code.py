@@ -59,17 +59,22 @@ def resolve_tasks(tasks: str | Path | None) -> list[CodeTask]:
 
 
 # -- prompts and cases from held-out files ------------------------------------------------------------
-def function_prompts(files: Sequence[str], n: int, seed: int = 0) -> list[str]:
-    """Up to `n` function headers (decorators, signature, docstring) from `files`, each ending in a newline
-    after which the body goes: functions of the module, and methods of its classes under a `class Name:`
-    line (so a method keeps its place in a class)."""
-    prompts = []
+def _parsed(files: Sequence[str]):
+    """(text, syntax tree, lines with their ends) of every file that parses."""
     for text in files:
         try:
             tree = ast.parse(text)
         except SyntaxError:
             continue
-        lines = text.splitlines(keepends=True)
+        yield text, tree, text.splitlines(keepends=True)
+
+
+def function_prompts(files: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """Up to `n` function headers (decorators, signature, docstring) from `files`, each ending in a newline
+    after which the body goes: functions of the module, and methods of its classes under a `class Name:`
+    line (so a method keeps its place in a class)."""
+    prompts = []
+    for text, tree, lines in _parsed(files):
         places = [(node, "") for node in tree.body]
         places += [(node, f"class {c.name}:\n") for c in tree.body if isinstance(c, ast.ClassDef) for node in c.body]
         for node, context in places:
@@ -106,12 +111,7 @@ def infill_cases(files: Sequence[str], n: int, kind: str, seed: int = 0) -> list
     single expressions (kind "expression")."""
     rng = random.Random(seed)
     candidates: list[InfillCase] = []
-    for text in files:
-        try:
-            tree = ast.parse(text)
-        except SyntaxError:
-            continue
-        file_lines = text.splitlines(keepends=True)
+    for text, tree, file_lines in _parsed(files):
         starts = [0]
         for line in file_lines:
             starts.append(starts[-1] + len(line))
