@@ -45,8 +45,9 @@ class ClipClassifier(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv3d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv3d(32, 64, 3, padding=1),
-                                  nn.ReLU(), nn.MaxPool3d((1, 2, 2)), nn.Conv3d(64, 64, 3, padding=1), nn.ReLU(),
+        self.body = nn.Sequential(nn.Conv3d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
+                                  nn.Conv3d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
+                                  nn.Conv3d(32, 64, 3, padding=1), nn.ReLU(),
                                   nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(64, 64), nn.ReLU())
         self.head = nn.Linear(64, 40)
 
@@ -64,12 +65,13 @@ def _train(model: nn.Module, inputs: Tensor, targets: Tensor, steps: int, progre
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for _ in tqdm(range(steps), desc=f"training the {name} (once)", disable=not progress, leave=False):
-        batch = torch.randint(holdout, len(inputs), (128,), generator=generator)
-        loss = F.cross_entropy(model(inputs[batch]), targets[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with torch.enable_grad():                       # (callers may be scoring under no_grad)
+        for _ in tqdm(range(steps), desc=f"training the {name} (once)", disable=not progress, leave=False):
+            batch = torch.randint(holdout, len(inputs), (128,), generator=generator)
+            loss = F.cross_entropy(model(inputs[batch]), targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     model.eval().requires_grad_(False)
     with torch.no_grad():
         model.holdout_accuracy = float((model(inputs[:holdout]).argmax(-1) == targets[:holdout]).float().mean())
@@ -96,9 +98,9 @@ def clip_classifier(frames: int = 8, size: int = 16, progress: bool = True) -> C
     def train(progress: bool) -> ClipClassifier:
         torch.manual_seed(0)
         clips, classes = _clips(8000, frames, size, seed=9002)
-        return _train(ClipClassifier(), clips, classes, 1500, progress, "clip classifier")
+        return _train(ClipClassifier(), clips, classes, 800, progress, "clip classifier")
 
-    return cached_classifier(f"moving-digits-clips-{frames}x{size}", 1, ClipClassifier, train, progress=progress)
+    return cached_classifier(f"moving-digits-clips-{frames}x{size}", 2, ClipClassifier, train, progress=progress)
 
 
 def motion_directions(clips: Tensor) -> list[str]:
