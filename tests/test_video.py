@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 import genloom
 from genloom.api_video import save_clip
 from genloom.cli import app
-from genloom.data.video import DIRECTION_NAMES, DIRECTIONS, _digit_images, moving_digits, parse_video_prompt, read_clip
+from genloom.data.video import (DIRECTION_NAMES, DIRECTIONS, _digit_images, moving_digits, moving_glyphs,
+                                parse_video_prompt, read_clip)
 from genloom.errors import DataError, GenloomError
 from genloom.eval.video import motion_directions
 from genloom.models.video import VideoDiT, VideoDiTConfig
@@ -37,6 +38,20 @@ def test_moving_digits_stay_in_frame_and_move_as_labelled():
                len({p[1] for p in a["path"]}) < len(a["path"]) for a in attributes)
 
 
+def test_moving_glyphs_move_turn_and_resize_as_labelled():
+    from genloom.data.images import GLYPH_CHARACTERS
+
+    clips, classes, attributes = moving_glyphs(60, 8, 32, seed=4)
+    assert clips.shape == (60, 8, 32, 32, 3)
+    gray = torch.from_numpy(clips.max(-1)).float()[:, None] / 127.5 - 1
+    assert motion_directions(gray) == [a["direction"] for a in attributes]
+    for clip, label, a in zip(clips, classes, attributes):
+        assert label == GLYPH_CHARACTERS.index(a["char"]) * 4 + DIRECTION_NAMES.index(a["direction"])
+        assert a["char"] in a["caption"] and a["direction"] in a["caption"] and a["colour"] in a["caption"]
+        assert all(frame.any() for frame in clip)                                # the glyph is in every frame
+        assert all(0 <= r < 32 and 0 <= c < 32 for r, c in a["path"])           # its centre stays inside
+
+
 def test_motion_directions_read_real_clips_right():
     clips, classes, attributes = moving_digits(100, 8, 16, seed=3)
     tensor = torch.from_numpy(clips).float()[:, None] / 127.5 - 1
@@ -47,8 +62,10 @@ def test_prompts_name_a_digit_and_a_direction():
     classes = [f"{d} {direction}" for d in range(10) for direction in DIRECTIONS]
     assert parse_video_prompt("the digit 3 moving right", classes) == classes.index("3 right")
     assert parse_video_prompt("7 up", classes) == classes.index("7 up")
-    with pytest.raises(DataError, match="a digit and a direction"):
+    with pytest.raises(DataError, match="a digit \\(or letter\\) and a direction"):
         parse_video_prompt("a cat", classes)
+    letters = ["K left", "K right", "A up"]
+    assert parse_video_prompt("a red letter K moving right, turning", letters) == 1
 
 
 def _randomise(module, prefix_skip=None):
@@ -146,4 +163,4 @@ def test_generate_video_cli_writes_gifs_and_strips(video_run, tmp_path):
                                    "--out", str(tmp_path / "e")])
     assert extended.exit_code == 0, extended.output
     bad = runner.invoke(app, ["generate", "video", "--checkpoint", str(video_run), "--prompt", "a cat"])
-    assert bad.exit_code != 0 and "a digit and a direction" in bad.output
+    assert bad.exit_code != 0 and "and a direction" in bad.output

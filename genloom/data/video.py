@@ -8,6 +8,10 @@ and its caption says so: "the digit 3 moving right". The class of a clip is digi
 the class-conditional diffusion model is conditioned on both. A fixed seeded split keeps about 10% of the
 clips (and different handwriting: the digit images are split first) for validation.
 
+`builtin:moving-glyphs`: a coloured letter or digit (the glyphs of the image data) moving across a 32x32
+frame in one of four directions while it turns and grows or shrinks, with a caption ("a red letter K
+moving left, turning, growing"); the class is character x direction.
+
 A folder: every .gif file (its frames) and every subfolder holding numbered .png/.jpg frames is a clip;
 the clip's parent folder name is its class (a flat folder is unconditional). Clips are cut or rejected to
 `frames` frames and resized to `size`.
@@ -28,7 +32,7 @@ from ..config import require, validate
 from ..errors import DataError
 from ..registry import register
 
-__all__ = ["VideoDataConfig", "VideoData", "moving_digits", "DIRECTIONS", "clip_caption", "read_clip",
+__all__ = ["VideoDataConfig", "VideoData", "moving_digits", "moving_glyphs", "DIRECTIONS", "clip_caption", "read_clip",
            "parse_video_prompt"]
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}   # (row, column) steps
 DIRECTION_NAMES = list(DIRECTIONS)
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+BUILTIN_CLIPS = ("builtin:moving-digits", "builtin:moving-glyphs")
 
 
 def clip_caption(digit: int, direction: str) -> str:
@@ -44,15 +49,15 @@ def clip_caption(digit: int, direction: str) -> str:
 
 def parse_video_prompt(prompt: str, classes: list[str]) -> int:
     """The class a prompt names: 'the digit 3 moving right', '3 right', or a class name."""
-    words = prompt.lower().replace(",", " ").split()
     if prompt in classes:
         return classes.index(prompt)
-    digits = [w for w in words if w.isdigit()]
-    directions = [w for w in words if w in DIRECTIONS]
-    if len(digits) == 1 and len(directions) == 1 and f"{digits[0]} {directions[0]}" in classes:
-        return classes.index(f"{digits[0]} {directions[0]}")
-    raise DataError(f"prompt {prompt!r}: expected a digit and a direction, e.g. 'the digit 3 moving right' "
-                    f"(directions: {', '.join(DIRECTIONS)})" if classes and " " in classes[0] else
+    words = prompt.replace(",", " ").split()
+    signs = [w.upper() for w in words if len(w) == 1 and w.isalnum() and w.lower() != "a"]
+    directions = [w.lower() for w in words if w.lower() in DIRECTIONS]
+    if len(signs) == 1 and len(directions) == 1 and f"{signs[0]} {directions[0]}" in classes:
+        return classes.index(f"{signs[0]} {directions[0]}")
+    raise DataError(f"prompt {prompt!r}: expected a digit (or letter) and a direction, e.g. 'the digit 3 moving "
+                    f"right' (directions: {', '.join(DIRECTIONS)})" if classes and " " in classes[0] else
                     f"prompt {prompt!r}: expected one of the classes {', '.join(classes[:20])}")
 
 
@@ -103,6 +108,50 @@ def moving_digits(count: int, frames: int = 8, size: int = 16, seed: int = 0, sp
         classes[i] = digit * 4 + DIRECTION_NAMES.index(direction)
         attributes.append({"digit": digit, "direction": direction, "speed": speed, "path": path,
                            "sprite": k})
+    return clips, classes, attributes
+
+
+def moving_glyphs(count: int, frames: int = 8, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """`count` clips (count, frames, size, size, 3) uint8 of a coloured letter or digit that moves (left, right,
+    up or down), turns and grows or shrinks; classes = character x 4 + direction; attributes include a
+    caption ("a red letter K moving left, turning, growing")."""
+    from PIL import ImageDraw, ImageFont
+
+    from .images import GLYPH_CHARACTERS, GLYPH_COLOURS
+
+    rng = np.random.default_rng(seed)
+    k = 4                                                     # drawn at 4x, then averaged: smooth edges
+    fonts: dict[int, ImageFont.FreeTypeFont] = {}
+    clips = np.zeros((count, frames, size, size, 3), dtype=np.uint8)
+    classes = np.zeros(count, dtype=np.int64)
+    attributes = []
+    for i in range(count):
+        char = GLYPH_CHARACTERS[int(rng.integers(len(GLYPH_CHARACTERS)))]
+        colour = list(GLYPH_COLOURS)[int(rng.integers(len(GLYPH_COLOURS)))]
+        direction = DIRECTION_NAMES[int(rng.integers(4))]
+        start_px, end_px = (int(v) for v in rng.integers(size * 3 // 8, size * 5 // 8 + 1, size=2))
+        spin = int(rng.choice([-6, -3, 0, 3, 6]))             # degrees per frame
+        travel = size / 2
+        step = np.array(DIRECTIONS[direction], dtype=float) * travel / max(frames - 1, 1)
+        centre = np.array([size / 2, size / 2]) - step * (frames - 1) / 2
+        path = []
+        for f in range(frames):
+            px = round(start_px + (end_px - start_px) * f / max(frames - 1, 1))
+            font = fonts.setdefault(px, ImageFont.load_default(size=px * k))
+            canvas = Image.new("L", (size * k, size * k), 0)
+            cy, cx = (centre + step * f) * k
+            left, top, right, bottom = font.getbbox(char)
+            ImageDraw.Draw(canvas).text((cx - (left + right) / 2, cy - (top + bottom) / 2), char, fill=255, font=font)
+            mask = np.asarray(canvas.rotate(spin * f, resample=Image.BILINEAR, center=(cx, cy)).reduce(k))
+            rgb = np.array(GLYPH_COLOURS[colour], dtype=np.uint16)
+            clips[i, f] = ((mask[:, :, None].astype(np.uint16) * rgb + 127) // 255).astype(np.uint8)
+            path.append((float(centre[0] + step[0] * f), float(centre[1] + step[1] * f)))
+        kind = "digit" if char.isdigit() else "letter"
+        change = "growing" if end_px > start_px else "shrinking" if end_px < start_px else "keeping its size"
+        caption = f"a {colour} {kind} {char} moving {direction}, " + ("turning, " if spin else "") + change
+        classes[i] = GLYPH_CHARACTERS.index(char) * 4 + DIRECTION_NAMES.index(direction)
+        attributes.append({"char": char, "colour": colour, "direction": direction, "spin": spin,
+                           "sizes": (start_px, end_px), "path": path, "caption": caption})
     return clips, classes, attributes
 
 
@@ -157,7 +206,7 @@ def _folder_clips(root: Path, frames: int, size: int, channels: int) -> tuple[np
 @dataclass(frozen=True)
 class VideoDataConfig:
     kind: Literal["video"] = "video"
-    path: str = "builtin:moving-digits"   # builtin:moving-digits, or a folder of .gif clips / frame folders
+    path: str = "builtin:moving-digits"   # builtin:moving-digits, builtin:moving-glyphs, or a folder of clips
     frames: int = 8                       # frames per clip
     size: int = 16                        # frame side in pixels
     channels: int = 1                     # 1 (gray) or 3
@@ -171,8 +220,8 @@ class VideoDataConfig:
         require(self.size >= 4, "data.size", "must be at least 4 pixels")
         require(self.channels in (1, 3), "data.channels", "must be 1 (gray) or 3 (RGB)")
         require(0 < self.val_fraction < 1, "data.val_fraction", "must be between 0 and 1 (e.g. 0.1)")
-        require(not self.path.startswith("builtin:") or self.path == "builtin:moving-digits", "data.path",
-                f"unknown built-in clips {self.path!r}; available: builtin:moving-digits")
+        require(not self.path.startswith("builtin:") or self.path in BUILTIN_CLIPS, "data.path",
+                f"unknown built-in clips {self.path!r}; available: {', '.join(BUILTIN_CLIPS)}")
 
 
 class VideoData:
@@ -210,6 +259,16 @@ class VideoData:
             self.classes = [f"{d} {direction}" for d in range(10) for direction in DIRECTION_NAMES]
             ids = torch.arange(len(labels))
             self._splits = {"train": ids[:len(train[1])], "val": ids[len(train[1]):]}
+        elif cfg.path == "builtin:moving-glyphs":
+            from .images import GLYPH_CHARACTERS
+
+            clips, labels, self.attributes = moving_glyphs(cfg.count, cfg.frames, cfg.size, cfg.seed)
+            if cfg.channels == 1:
+                clips = clips.max(axis=-1, keepdims=True)
+            self.classes = [f"{c} {direction}" for c in GLYPH_CHARACTERS for direction in DIRECTION_NAMES]
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))
+            n_val = max(1, int(len(labels) * cfg.val_fraction))
+            self._splits = {"train": order[:-n_val], "val": order[-n_val:]}
         else:
             root = Path(cfg.path).expanduser()
             if not root.is_dir():
