@@ -3,7 +3,6 @@
 import itertools
 import math
 
-import pytest
 import torch
 
 from genloom.generate.search import beam_search, speculative_tokens

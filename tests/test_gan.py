@@ -8,7 +8,6 @@ import torch
 
 from conftest import run_cli
 from genloom import api, load
-from genloom.errors import GenloomError
 from genloom.models.gan import GAN, GANConfig
 from genloom.objectives.gan import GANObjective, GANObjectiveConfig, class_coverage, diff_augment
 from genloom.train import checkpoint as ckpt
