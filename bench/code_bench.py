@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from text_bench import cpu_name  # noqa: E402
+from text_bench import cpu_name, run_length  # noqa: E402
 
 
 def bytes_per_token(tokenizer, texts: list[str]) -> float:
@@ -73,15 +73,12 @@ def model(run: Path | None, seconds: int, out: Path) -> dict:
 
     handle = genloom.load(run)
     config = json.loads((run / "config.json").read_text())
-    rows = (run / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    last = rows[-1].split(",")
     started = time.perf_counter()
     score = handle.evaluate()
     code = handle.evaluate_code(num_samples=10, syntax_samples=100, infill_samples=200, temperatures=(0.2, 0.8),
                                 seed=0)
     return {"run": str(run), "model": {k: config["model"][k] for k in ("n_layer", "d_model", "n_head", "block_size")},
-            "steps": int(last[header.index("step")]), "train_seconds": float(last[header.index("time_s")]),
+            **run_length(run),
             "held_out": {"nats_per_token": score.nats_per_token, "perplexity": score.perplexity,
                          "bits_per_byte": score.bits_per_byte, "tokens": score.tokens},
             "code": code.to_json(), "eval_seconds": time.perf_counter() - started}

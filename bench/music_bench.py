@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from text_bench import cpu_name  # noqa: E402
+from text_bench import cpu_name, run_length  # noqa: E402
 
 
 def main() -> None:
@@ -51,11 +51,8 @@ def main() -> None:
             model.write(piece, args.out / model.encoding / piece.name)
         for piece in model.harmonize("heldout:0", seed=0) if model.encoding == "grid" else []:
             model.write(piece, args.out / model.encoding / piece.name)
-        rows = (run / "metrics.csv").read_text().splitlines()
-        header, last = rows[0].split(","), rows[-1].split(",")
-        results["runs"][model.encoding] = {"run": str(run), "steps": int(last[header.index("step")]),
-                                           "train_seconds": float(last[header.index("time_s")]),
-                                           "eval_seconds": seconds, **result.to_json()}
+        results["runs"][model.encoding] = {"run": str(run), **run_length(run), "eval_seconds": seconds,
+                                           **result.to_json()}
         print(f"\n## {model.encoding}: {results['runs'][model.encoding]['steps']} steps in "
               f"{results['runs'][model.encoding]['train_seconds']:.0f} s\n")
         print(result.summary())

@@ -281,6 +281,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def run_length(run: Path) -> dict:
+    """{"steps", "train_seconds"} of a finished run, from the last row of its metrics.csv."""
+    rows = (Path(run) / "metrics.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    return {"steps": int(last[header.index("step")]), "train_seconds": float(last[header.index("time_s")])}
+
+
 def markdown(results: dict) -> str:
     out = []
     for section, rows in results.items():

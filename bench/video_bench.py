@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from text_bench import cpu_name  # noqa: E402
+from text_bench import cpu_name, run_length  # noqa: E402
 
 
 def main() -> None:
@@ -47,10 +47,7 @@ def main() -> None:
     model.save(clips, args.out / "clips")
     started = time.perf_counter()
     result = model.evaluate(num_samples=args.samples)
-    rows = (run / "metrics.csv").read_text().splitlines()
-    header, last = rows[0].split(","), rows[-1].split(",")
-    report = {"machine": cpu_name(), "run": str(run), "steps": int(last[header.index("step")]),
-              "train_seconds": float(last[header.index("time_s")]), "seconds_per_clip": seconds_per_clip,
+    report = {"machine": cpu_name(), "run": str(run), **run_length(run), "seconds_per_clip": seconds_per_clip,
               "eval_seconds": time.perf_counter() - started, **result.to_json()}
     (args.out / "video.json").write_text(json.dumps(report, indent=2))
     print(f"{report['steps']} steps in {report['train_seconds']:.0f} s; {seconds_per_clip:.2f} s per clip "

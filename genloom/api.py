@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -18,6 +17,7 @@ from .data.tokenizers import END_OF_TEXT, TextTokenizer
 from .errors import CheckpointError, GenloomError
 from .eval.text import TextEvalResult, evaluate_text
 from .generate.search import beam_search, speculative_tokens
+from .generate.seeding import Seeded
 from .generate.text import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
 from .nn.quantize import quantize_int8
 from .train import checkpoint as ckpt
@@ -118,7 +118,7 @@ class Completion:
     seed: int                 # the seed that reproduces this sample alone
 
 
-class TextModel(AdapterChoice):
+class TextModel(AdapterChoice, Seeded):
     """A trained language model with its tokenizer: generate text, stream it, score it."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
@@ -127,7 +127,6 @@ class TextModel(AdapterChoice):
 
         self.path, self.config, self.model, self.tokenizer = path, config, model, tokenizer
         self.chat_template = chat_template or ChatTemplate.default(tokenizer)
-        self.last_seed: int | None = None
 
     def chat_prompt(self, messages: Sequence[dict]) -> str:
         """The prompt that asks the model for the assistant's next turn (the model's chat template)."""
@@ -136,10 +135,6 @@ class TextModel(AdapterChoice):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def _seed(self, seed: int | None) -> int:
-        self.last_seed = secrets.randbelow(2**31) if seed is None else seed
-        return self.last_seed
 
     def _route(self, adapter) -> None:
         if adapter is not _CURRENT:

@@ -3,7 +3,6 @@ GANs (GANModel). `genloom.load` returns them; `genloom.api` re-exports them."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -11,6 +10,7 @@ import torch
 
 from .config import RunConfig
 from .errors import GenloomError
+from .generate.seeding import Seeded
 from .train.finetune import AdapterChoice
 
 if TYPE_CHECKING:
@@ -23,13 +23,12 @@ if TYPE_CHECKING:
 __all__ = ["ImageModel", "TextToImageModel", "GANModel"]
 
 
-class ImageModel(AdapterChoice):
+class ImageModel(AdapterChoice, Seeded):
     """A trained diffusion model: images of a class (or of anything), by any sampler, from a seed."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
         self.path, self.config, self.model, self.labels = path, config, model, labels
         self.schedule = config.objective.noise_schedule()
-        self.last_seed: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -82,10 +81,6 @@ class ImageModel(AdapterChoice):
         finally:
             if bar is not None:
                 bar.close()
-
-    def _seed(self, seed: int | None) -> int:
-        self.last_seed = secrets.randbelow(2**31) if seed is None else seed
-        return self.last_seed
 
     def _requests(self, labels, num_samples: int) -> tuple[list[int] | None, int]:
         """(class index of every sample in label-major order, or None; how many samples)."""
@@ -355,7 +350,6 @@ class GANModel(ImageModel):
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
         self.path, self.config, self.model, self.labels = path, config, model, labels
-        self.last_seed = None
 
     def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,

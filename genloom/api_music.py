@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-import secrets
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +18,7 @@ from .errors import GenloomError
 from .eval.music import MusicEvalResult, in_key_share, music_stats, pitch_class_distance
 from .eval.text import score_split
 from .generate.music import compose, write_piece
+from .generate.seeding import Seeded
 
 __all__ = ["MusicModel", "parse_key"]
 
@@ -35,14 +35,13 @@ def parse_key(text: str) -> tuple[int, str]:
     return _NAMES[words[0].lower()], (words[1].lower() if len(words) == 2 else "major")
 
 
-class MusicModel:
+class MusicModel(Seeded):
     """A transformer over music tokens, with the encoding and voices it was trained on."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module):
         self.path, self.config, self.model = path, config, model
         self.encoding = config.data.encoding
         self.voices = 1 if config.data.path == "builtin:essen" else config.data.voices
-        self.last_seed: int | None = None
         self._data: MusicData | None = None
 
     @property
@@ -55,10 +54,6 @@ class MusicModel:
 
     def held_out(self) -> list[Piece]:
         return self.data.pieces["val"]
-
-    def _seed(self, seed: int | None) -> int:
-        self.last_seed = secrets.randbelow(2**31) if seed is None else seed
-        return self.last_seed
 
     def _piece(self, source: str | Path | Piece, what: str) -> Piece:
         if isinstance(source, Piece):

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +13,8 @@ import torch
 from .config import RunConfig
 from .data.video import VideoData, parse_video_prompt, read_clip
 from .errors import GenloomError
-from .eval.video import VideoEvalResult, motion_directions, score_clips
+from .eval.video import VideoEvalResult, digit_in_frames, motion_directions, score_clips
+from .generate.seeding import Seeded
 from .objectives.video import generate_videos
 
 __all__ = ["VideoModel", "save_clip"]
@@ -45,21 +45,16 @@ def save_clip(clip: torch.Tensor, stem: Path, scale: int = 4, seconds: float = 1
     return written
 
 
-class VideoModel:
+class VideoModel(Seeded):
     """A video denoiser with its noise schedule and class names."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, classes: list[str]):
         self.path, self.config, self.model, self.classes = path, config, model, classes
         self.schedule = config.objective.noise_schedule()
-        self.last_seed: int | None = None
 
     @property
     def frames(self) -> int:
         return self.model.config.frames
-
-    def _seed(self, seed: int | None) -> int:
-        self.last_seed = secrets.randbelow(2**31) if seed is None else seed
-        return self.last_seed
 
     def label(self, prompt: str) -> int:
         """The class of a prompt such as 'the digit 3 moving right'."""
@@ -69,7 +64,7 @@ class VideoModel:
         """A GIF or folder of frames as one clip (C, T, H, W) in [-1, 1]: up to this model's number of frames,
         resized to its frame size."""
         cfg = self.model.config
-        frames = read_clip(path, max(1, min(cfg.frames, _count_frames(path))), cfg.image_size, cfg.channels)
+        frames = read_clip(path, cfg.frames, cfg.image_size, cfg.channels, at_most=True)
         return torch.from_numpy(frames).float().permute(3, 0, 1, 2) / 127.5 - 1
 
     def generate(self, prompts: str | Sequence[str], num_samples: int = 1, seed: int | None = None,
@@ -139,7 +134,8 @@ class VideoModel:
         if context_frames:
             made = generate_videos(self.model, self.schedule, real_classes.tolist(), len(real), seed + 1,
                                    context=real, context_frames=context_frames, **options)
-            result.continuation_identity = _identity_after(made, real_classes, context_frames)
+            result.continuation_identity = float(digit_in_frames(made, real_classes // 4, context_frames)
+                                                 .all(1).float().mean())
             result.continuation_mse = float((made[:, :, context_frames:] - real[:, :, context_frames:]).pow(2).mean())
             directions = motion_directions(made)
             result.continuation_direction = sum(d == n.split()[1] for d, n in zip(
@@ -151,26 +147,3 @@ class VideoModel:
         for i, clip in enumerate(clips):
             paths += save_clip(clip, Path(folder) / f"{prefix}_{i:03d}", scale)
         return paths
-
-
-def _count_frames(path: str | Path) -> int:
-    from PIL import Image, ImageSequence
-
-    path = Path(path)
-    if path.is_dir():
-        return sum(1 for f in path.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    try:
-        with Image.open(path) as image:
-            return sum(1 for _ in ImageSequence.Iterator(image))
-    except Exception:
-        return 0
-
-
-@torch.no_grad()
-def _identity_after(clips: torch.Tensor, classes: torch.Tensor, start: int) -> float:
-    from .eval.video import frame_classifier
-
-    N, _, T, H, W = clips.shape
-    net = frame_classifier(H, progress=False)
-    seen = net(clips[:, :, start:].transpose(1, 2).reshape(-1, 1, H, W)).argmax(-1).view(N, T - start)
-    return float((seen == (classes // 4)[:, None]).all(1).float().mean())

@@ -156,9 +156,10 @@ def moving_glyphs(count: int, frames: int = 8, size: int = 32, seed: int = 0) ->
 
 
 # -- clips from files ---------------------------------------------------------------------------------
-def read_clip(path: str | Path, frames: int, size: int, channels: int) -> np.ndarray:
+def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: bool = False) -> np.ndarray:
     """A GIF, or a folder of numbered frames, as (frames, size, size, channels) uint8: the first `frames`
-    frames, each resized (centre-cropped to a square). Clear errors for unreadable or too short clips."""
+    frames (`at_most`: up to that many), each resized (centre-cropped to a square). Clear errors for
+    unreadable or too short clips."""
     from .images import _conform
 
     path = Path(path)
@@ -183,7 +184,9 @@ def read_clip(path: str | Path, frames: int, size: int, channels: int) -> np.nda
         raise
     except Exception as e:                               # Pillow/imageio raise many kinds for a corrupt file
         raise DataError(f"{path}: cannot be read as a video ({type(e).__name__}: {str(e)[:120]})") from None
-    if len(pictures) < frames:
+    if at_most and pictures:
+        frames = min(frames, len(pictures))
+    if len(pictures) < frames or not pictures:
         raise DataError(f"{path}: {len(pictures)} frame(s); at least {frames} are needed (data.frames)")
     return np.stack([_conform(p, size, channels) for p in pictures[:frames]])
 

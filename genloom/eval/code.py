@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -250,7 +249,3 @@ def functional_score(complete: Callable[[list[str], int], list[list[str]]], task
     result.tasks, result.samples_per_task = name, samples
     result.examples[f"tasks {key}"] = [{"task": t.task_id, "completion": b[0], "passed": c}
                                        for t, b, c in list(zip(tasks, bodies, correct))[:5]]
-
-
-def write_report(result: CodeEvalResult, path: Path) -> None:
-    Path(path).write_text(json.dumps(result.to_json(), indent=2))

@@ -24,6 +24,7 @@ from .image import frechet_distance
 from .scenes import cached_classifier
 
 __all__ = ["FrameClassifier", "ClipClassifier", "frame_classifier", "clip_classifier", "motion_directions",
+           "digit_in_frames",
            "VideoEvalResult", "score_clips"]
 
 
@@ -146,15 +147,21 @@ class VideoEvalResult:
 
 
 @torch.no_grad()
+def digit_in_frames(clips: Tensor, digits: Tensor, start: int = 0) -> Tensor:
+    """(N, T - start) bool: whether the frame classifier sees the requested digit in each frame from `start`."""
+    N, _, T, H, W = clips.shape
+    frames = clips[:, :, start:].transpose(1, 2).reshape(-1, 1, H, W)
+    return frame_classifier(H, progress=False)(frames).argmax(-1).view(N, T - start) == digits[:, None]
+
+
+@torch.no_grad()
 def score_clips(clips: Tensor, classes: Tensor, real: Tensor, other_real: Tensor,
                 progress: bool = True) -> VideoEvalResult:
     """Generated `clips` (N, 1, T, H, W) for requested `classes` (digit x 4 + direction), against `real`
     held-out clips (and `other_real`, more real clips, for the real-vs-real floor of FVD-digits)."""
     N, _, T, H, W = clips.shape
     frames_net, clips_net = frame_classifier(H, progress), clip_classifier(T, H, progress)
-    digits = classes // 4
-    seen = frames_net(clips.transpose(1, 2).reshape(-1, 1, H, W)).argmax(-1).view(N, T)
-    right = seen == digits[:, None]
+    right = digit_in_frames(clips, classes // 4)
     directions = motion_directions(clips)
     wanted = [DIRECTION_NAMES[int(c) % 4] for c in classes]
     fake_features, real_features = clips_net.features(clips), clips_net.features(real)

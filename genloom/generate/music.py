@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.music import TOKEN_ID, VOCAB, Note, Piece, _grid_tokens, decode, encode
+from ..data.music import PITCH_CLASSES, TOKEN_ID, VOCAB, Note, Piece, _grid_tokens, decode, encode
 from ..errors import GenloomError
 
 __all__ = ["compose", "synthesize", "write_wav", "render_wav", "piano_roll", "write_piece", "to_music21",
@@ -254,8 +254,6 @@ def to_music21(piece: Piece, tempo: float = 80.0):
     from music21 import key as m21key, meter, note, stream, tempo as m21tempo
 
     score = stream.Score()
-    from ..data.music import PITCH_CLASSES
-
     for v in range(piece.voices):
         part = stream.Part()
         part.partName = PART_NAMES[v] if piece.voices == 4 else f"Voice {v + 1}"

@@ -22,7 +22,7 @@ from ..nn.attention import SelfAttention
 from ..nn.conditioning import ConditionEmbedding, TextCondition
 from ..registry import register
 
-__all__ = ["DiTConfig", "DiT", "sincos_positions_2d"]
+__all__ = ["DiTConfig", "DiT", "sincos_positions_2d", "add_output_layers", "output_patches"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,23 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def add_output_layers(module: nn.Module, dim: int, out: int) -> None:
+    """The last layer of a DiT (and of the video DiT): a norm modulated by the condition and a linear map to
+    `out` values per token, both zero-initialised so the network starts by predicting zero."""
+    module.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+    module.final_modulation = nn.Linear(dim, 2 * dim)
+    module.final = nn.Linear(dim, out)
+    for layer in (module.final_modulation, module.final):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+def output_patches(module: nn.Module, tokens: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, D), condition (B, D) -> (B, N, out) through the layers of `add_output_layers`."""
+    shift, scale = module.final_modulation(F.silu(condition)).chunk(2, dim=-1)
+    return module.final(_modulate(module.final_norm(tokens), shift, scale))
+
+
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
         super().__init__()
@@ -112,12 +129,7 @@ class DiT(nn.Module):
             self.text_tokens = nn.Linear(cfg.text_dim, cfg.d_model)
         self.blocks = nn.ModuleList(DiTBlock(cfg.d_model, cfg.n_head, cfg.mlp_ratio, cfg.dropout)
                                     for _ in range(cfg.n_layer))
-        self.final_norm = nn.LayerNorm(cfg.d_model, elementwise_affine=False, eps=1e-6)
-        self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model)
-        self.final = nn.Linear(cfg.d_model, p * p * cfg.channels)
-        for layer in (self.final_modulation, self.final):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        add_output_layers(self, cfg.d_model, p * p * cfg.channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W) noisy images, t (B,) timesteps -> (B, C, H, W). `labels`: (B,) classes (num_classes =
@@ -136,8 +148,7 @@ class DiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, condition, mask)
         tokens = tokens[:, :N]
-        shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
-        patches = self.final(_modulate(self.final_norm(tokens), shift, scale))   # (B, N, p*p*C)
+        patches = output_patches(self, tokens, condition)                     # (B, N, p*p*C)
         patches = patches.view(B, H // p, W // p, p, p, C)
         return patches.permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)          # (B, C, H, W)
 

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import require, validate
 from ..errors import ConfigError
 from ..nn.conditioning import ConditionEmbedding
 from ..registry import register
-from .dit import DiTBlock, _modulate, sincos_positions_2d
+from .dit import DiTBlock, add_output_layers, output_patches, sincos_positions_2d
 
 __all__ = ["VideoDiTConfig", "VideoDiT", "sincos_positions_1d"]
 
@@ -76,12 +75,7 @@ class VideoDiT(nn.Module):
                                      for _ in range(cfg.n_layer))
         self.temporal = nn.ModuleList(DiTBlock(cfg.d_model, cfg.n_head, cfg.mlp_ratio, cfg.dropout)
                                       for _ in range(cfg.n_layer))
-        self.final_norm = nn.LayerNorm(cfg.d_model, elementwise_affine=False, eps=1e-6)
-        self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model)
-        self.final = nn.Linear(cfg.d_model, p * p * cfg.channels)
-        for layer in (self.final_modulation, self.final):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        add_output_layers(self, cfg.d_model, p * p * cfg.channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,9 +103,8 @@ class VideoDiT(nn.Module):
             across = tokens.transpose(1, 2) + when                               # (B, N, T, D)
             across = temporal(across.reshape(B * N, T, D), temporal_condition).view(B, N, T, D) - when
             tokens = across.transpose(1, 2)
-        shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
-        tokens = _modulate(self.final_norm(tokens.reshape(B, T * N, D)), shift, scale)
-        patches = self.final(tokens).view(B, T, H // p, W // p, p, p, C)
+        patches = output_patches(self, tokens.reshape(B, T * N, D), condition)   # (B, T*N, p*p*C)
+        patches = patches.view(B, T, H // p, W // p, p, p, C)
         return patches.permute(0, 6, 1, 2, 4, 3, 5).reshape(B, C, T, H, W)
 
 
