@@ -274,8 +274,8 @@ def _adapter_dirs(adapters) -> dict[str, Path]:
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
          ema: bool = True, adapters=None) -> TextModel | ImageModel:
     """Open a checkpoint directory written by `genloom train`: a TextModel (a CodeModel for code models), a
-    MusicModel, an ImageModel (diffusion), a TextToImageModel (diffusion from captions), a GANModel or a
-    VideoModel.
+    MusicModel, an ImageModel (diffusion), a TextToImageModel (diffusion from captions), a GANModel, a
+    VideoModel or an AudioModel.
 
     `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
     small rounding error). `ema=True` uses the averaged weights where the run kept them.
@@ -338,6 +338,12 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         quantize_int8(model)
     elif quantize is not None:
         raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
+    if config.objective.kind == "audio_diffusion":
+        from .api_audio import AudioModel
+
+        if adapter_dirs:
+            raise GenloomError("adapters on audio models are not supported yet")
+        return AudioModel(path, run_config or config, model)
     if config.objective.kind == "video_diffusion":
         from .api_video import VideoModel
         from .data.images import load_labels

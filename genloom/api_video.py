@@ -67,14 +67,24 @@ class VideoModel(Seeded):
         frames = read_clip(path, cfg.frames, cfg.image_size, cfg.channels, at_most=True)
         return torch.from_numpy(frames).float().permute(3, 0, 1, 2) / 127.5 - 1
 
+    def _given(self, video: str | Path | torch.Tensor, option: str) -> torch.Tensor:
+        clip = video if isinstance(video, torch.Tensor) else self.load_clip(video)
+        cfg = self.model.config
+        if tuple(clip.shape[-2:]) != (cfg.image_size, cfg.image_size) or clip.shape[0] != cfg.channels:
+            raise GenloomError(f"{option}: frames of {tuple(clip.shape[-2:])} pixels with {clip.shape[0]} "
+                               f"channel(s); this model makes {cfg.image_size}x{cfg.image_size} with {cfg.channels}")
+        return clip
+
     def generate(self, prompts: str | Sequence[str], num_samples: int = 1, seed: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  frames: int | None = None, init_video: str | Path | torch.Tensor | None = None,
-                 context_frames: int = 0) -> torch.Tensor:
+                 context_frames: int = 0, end_video: str | Path | torch.Tensor | None = None,
+                 end_frames: int = 1) -> torch.Tensor:
         """Clips (N, C, frames, H, W) in [-1, 1], `num_samples` per prompt (prompt-major; sample j uses seed + j).
         With `init_video` (a file, a folder of frames, or a (C, T, H, W) tensor) its first `context_frames`
-        frames are kept and the rest are made to follow them. More `frames` than the model makes at once are
-        made in windows, each continuing the second half of the one before."""
+        frames are kept and the rest are made to follow them. With `end_video` (a picture, clip or tensor) its
+        last `end_frames` frames end the clip and the frames between are made. More `frames` than the model
+        makes at once are made in windows, each continuing the second half of the one before."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         labels = [self.label(p) for p in prompts for _ in range(num_samples)] if self.classes else None
         count = len(prompts) * num_samples
@@ -84,25 +94,34 @@ class VideoModel(Seeded):
         objective = self.config.objective
         options = dict(sampler=sampler or objective.sampler, steps=steps or objective.sample_steps,
                        guidance=objective.guidance if guidance is None else guidance)
-        context = None
+        cfg = self.model.config
+        context = torch.zeros(count, cfg.channels, T, cfg.image_size, cfg.image_size)
         if init_video is not None:
-            clip = init_video if isinstance(init_video, torch.Tensor) else self.load_clip(init_video)
-            cfg = self.model.config
-            if tuple(clip.shape[-2:]) != (cfg.image_size, cfg.image_size) or clip.shape[0] != cfg.channels:
-                raise GenloomError(f"--init-video: frames of {tuple(clip.shape[-2:])} pixels with {clip.shape[0]} "
-                                   f"channel(s); this model makes {cfg.image_size}x{cfg.image_size} with {cfg.channels}")
+            clip = self._given(init_video, "--init-video")
             if not 1 <= context_frames < T:
                 raise GenloomError(f"--context-frames {context_frames}: give 1 to {T - 1} frames of the clip to "
                                    "continue")
             if clip.shape[1] < context_frames:
                 raise GenloomError(f"--init-video has {clip.shape[1]} frame(s), fewer than --context-frames "
                                    f"{context_frames}")
-            context = torch.zeros(count, clip.shape[0], T, *clip.shape[-2:])
             context[:, :, :context_frames] = clip[:, :context_frames]
         elif context_frames:
             raise GenloomError("--context-frames needs --init-video (the clip to continue)")
+        last = 0
+        if end_video is not None:
+            end = self._given(end_video, "--end-video")
+            last = end_frames
+            if not 1 <= last <= min(end.shape[1], T - 1 - context_frames):
+                raise GenloomError(f"--end-frames {end_frames}: give 1 to {min(end.shape[1], T - 1 - context_frames)}"
+                                   f" frame(s) of --end-video ({end.shape[1]} frame(s)); at least one frame of the "
+                                   f"{T} must be left to make")
+            if frames != T:
+                raise GenloomError(f"--end-video makes the frames between in one window of {T} frames; leave out "
+                                   f"--frames (asked for {frames})")
+            context[:, :, T - last:] = end[:, end.shape[1] - last:]
         clips = generate_videos(self.model, self.schedule, labels, count, seed, context=context,
-                                context_frames=context_frames if context is not None else 0, **options)
+                                context_frames=context_frames if init_video is not None else 0,
+                                last_frames=last, **options)
         made = clips
         while made.shape[2] < frames:                                          # extend in windows
             keep = T // 2

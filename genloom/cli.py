@@ -488,12 +488,15 @@ def evaluate(
     held-out NLL per note and per sixteenth frame, and statistics of composed pieces (--num-samples, 20 by
     default) beside the held-out ones (in key, voice ranges, crossings, parallel fifths/octaves, pitch-class
     distance), and the in-key share of harmonised held-out sopranos. Video (moving digits): the requested
-    digit in every frame, motion direction, FVD-digits, and continuation of held-out clips. Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
+    digit in every frame, motion direction, FVD-digits, and continuation of held-out clips. Audio: the share
+    of generated words/sounds a classifier recognises, FAD-genloom, and (voices) speaker similarity of speech
+    made in held-out voices from reference clips (--num-samples, 200 by default). Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
     precision/recall, and how often the requested class is recognised. Text-to-image (builtin:scenes):
     GenEval-style shares of images whose every prompted attribute is right, per prompt set (single
     objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
     from . import api
 
+    from .api_audio import AudioModel
     from .api_code import CodeModel
     from .api_music import MusicModel
     from .api_video import VideoModel
@@ -534,6 +537,10 @@ def evaluate(
             report.write_text(json.dumps(result.to_json(), indent=2))
     elif isinstance(model, api.ImageModel):
         result = model.evaluate(num_samples, steps, sampler, guidance, seed, data, inception)
+    elif isinstance(model, AudioModel):
+        result = model.evaluate(200 if num_samples == 1000 else num_samples, steps, guidance, seed)
+        if report:
+            report.write_text(json.dumps(result.as_dict(), indent=2))
     elif isinstance(model, VideoModel):
         result = model.evaluate(200 if num_samples == 1000 else num_samples, steps, guidance, seed)
         if report:
@@ -623,7 +630,7 @@ def convert_export(
     typer.echo(f"genloom: wrote {export_hf(checkpoint, out)}", err=True)
 
 
-importlib.import_module(".cli_media", __package__)   # registers generate code, music and video
+importlib.import_module(".cli_media", __package__)   # registers generate code, music, video and audio
 
 
 def main() -> None:

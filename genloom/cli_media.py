@@ -1,4 +1,5 @@
-"""`genloom generate code | music | video`: the generation commands of the code, music and video families.
+"""`genloom generate code | music | video | audio`: the generation commands of the code, music, video and audio
+families.
 
 They register on the `generate` sub-command of `genloom.cli` when that module is imported.
 """
@@ -148,6 +149,11 @@ def generate_video(
                                                        "folder of frames.")] = None,
     context_frames: Annotated[int, typer.Option("--context-frames", min=0, help="With --init-video: how many of "
                                                 "its first frames to keep; the rest is generated.")] = 0,
+    end_video: Annotated[Optional[Path], typer.Option("--end-video", help="Make the frames between: a picture, GIF "
+                                                      "or frame folder whose last --end-frames frames end the "
+                                                      "clip (with --init-video for the start, or alone).")] = None,
+    end_frames: Annotated[int, typer.Option("--end-frames", min=1, help="With --end-video: how many of its last "
+                                            "frames end the clip.")] = 1,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampler steps (default: the "
                                                  "recipe's).")] = None,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp_2m, euler or heun "
@@ -161,7 +167,8 @@ def generate_video(
     scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge the frames this many times.")] = 4,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Generate short clips from a prompt, or extend footage (--init-video with --context-frames)."""
+    """Generate short clips from a prompt, extend footage (--init-video with --context-frames), or make the frames
+    between two given ones (--init-video and --end-video)."""
     from . import api
     from .api_video import VideoModel, save_clip
 
@@ -173,8 +180,54 @@ def generate_video(
     if seed is None:
         seed = model._seed(None)
         typer.echo(f"genloom: seed {seed}", err=True)
-    clips = model.generate(prompt, num_samples, seed, steps, sampler, guidance, frames, init_video, context_frames)
+    clips = model.generate(prompt, num_samples, seed, steps, sampler, guidance, frames, init_video, context_frames,
+                           end_video, end_frames)
     for i, clip in enumerate(clips):
         name = "-".join(prompt[i // num_samples].lower().split())[:60]
         paths = save_clip(clip, out / f"{name}-{seed + i % num_samples}", scale)
+        typer.echo(" ".join(str(p) for p in paths))
+
+
+@generate_app.command("audio")
+@_friendly
+def generate_audio(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of an audio model (trained with "
+                                             "the spoken-digits or sound-effects recipe).")],
+    prompt: Annotated[list[str], typer.Option("--prompt", help="What to say or sound: a word (\"seven\") or a "
+                                              "sound (\"a plucked string, high pitch\"); repeatable.")] = [],
+    voice: Annotated[Optional[Path], typer.Option("--voice", help="Speak in this voice: a WAV/FLAC/OGG clip of "
+                                                  "1-3 s of speech (any sample rate; it is resampled).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Clips per prompt.")] = 1,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampler steps (default: the "
+                                                 "recipe's).")] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp_2m, euler or heun "
+                                                   "(default: the recipe's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale "
+                                                      "on the word or sound (default: the recipe's).")] = None,
+    vocoder_iterations: Annotated[Optional[int], typer.Option("--vocoder-iterations", min=1, help="Griffin-Lim "
+                                                              "iterations from spectrogram to sound (default: the "
+                                                              "recipe's, 64).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; clip j of a prompt uses seed + j "
+                                                "(default: a random seed, printed).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the clips: a WAV file and a spectrogram PNG "
+                                      "each.")] = Path("sounds"),
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Generate spoken words or sound effects from a prompt, optionally in the voice of a reference clip."""
+    from . import api
+    from .api_audio import AudioModel, save_sound
+
+    model = api.load(checkpoint, device=device)
+    if not isinstance(model, AudioModel):
+        raise GenloomError(f"{checkpoint} is not an audio model; train one with the spoken-digits or sound-effects "
+                           "recipe")
+    if not prompt:
+        raise GenloomError("give --prompt, e.g. --prompt \"seven\"")
+    if seed is None:
+        seed = model._seed(None)
+        typer.echo(f"genloom: seed {seed}", err=True)
+    waves, pictures = model.generate(prompt, num_samples, seed, steps, sampler, guidance, voice, vocoder_iterations)
+    for i, (wave, picture) in enumerate(zip(waves, pictures)):
+        name = "-".join(prompt[i // num_samples].lower().replace(",", "").split())[:60]
+        paths = save_sound(wave, picture, out / f"{name}-{seed + i % num_samples}", model.sample_rate)
         typer.echo(" ".join(str(p) for p in paths))

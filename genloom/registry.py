@@ -26,6 +26,7 @@ _FAMILY_MODULES = (
     "genloom.data.code",
     "genloom.data.music",
     "genloom.data.video",
+    "genloom.data.audio",
     "genloom.models.transformer",
     "genloom.models.unet",
     "genloom.models.dit",
@@ -34,6 +35,7 @@ _FAMILY_MODULES = (
     "genloom.objectives.lm",
     "genloom.objectives.diffusion",
     "genloom.objectives.video",
+    "genloom.objectives.audio",
     "genloom.objectives.gan",
     "genloom.objectives.dpo",
 )

@@ -157,7 +157,7 @@ def moving_glyphs(count: int, frames: int = 8, size: int = 32, seed: int = 0) ->
 
 # -- clips from files ---------------------------------------------------------------------------------
 def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: bool = False) -> np.ndarray:
-    """A GIF, or a folder of numbered frames, as (frames, size, size, channels) uint8: the first `frames`
+    """A GIF, a video file, a folder of numbered frames or one picture, as (frames, size, size, channels) uint8: the first `frames`
     frames (`at_most`: up to that many), each resized (centre-cropped to a square). Clear errors for
     unreadable or too short clips."""
     from .images import _conform
@@ -171,6 +171,9 @@ def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: 
         elif path.suffix.lower() == ".gif":
             with Image.open(path) as gif:
                 pictures = [frame.copy() for frame in ImageSequence.Iterator(gif)]
+        elif path.suffix.lower() in FRAME_SUFFIXES:      # one picture: a clip of one frame
+            with Image.open(path) as picture:
+                pictures = [picture.copy()]
         elif path.suffix.lower() in (".mp4", ".webm", ".mov", ".avi"):
             try:
                 import imageio.v3 as iio
@@ -295,7 +298,9 @@ class VideoData:
     def model_settings(self) -> dict:
         self.prepare()
         _, channels, frames, height, _ = self._clips.shape
-        return {"image_size": height, "channels": channels, "frames": frames, "num_classes": len(self.classes)}
+        factors = [len(self.classes) // len(DIRECTION_NAMES), len(DIRECTION_NAMES)] if self.config.path in BUILTIN_CLIPS else [0]
+        return {"image_size": height, "channels": channels, "frames": frames, "num_classes": len(self.classes),
+                "label_factors": tuple(factors)}
 
     def save_assets(self, folder: Path) -> None:
         import json

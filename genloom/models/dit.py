@@ -31,6 +31,9 @@ class DiTConfig:
     image_size: int = 0              # 0: from the data
     channels: int = 0                # image channels; 0: from the data
     num_classes: int = 0             # 0: from the data (0 there too = unconditional)
+    label_factors: tuple[int, ...] = ()   # classes as a product (sound kind x register): one embedding per
+                                          # factor, summed; (): from the data ([0]: one embedding per class)
+    vector_dim: int = 0              # a conditioning vector per example (a speaker embedding); 0: from the data
     patch_size: int = 2              # side of the square patch that becomes one token
     d_model: int = 256
     n_layer: int = 6
@@ -121,7 +124,9 @@ class DiT(nn.Module):
         p, grid = cfg.patch_size, cfg.image_size // cfg.patch_size
         self.patchify = nn.Conv2d(cfg.channels, cfg.d_model, kernel_size=p, stride=p)
         self.register_buffer("positions", sincos_positions_2d(cfg.d_model, grid), persistent=False)
-        self.condition = ConditionEmbedding(cfg.d_model, cfg.num_classes)
+        self.condition = ConditionEmbedding(cfg.d_model, cfg.num_classes, factors=cfg.label_factors)
+        # a vector (zeros = none) projected and added to the timestep and class embedding
+        self.vector = nn.Linear(cfg.vector_dim, cfg.d_model) if cfg.vector_dim else None
         self.text = None
         if cfg.text_vocab_size:   # caption tokens join the image tokens (as in SD3's joint attention)
             self.text = TextCondition(cfg.text_encoder, cfg.text_vocab_size, cfg.text_length, cfg.text_dim,
@@ -131,9 +136,11 @@ class DiT(nn.Module):
                                     for _ in range(cfg.n_layer))
         add_output_layers(self, cfg.d_model, p * p * cfg.channels)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                vector: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W) noisy images, t (B,) timesteps -> (B, C, H, W). `labels`: (B,) classes (num_classes =
-        none) for a class-conditional model, (B, L) caption token ids (None = no caption) for a text model."""
+        none) for a class-conditional model, (B, L) caption token ids (None = no caption) for a text model.
+        `vector` (B, vector_dim): the conditioning vector of a model with one (None = zeros = none)."""
         B, C, H, W = x.shape
         p = self.config.patch_size
         tokens = self.patchify(x).flatten(2).transpose(1, 2) + self.positions  # (B, N, D), N = (H/p)(W/p)
@@ -145,6 +152,8 @@ class DiT(nn.Module):
             mask = torch.cat([text_mask.new_ones(B, N), text_mask], dim=1)
         else:
             condition = self.condition(t, labels)                             # (B, D)
+        if self.vector is not None and vector is not None:
+            condition = condition + self.vector(vector.to(condition.dtype))
         for block in self.blocks:
             tokens = block(tokens, condition, mask)
         tokens = tokens[:, :N]

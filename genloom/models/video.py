@@ -35,6 +35,8 @@ class VideoDiTConfig:
     channels: int = 0                # 0: from the data
     frames: int = 0                  # frames per clip; 0: from the data
     num_classes: int = 0             # 0: from the data
+    label_factors: tuple[int, ...] = ()   # classes as a product (digit x direction): one embedding per factor,
+                                          # summed; (): from the data ([0]: one embedding per class)
     patch_size: int = 2
     d_model: int = 192
     n_layer: int = 4                 # each layer: one spatial and one temporal block
@@ -49,6 +51,14 @@ class VideoDiTConfig:
                 f"{self.image_size} is not divisible by model.patch_size={self.patch_size}")
         require(self.n_head >= 1 and self.d_model % self.n_head == 0, "model.d_model",
                 f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        require(not self.label_factors or all(f >= 0 for f in self.label_factors), "model.label_factors",
+                "must be class counts such as [10, 4] (their product is model.num_classes)")
+        if self.num_classes and len(self.label_factors) > 1:
+            product = 1
+            for f in self.label_factors:
+                product *= f
+            require(product == self.num_classes, "model.label_factors",
+                    f"{list(self.label_factors)} multiply to {product}, not the {self.num_classes} classes")
         require(self.d_model % 4 == 0, "model.d_model", "must be divisible by 4 (sine-cosine positions)")
 
 
@@ -70,7 +80,7 @@ class VideoDiT(nn.Module):
         self.patchify = nn.Conv2d(2 * cfg.channels + 1, cfg.d_model, kernel_size=p, stride=p)
         self.register_buffer("positions", sincos_positions_2d(cfg.d_model, grid), persistent=False)
         self.register_buffer("frame_positions", sincos_positions_1d(cfg.d_model, cfg.frames), persistent=False)
-        self.condition = ConditionEmbedding(cfg.d_model, cfg.num_classes)
+        self.condition = ConditionEmbedding(cfg.d_model, cfg.num_classes, factors=cfg.label_factors)
         self.spatial = nn.ModuleList(DiTBlock(cfg.d_model, cfg.n_head, cfg.mlp_ratio, cfg.dropout)
                                      for _ in range(cfg.n_layer))
         self.temporal = nn.ModuleList(DiTBlock(cfg.d_model, cfg.n_head, cfg.mlp_ratio, cfg.dropout)

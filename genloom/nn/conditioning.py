@@ -28,20 +28,41 @@ class ConditionEmbedding(nn.Module):
     denoises both with and without a label (classifier-free guidance, Ho & Salimans 2022).
     """
 
-    def __init__(self, dim: int, num_classes: int, frequency_dim: int = 256):
+    def __init__(self, dim: int, num_classes: int, frequency_dim: int = 256, factors: tuple[int, ...] = ()):
         super().__init__()
         self.frequency_dim = frequency_dim
         self.time = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.num_classes = num_classes
-        self.label = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+        # With `factors` (e.g. (10, 4): class = digit x 4 + direction) a class is the sum of one embedding per
+        # factor, so what the classes share (the digit's shape) is learned from all of them; the last row of
+        # the table is "no label".
+        self.factors = tuple(factors) if num_classes > 0 and len(factors) > 1 else ()
+        if self.factors and math.prod(self.factors) != num_classes:
+            raise ValueError(f"label factors {self.factors} multiply to {math.prod(self.factors)}, not the "
+                             f"{num_classes} classes")
+        rows = sum(self.factors) if self.factors else num_classes
+        self.label = nn.Embedding(rows + 1, dim) if num_classes > 0 else None
 
     def forward(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         embedding = self.time(timestep_features(t, self.frequency_dim).to(self.time[0].weight.dtype))  # (B, dim)
         if self.label is not None:
             if labels is None:
                 labels = torch.full_like(t, self.num_classes, dtype=torch.long)
-            embedding = embedding + self.label(labels)
+            embedding = embedding + (self._factor_embedding(labels) if self.factors else self.label(labels))
         return embedding
+
+    def _factor_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        none = labels == self.num_classes
+        rest, total, offset = labels.clamp(max=self.num_classes - 1), 0, 0
+        for size, stride in zip(self.factors, _strides(self.factors)):
+            total = total + self.label((rest // stride) % size + offset)
+            offset += size
+        return torch.where(none[:, None], self.label(torch.full_like(labels, offset)), total)
+
+
+def _strides(factors: tuple[int, ...]) -> list[int]:
+    """Mixed-radix place values, the first factor most significant: (10, 4) -> [4, 1]."""
+    return [math.prod(factors[i + 1:]) for i in range(len(factors))]
 
 
 class TextCondition(nn.Module):

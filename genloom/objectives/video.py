@@ -2,8 +2,9 @@
 
 Everything of `DiffusionObjective` holds (schedule, prediction target, Min-SNR weighting, label dropout for
 classifier-free guidance); in addition a `context_rate` share of the training clips give the network their
-first k frames (k uniform in 1..frames-1) clean, and the loss covers only the frames it has to make. So one
-model generates clips from a label and extends given frames.
+first k frames (k uniform in 1..frames-1) clean, a `between_rate` share their first and last 1-2 frames, and
+the loss covers only the frames it has to make. So one model generates clips from a label, extends given
+frames, and fills in the frames between two given ones.
 """
 
 from __future__ import annotations
@@ -29,18 +30,22 @@ __all__ = ["VideoDiffusionConfig", "VideoDiffusionObjective", "generate_videos"]
 class VideoDiffusionConfig(DiffusionConfig):
     kind: Literal["video_diffusion"] = "video_diffusion"
     context_rate: float = 0.5            # share of training clips whose leading frames are given
+    between_rate: float = 0.0            # share whose first and last 1-2 frames are given (making the frames between)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 <= self.context_rate <= 1, "objective.context_rate", "must be in [0, 1]")
+        require(0 <= self.between_rate <= 1 - self.context_rate, "objective.between_rate",
+                f"must be in [0, {1 - self.context_rate:g}] (context_rate + between_rate <= 1)")
 
 
 @torch.no_grad()
 def generate_videos(model: nn.Module, schedule, labels, num_samples: int, seed: int, sampler: str = "dpmpp_2m",
                     steps: int = 20, guidance: float = 1.0, context: torch.Tensor | None = None,
-                    context_frames: int = 0, batch_size: int = 64, callback=None) -> torch.Tensor:
+                    context_frames: int = 0, batch_size: int = 64, callback=None, last_frames: int = 0) -> torch.Tensor:
     """`num_samples` clips (N, C, T, H, W) in [-1, 1]; sample i starts from noise seeded with seed + i.
-    With `context` (N, C, T, H, W) and `context_frames` k, the first k frames are given and kept."""
+    With `context` (N, C, T, H, W), its first `context_frames` and last `last_frames` frames are given and
+    kept; the others are made."""
     cfg = model.config
     device = next(model.parameters()).device
     shape = (cfg.channels, cfg.frames, cfg.image_size, cfg.image_size)
@@ -52,6 +57,8 @@ def generate_videos(model: nn.Module, schedule, labels, num_samples: int, seed: 
                         if labels is not None and cfg.num_classes else None)
         known = torch.zeros(len(rows), cfg.frames, dtype=torch.bool, device=device)
         known[:, :context_frames] = True
+        if last_frames:
+            known[:, cfg.frames - last_frames:] = True
         given = (context[start:rows.stop].to(device) if context is not None
                  else torch.zeros(len(rows), *shape, device=device))
 
@@ -84,9 +91,18 @@ class VideoDiffusionObjective(DiffusionObjective):
         return error.mean()
 
     def _known(self, B: int, T: int, generator: torch.Generator | None, device) -> torch.Tensor:
-        given = torch.rand(B, generator=generator) < self.config.context_rate
+        draw = torch.rand(B, generator=generator)
+        given = draw < self.config.context_rate
         count = torch.randint(1, T, (B,), generator=generator) * given              # 0 where no context
-        return (torch.arange(T)[None] < count[:, None]).to(device)
+        known = torch.arange(T)[None] < count[:, None]
+        if self.config.between_rate and T >= 3:                                    # first and last frames given
+            between = (draw >= self.config.context_rate) & (draw < self.config.context_rate + self.config.between_rate)
+            most = max(1, (T - 1) // 4)                                            # 8 frames: 1-2 at each end
+            first = torch.randint(1, most + 1, (B,), generator=generator)
+            last = torch.randint(1, most + 1, (B,), generator=generator)
+            ends = (torch.arange(T)[None] < first[:, None]) | (torch.arange(T)[None] >= T - last[:, None])
+            known = torch.where(between[:, None], ends, known)
+        return known.to(device)
 
     def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         clips, labels = batch

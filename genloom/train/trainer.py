@@ -81,7 +81,7 @@ def resolve_config(config: RunConfig, data) -> RunConfig:
     changes = {}
     for key, value in settings.items():
         current = getattr(config.model, key)
-        if current == 0:
+        if current == 0 or current == ():
             changes[key] = value
         elif key == "vocab_size" and current < value:
             raise ConfigError(f"model.vocab_size={current} is smaller than the tokenizer's {value} tokens")

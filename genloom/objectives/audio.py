@@ -1,0 +1,141 @@
+"""Audio diffusion: the image diffusion objective over log-mel pictures, with a voice to speak in.
+
+Everything of `DiffusionObjective` holds (schedule, prediction, Min-SNR weighting, label dropout for
+classifier-free guidance over the word or sound). A model with a voice input (`model.vector_dim`) also gets
+each clip's speaker vector — the speaker encoder's embedding of other clips of the same voice — dropped to
+zeros ("no voice") for a `voice_dropout` share, so it also speaks without a reference. Guidance acts on the
+label; both of its passes hear the same voice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..config import require
+from ..generate.image import generate_images
+from ..registry import register
+from .base import unwrap_model
+from .diffusion import DiffusionConfig, DiffusionObjective
+
+__all__ = ["AudioDiffusionConfig", "AudioDiffusionObjective", "generate_spectrograms"]
+
+
+@dataclass(frozen=True)
+class AudioDiffusionConfig(DiffusionConfig):
+    kind: Literal["audio_diffusion"] = "audio_diffusion"
+    voice_dropout: float = 0.1            # share of training clips that get no voice vector
+    vocoder_iterations: int = 64          # Griffin-Lim iterations from a picture back to sound
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.voice_dropout < 1, "objective.voice_dropout", "must be in [0, 1)")
+        require(self.vocoder_iterations >= 1, "objective.vocoder_iterations", "must be at least 1")
+
+
+class _WithVector(nn.Module):
+    """The denoiser with its voice vectors fixed, called as the image samplers call a denoiser."""
+
+    def __init__(self, model: nn.Module, vectors: torch.Tensor):
+        super().__init__()
+        self.model, self.vectors = model, vectors
+        self.config, self.text = model.config, None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        copies = x.shape[0] // self.vectors.shape[0]          # guidance runs two copies of the batch at once
+        return self.model(x, t, labels, self.vectors.repeat(copies, 1))
+
+
+@torch.no_grad()
+def generate_spectrograms(model: nn.Module, schedule, labels, num_samples: int, seed: int,
+                          vectors: torch.Tensor | None = None, sampler: str = "dpmpp_2m", steps: int = 20,
+                          guidance: float = 1.0, batch_size: int = 128) -> torch.Tensor:
+    """`num_samples` log-mel pictures (N, 1, n_mels, frames) in [-1, 1]; sample i starts from noise seeded with
+    seed + i. `vectors` (N, vector_dim): the voice of each (None: no voice)."""
+    if vectors is None or not getattr(model.config, "vector_dim", 0):
+        return generate_images(model, schedule, labels, num_samples, seed, sampler=sampler, steps=steps,
+                               guidance=guidance, batch_size=batch_size)
+    device = next(model.parameters()).device
+    pictures = []
+    for start in range(0, num_samples, batch_size):
+        stop = min(num_samples, start + batch_size)
+        wrapped = _WithVector(model, vectors[start:stop].to(device))
+        part = None if labels is None else list(labels[start:stop])
+        pictures.append(generate_images(wrapped, schedule, part, stop - start, seed + start, sampler=sampler,
+                                        steps=steps, guidance=guidance, batch_size=batch_size))
+    return torch.cat(pictures)
+
+
+class AudioDiffusionObjective(DiffusionObjective):
+    def _audio_loss(self, model: nn.Module, batch, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor,
+                    mute: torch.Tensor) -> torch.Tensor:
+        pictures, labels = batch[0], batch[1]
+        net = unwrap_model(model)
+        labels = (torch.where(drop, torch.full_like(labels, net.config.num_classes), labels)
+                  if net.config.num_classes else None)
+        vectors = None
+        if len(batch) > 2 and getattr(net.config, "vector_dim", 0):
+            vectors = torch.where(mute[:, None], torch.zeros_like(batch[2]), batch[2])
+        noisy = self.schedule.add_noise(pictures, noise, t)
+        output = model(noisy, t.float(), labels, vectors)
+        error = (output.float() - self.schedule.target(pictures, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        if self.config.min_snr_gamma > 0:
+            error = error * self.schedule.min_snr_weight(t, self.config.min_snr_gamma).to(error)
+        return error.mean()
+
+    def loss(self, phase: str, model: nn.Module, batch) -> torch.Tensor:
+        pictures = batch[0]
+        B = pictures.shape[0]
+        t = torch.randint(0, self.config.timesteps, (B,), device=pictures.device)
+        noise = torch.randn_like(pictures)
+        drop = torch.rand(B, device=pictures.device) < self.config.label_dropout
+        mute = torch.rand(B, device=pictures.device) < self.config.voice_dropout
+        return self._audio_loss(model, batch, t, noise, drop, mute)
+
+    def eval_loss(self, model: nn.Module, batch) -> torch.Tensor:
+        pictures = batch[0]
+        B = pictures.shape[0]
+        generator = torch.Generator().manual_seed(0)
+        t = ((torch.arange(B) + 0.5) * self.config.timesteps / B).long().to(pictures.device)
+        noise = torch.randn(pictures.shape, generator=generator).to(pictures.device)
+        off = torch.zeros(B, dtype=torch.bool, device=pictures.device)
+        return self._audio_loss(model, batch, t, noise, off, off)
+
+    def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
+        """Spectrograms of up to 16 classes (two each; spoken words in two training voices) as a PNG grid, and the
+        first row as WAV files."""
+        from ..data.audio import write_wav
+        from ..data.image_io import save_image_grid
+
+        if not length:
+            return ""
+        cfg = model.config
+        classes = list(range(min(cfg.num_classes, 16))) if cfg.num_classes else [0] * 8
+        labels = [c for _ in range(2) for c in classes] if cfg.num_classes else None
+        count = 2 * len(classes)
+        vectors = None
+        if getattr(cfg, "vector_dim", 0) and getattr(data, "voice_vectors", None) is not None:
+            train = data.split_ids("train")
+            picks = [int(train[0]), int(train[len(train) // 2])]
+            vectors = torch.stack([data.voice_vectors[picks[i // len(classes)]] for i in range(count)])
+        pictures = generate_spectrograms(model, self.schedule, labels, count, seed=0, vectors=vectors,
+                                         sampler=self.config.sampler, steps=self.config.sample_steps,
+                                         guidance=self.config.guidance)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step_{step:07d}.png"
+        save_image_grid(pictures.flip(2), path, nrow=len(classes), scale=2)
+        mel = data.config.mel()
+        waves = mel.invert(pictures[:len(classes)], iterations=32)
+        for i, wave in enumerate(waves):
+            name = data.classes[classes[i]] if cfg.num_classes else str(i)
+            write_wav(folder / f"step_{step:07d}_{i:02d}_{name.replace(' ', '-')}.wav", wave, mel.sample_rate)
+        return f"sample spectrograms: {path} (and .wav files beside it)"
+
+
+@register("objective", "audio_diffusion", AudioDiffusionConfig)
+def build_audio_diffusion_objective(config: AudioDiffusionConfig, run=None) -> AudioDiffusionObjective:
+    return AudioDiffusionObjective(config)
