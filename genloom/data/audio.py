@@ -177,8 +177,7 @@ class MelSpectrogram:
 
     magnitude STFT (Hann window `n_fft`, hop `hop_length`) -> mel bands -> log10, mapped from [floor, floor +
     span] decades to [-1, 1]; a clip of `frames` frames is `frames * hop_length` samples. Back: the mel
-    magnitudes spread over the linear bins by non-negative least squares (a few projected-gradient steps from
-    the pseudo-inverse) and the phase found by Griffin-Lim."""
+    magnitudes spread over the linear bins by non-negative least squares and the phase found by Griffin-Lim."""
 
     floor = -4.0      # log10 magnitude mapped to -1 (quieter is clamped)
     span = 4.0        # decades up to +1 (a full-scale tone's band is about 10^-0.3)
@@ -207,15 +206,17 @@ class MelSpectrogram:
         log_mel = torch.log10(mel.clamp(min=10 ** self.floor))
         return ((log_mel - self.floor) / self.span * 2 - 1).clamp(-1, 1)[:, None]
 
-    def magnitude(self, picture: torch.Tensor, iterations: int = 20) -> torch.Tensor:
-        """(B, 1, n_mels, frames) -> linear STFT magnitudes (B, n_fft/2+1, frames), non-negative least squares."""
+    def magnitude(self, picture: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+        """(B, 1, n_mels, frames) -> linear STFT magnitudes (B, n_fft/2+1, frames) whose mel bands are the
+        picture's: non-negative least squares by multiplicative updates (Lee & Seung 2001), which keep every
+        bin positive and fit quiet bands as closely, relatively, as loud ones."""
         mel = 10 ** ((picture[:, 0].float().clamp(-1, 1) + 1) / 2 * self.span + self.floor)
         mel = torch.where(picture[:, 0] <= -1 + 1e-4, torch.zeros_like(mel), mel)    # the floor is silence
         A = self.filters
-        x = (torch.linalg.pinv(A) @ mel).clamp(min=0)
-        step = 1.0 / torch.linalg.matrix_norm(A, ord=2) ** 2
-        for _ in range(iterations):                                                  # projected gradient
-            x = (x - step * (A.T @ (A @ x - mel))).clamp(min=0)
+        target = A.T @ mel
+        x = target.clamp(min=1e-10)
+        for _ in range(iterations):
+            x = x * target / (A.T @ (A @ x)).clamp(min=1e-12)
         return x * (self.n_fft / 4)
 
     def invert(self, picture: torch.Tensor, iterations: int = 64, seed: int = 0) -> torch.Tensor:
@@ -354,8 +355,10 @@ def synth_sound(kind: str, register: str, sample_rate: int, samples: int, rng: n
     elif kind == "bright":
         wave = (2 * ((f0 * t) % 1.0) - 1) * 0.7 * _envelope(length, sample_rate, 0.01, decay)
     elif kind == "plucked":                                    # Karplus-Strong: a noise burst in a damped loop
-        period = max(2, int(round(sample_rate / f0)))
+        period = max(2, int(round(sample_rate / f0 + 0.5)))
+        params["frequency"] = round(sample_rate / (period - 0.5), 1)  # the loop (and its averaging) sets the pitch
         buffer = rng.uniform(-1, 1, period)
+        buffer -= buffer.mean()                                      # the loop keeps DC: start without it
         wave = np.empty(length)
         for i in range(length):
             wave[i] = buffer[i % period]
@@ -368,10 +371,11 @@ def synth_sound(kind: str, register: str, sample_rate: int, samples: int, rng: n
         pitch = f0 * 0.5 * (1 + 3 * np.exp(-t / 0.03))
         wave = np.sin(2 * np.pi * np.cumsum(pitch) / sample_rate) * _envelope(length, sample_rate, 0.002, 0.15)
     elif kind == "snare":                                      # a tone plus band-passed noise
-        noise = _band_noise(rng, length, sample_rate, f0 * 4, f0 * 16)
+        noise = _band_noise(rng, length, sample_rate, f0 * 4, min(f0 * 16, sample_rate / 2 - 100))
         wave = (0.4 * np.sin(2 * np.pi * f0 * t) + noise) * _envelope(length, sample_rate, 0.001, 0.08)
     elif kind == "hihat":                                      # high noise, very short
-        wave = _band_noise(rng, length, sample_rate, f0 * 6, min(f0 * 24, sample_rate / 2 - 100)) * \
+        bottom = min(f0 * 4, sample_rate / 2 * 0.6)
+        wave = _band_noise(rng, length, sample_rate, bottom, min(bottom * 3, sample_rate / 2 - 100)) * \
             _envelope(length, sample_rate, 0.001, 0.04)
     elif kind in ("rising", "falling"):                        # an exponential glide over two octaves
         ratio = 4.0 if kind == "rising" else 0.25

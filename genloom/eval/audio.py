@@ -77,6 +77,8 @@ def audio_classifier(data, steps: int = 1200, progress: bool = True) -> AudioCla
     def train(progress: bool) -> AudioClassifier:
         from tqdm.auto import tqdm
 
+        from ..models.speaker import warmup_cosine
+
         torch.manual_seed(0)
         generator = torch.Generator().manual_seed(0)
         train_ids, val_ids = data.split_ids("train"), data.split_ids("val")
@@ -87,7 +89,7 @@ def audio_classifier(data, steps: int = 1200, progress: bool = True) -> AudioCla
         pictures, labels = torch.cat([pictures, through]), torch.cat([labels, labels[half]])
         model = AudioClassifier(len(data.classes))
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+        schedule = warmup_cosine(optimizer, steps)
         model.train()
         with torch.enable_grad():
             for _ in tqdm(range(steps), desc="training the audio classifier (once)", disable=not progress,

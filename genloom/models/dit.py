@@ -152,7 +152,9 @@ class DiT(nn.Module):
             mask = torch.cat([text_mask.new_ones(B, N), text_mask], dim=1)
         else:
             condition = self.condition(t, labels)                             # (B, D)
-        if self.vector is not None and vector is not None:
+        if self.vector is not None:
+            if vector is None:
+                vector = condition.new_zeros(B, self.config.vector_dim)
             condition = condition + self.vector(vector.to(condition.dtype))
         for block in self.blocks:
             tokens = block(tokens, condition, mask)

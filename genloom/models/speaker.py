@@ -24,10 +24,23 @@ from tqdm.auto import tqdm
 
 from ..train.checkpoint import commit, load_weights, recover, save_tensors, write_json_atomic
 
-__all__ = ["SpeakerEncoder", "ge2e_loss", "train_speaker_encoder", "cached_speaker_encoder", "load_speaker_encoder"]
+__all__ = ["SpeakerEncoder", "ge2e_loss", "train_speaker_encoder", "cached_speaker_encoder", "load_speaker_encoder",
+           "warmup_cosine"]
 
 log = logging.getLogger(__name__)
 ENCODER_VERSION = 1
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate rises over the first tenth of `steps`, then falls to zero along a half cosine."""
+    warm = max(1, steps // 10)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class SpeakerEncoder(nn.Module):
@@ -81,8 +94,8 @@ def train_speaker_encoder(pictures: Tensor, speakers: Tensor, dim: int = 64, ste
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = SpeakerEncoder(pictures.shape[2], dim)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = warmup_cosine(optimizer, steps)
     voices = speakers.unique()
     members = {int(v): torch.nonzero(speakers == v).flatten() for v in voices}
     N = min(voices_per_batch, len(voices))
