@@ -159,6 +159,13 @@ class VideoModel(Seeded):
             directions = motion_directions(made)
             result.continuation_direction = sum(d == n.split()[1] for d, n in zip(
                 directions, [self.classes[int(c)] for c in real_classes])) / len(real)
+        if getattr(objective, "between_rate", 0) > 0:
+            made = generate_videos(self.model, self.schedule, real_classes.tolist(), len(real), seed + 2,
+                                   context=real, context_frames=2, last_frames=1, **options)
+            T = self.frames
+            result.between_identity = float(digit_in_frames(made[:, :, :T - 1], real_classes // 4, 2)
+                                            .all(1).float().mean())
+            result.between_mse = float((made[:, :, 2:T - 1] - real[:, :, 2:T - 1]).pow(2).mean())
         return result
 
     def save(self, clips: torch.Tensor, folder: str | Path, prefix: str = "clip", scale: int = 4) -> list[Path]:

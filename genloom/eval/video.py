@@ -128,6 +128,8 @@ class VideoEvalResult:
     continuation_identity: float | None = None
     continuation_mse: float | None = None
     continuation_direction: float | None = None
+    between_identity: float | None = None      # frames made between a clip's first 2 and last frame: digit kept
+    between_mse: float | None = None           # ... their per-pixel MSE against the true frames
     classifier_accuracy: dict = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -138,6 +140,9 @@ class VideoEvalResult:
             lines.append(f"continuing held-out clips: digit kept in every made frame {self.continuation_identity:.1%}, "
                          f"direction kept {self.continuation_direction:.1%}, per-pixel MSE against the true "
                          f"continuation {self.continuation_mse:.4f}")
+        if self.between_identity is not None:
+            lines.append(f"frames between the first 2 and the last of held-out clips: digit kept in every made frame "
+                         f"{self.between_identity:.1%}, per-pixel MSE against the true frames {self.between_mse:.4f}")
         lines.append("evaluation networks, held-out accuracy: " + ", ".join(
             f"{k} {v:.1%}" for k, v in self.classifier_accuracy.items()))
         return "\n".join(lines)
