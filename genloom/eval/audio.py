@@ -16,12 +16,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .image import frechet_distance
 from .scenes import cached_classifier
 
 __all__ = ["AudioClassifier", "audio_classifier", "vocoded", "voice_trials", "AudioEvalResult"]
