@@ -164,3 +164,18 @@ def test_generate_video_cli_writes_gifs_and_strips(video_run, tmp_path):
     assert extended.exit_code == 0, extended.output
     bad = runner.invoke(app, ["generate", "video", "--checkpoint", str(video_run), "--prompt", "a cat"])
     assert bad.exit_code != 0 and "and a direction" in bad.output
+
+
+def test_frames_trained_as_separate_images_do_not_see_each_other():
+    torch.manual_seed(0)
+    model = VideoDiT(VideoDiTConfig(image_size=8, channels=1, frames=4, num_classes=0, patch_size=4, d_model=32,
+                                    n_layer=2, n_head=2))
+    for p in model.parameters():                                       # wake the zero-initialised gates
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(2, 1, 4, 8, 8), torch.tensor([300.0, 300.0])
+    changed = x.clone()
+    changed[:, :, 3] += 1.0                                            # only the last frame differs
+    independent = torch.tensor([True, False])
+    a, b = model(x, t, independent=independent), model(changed, t, independent=independent)
+    assert torch.allclose(a[0, :, :3], b[0, :, :3], atol=1e-6)         # separate images: frames 0-2 unchanged
+    assert not torch.allclose(a[1, :, :3], b[1, :, :3], atol=1e-4)     # a clip: the temporal blocks mix frames

@@ -35,7 +35,7 @@ class AudioClassifier(nn.Module):
         def block(a: int, b: int) -> list[nn.Module]:
             return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
 
-        self.body = nn.Sequential(*block(1, 32), *block(32, 64), *block(64, 128), nn.Conv2d(128, 128, 3, padding=1),
+        self.body = nn.Sequential(*block(1, 16), *block(16, 32), *block(32, 64), nn.Conv2d(64, 128, 3, padding=1),
                                   nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(128, num_classes)
 
@@ -66,7 +66,7 @@ def _shift(pictures: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(out > -1, (out + gain).clamp(-1, 1), out)
 
 
-def audio_classifier(data, steps: int = 1200, progress: bool = True) -> AudioClassifier:
+def audio_classifier(data, steps: int = 800, progress: bool = True) -> AudioClassifier:
     """The classifier of `data`'s classes, trained once on its training clips (half of them also seen through
     the Griffin-Lim vocoder) and cached; `holdout_accuracy` is on the validation clips (held-out voices)."""
     data.prepare()

@@ -88,9 +88,12 @@ class VideoDiT(nn.Module):
         add_output_layers(self, cfg.d_model, p * p * cfg.channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, known: torch.Tensor | None = None,
+                independent: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, T, H, W) noisy clips, t (B,) -> (B, C, T, H, W). `context` (B, C, T, H, W): the given
-        frames (anything where not given), `known` (B, T) bool: which frames are given (None: none)."""
+        frames (anything where not given), `known` (B, T) bool: which frames are given (None: none).
+        `independent` (B,) bool: examples whose frames are separate images (joint image training): the
+        temporal blocks pass them through unchanged, so each frame is denoised on its own."""
         B, C, T, H, W = x.shape
         p = self.config.patch_size
         if known is None:
@@ -112,6 +115,8 @@ class VideoDiT(nn.Module):
             # after it), so a temporal block at its zero initialisation changes nothing
             across = tokens.transpose(1, 2) + when                               # (B, N, T, D)
             across = temporal(across.reshape(B * N, T, D), temporal_condition).view(B, N, T, D) - when
+            if independent is not None:
+                across = torch.where(independent[:, None, None, None], tokens.transpose(1, 2), across)
             tokens = across.transpose(1, 2)
         patches = output_patches(self, tokens.reshape(B, T * N, D), condition)   # (B, T*N, p*p*C)
         patches = patches.view(B, T, H // p, W // p, p, p, C)

@@ -4,7 +4,9 @@ Everything of `DiffusionObjective` holds (schedule, prediction target, Min-SNR w
 classifier-free guidance); in addition a `context_rate` share of the training clips give the network their
 first k frames (k uniform in 1..frames-1) clean, a `between_rate` share their first and last 1-2 frames, and
 the loss covers only the frames it has to make. So one model generates clips from a label, extends given
-frames, and fills in the frames between two given ones.
+frames, and fills in the frames between two given ones. With `frame_rate`, that share of the clips is
+trained as separate images (joint image-video training, Ho et al. 2022): the temporal blocks pass them
+through, so the spatial layers also learn from frames on their own.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ class VideoDiffusionConfig(DiffusionConfig):
     kind: Literal["video_diffusion"] = "video_diffusion"
     context_rate: float = 0.5            # share of training clips whose leading frames are given
     between_rate: float = 0.0            # share whose first and last 1-2 frames are given (making the frames between)
+    frame_rate: float = 0.0              # share trained as separate images: no temporal mixing, no given frames
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 <= self.context_rate <= 1, "objective.context_rate", "must be in [0, 1]")
         require(0 <= self.between_rate <= 1 - self.context_rate, "objective.between_rate",
                 f"must be in [0, {1 - self.context_rate:g}] (context_rate + between_rate <= 1)")
+        require(0 <= self.frame_rate < 1, "objective.frame_rate", "must be in [0, 1)")
 
 
 @torch.no_grad()
@@ -77,12 +81,17 @@ def generate_videos(model: nn.Module, schedule, labels, num_samples: int, seed: 
 
 class VideoDiffusionObjective(DiffusionObjective):
     def _video_loss(self, model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, t: torch.Tensor,
-                    noise: torch.Tensor, drop: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+                    noise: torch.Tensor, drop: torch.Tensor, known: torch.Tensor,
+                    independent: torch.Tensor | None = None) -> torch.Tensor:
         net = unwrap_model(model)
         labels = (torch.where(drop, torch.full_like(labels, net.config.num_classes), labels)
                   if net.config.num_classes else None)
         noisy = self.schedule.add_noise(clips, noise, t)                           # (B, C, T, H, W)
-        output = model(noisy, t.float(), labels, clips, known)
+        if independent is not None:
+            known = known & ~independent[:, None]
+            output = model(noisy, t.float(), labels, clips, known, independent)
+        else:
+            output = model(noisy, t.float(), labels, clips, known)
         error = (output.float() - self.schedule.target(clips, noise, t)).pow(2).mean(dim=(1, 3, 4))   # (B, T)
         wanted = (~known).float()
         error = (error * wanted).sum(1) / wanted.sum(1).clamp(min=1)              # (B,) over the made frames
@@ -110,7 +119,9 @@ class VideoDiffusionObjective(DiffusionObjective):
         t = torch.randint(0, self.config.timesteps, (B,), device=clips.device)
         noise = torch.randn_like(clips)
         drop = torch.rand(B, device=clips.device) < self.config.label_dropout
-        return self._video_loss(model, clips, labels, t, noise, drop, self._known(B, T, None, clips.device))
+        independent = (torch.rand(B, device=clips.device) < self.config.frame_rate) if self.config.frame_rate else None
+        return self._video_loss(model, clips, labels, t, noise, drop, self._known(B, T, None, clips.device),
+                                independent)
 
     def eval_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         clips, labels = batch
