@@ -145,6 +145,14 @@ def test_a_video_model_generates_and_extends_clips(video_run, tmp_path):
         model.generate("3 right", init_video=torch.zeros(1, 8, 24, 24), context_frames=2, steps=2)
     with pytest.raises(GenloomError, match="needs --init-video"):
         model.generate("3 right", context_frames=2, steps=2)
+    between = model.generate("3 right", seed=0, steps=2, init_video=footage[0], context_frames=2,
+                             end_video=footage[0], end_frames=2)                 # the frames between two given ones
+    assert torch.equal(between[0, :, :2], footage[0, :, :2]) and torch.equal(between[0, :, 6:], footage[0, :, 6:])
+    assert not torch.equal(between[0, :, 2:6], footage[0, :, 2:6])
+    with pytest.raises(GenloomError, match="at least one frame"):
+        model.generate("3 right", init_video=footage[0], context_frames=4, end_video=footage[0], end_frames=4, steps=2)
+    with pytest.raises(GenloomError, match="leave out --frames"):
+        model.generate("3 right", end_video=footage[0], frames=12, steps=2)
 
 
 def test_generate_video_cli_writes_gifs_and_strips(video_run, tmp_path):
@@ -162,6 +170,13 @@ def test_generate_video_cli_writes_gifs_and_strips(video_run, tmp_path):
                                    "--init-video", str(clip), "--context-frames", "2", "--steps", "2", "--seed", "0",
                                    "--out", str(tmp_path / "e")])
     assert extended.exit_code == 0, extended.output
+    end = tmp_path / "end.png"                                                 # a single picture ends the clip
+    Image.fromarray(moving_digits(1, 8, 16, seed=1)[0][0, -1]).save(end)
+    between = runner.invoke(app, ["generate", "video", "--checkpoint", str(video_run), "--prompt", "3 right",
+                                  "--init-video", str(clip), "--context-frames", "2", "--end-video", str(end),
+                                  "--steps", "2", "--seed", "0", "--out", str(tmp_path / "b")])
+    assert between.exit_code == 0, between.output
+    assert (tmp_path / "b" / "3-right-0.gif").is_file()
     bad = runner.invoke(app, ["generate", "video", "--checkpoint", str(video_run), "--prompt", "a cat"])
     assert bad.exit_code != 0 and "and a direction" in bad.output
 
