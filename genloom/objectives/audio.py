@@ -71,39 +71,29 @@ def generate_spectrograms(model: nn.Module, schedule, labels, num_samples: int, 
 
 
 class AudioDiffusionObjective(DiffusionObjective):
-    def _audio_loss(self, model: nn.Module, batch, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor,
-                    mute: torch.Tensor) -> torch.Tensor:
-        pictures, labels = batch[0], batch[1]
-        net = unwrap_model(model)
-        labels = (torch.where(drop, torch.full_like(labels, net.config.num_classes), labels)
-                  if net.config.num_classes else None)
-        vectors = None
-        if len(batch) > 2 and getattr(net.config, "vector_dim", 0):
-            vectors = torch.where(mute[:, None], torch.zeros_like(batch[2]), batch[2])
-        noisy = self.schedule.add_noise(pictures, noise, t)
-        output = model(noisy, t.float(), labels, vectors)
-        error = (output.float() - self.schedule.target(pictures, noise, t)).pow(2).mean(dim=(1, 2, 3))
-        if self.config.min_snr_gamma > 0:
-            error = error * self.schedule.min_snr_weight(t, self.config.min_snr_gamma).to(error)
-        return error.mean()
+    def _vectors(self, model: nn.Module, batch, mute: torch.Tensor) -> torch.Tensor | None:
+        """The batch's voice vectors, zeros ("no voice") where `mute`; None for a model without a voice input."""
+        if len(batch) < 3 or not getattr(unwrap_model(model).config, "vector_dim", 0):
+            return None
+        return torch.where(mute[:, None], torch.zeros_like(batch[2]), batch[2])
 
     def loss(self, phase: str, model: nn.Module, batch) -> torch.Tensor:
-        pictures = batch[0]
+        pictures, labels = batch[0], batch[1]
         B = pictures.shape[0]
         t = torch.randint(0, self.config.timesteps, (B,), device=pictures.device)
         noise = torch.randn_like(pictures)
         drop = torch.rand(B, device=pictures.device) < self.config.label_dropout
         mute = torch.rand(B, device=pictures.device) < self.config.voice_dropout
-        return self._audio_loss(model, batch, t, noise, drop, mute)
+        return self._loss(model, pictures, labels, t, noise, drop, self._vectors(model, batch, mute))
 
     def eval_loss(self, model: nn.Module, batch) -> torch.Tensor:
-        pictures = batch[0]
+        pictures, labels = batch[0], batch[1]
         B = pictures.shape[0]
         generator = torch.Generator().manual_seed(0)
         t = ((torch.arange(B) + 0.5) * self.config.timesteps / B).long().to(pictures.device)
         noise = torch.randn(pictures.shape, generator=generator).to(pictures.device)
         off = torch.zeros(B, dtype=torch.bool, device=pictures.device)
-        return self._audio_loss(model, batch, t, noise, off, off)
+        return self._loss(model, pictures, labels, t, noise, off, self._vectors(model, batch, off))
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
         """Spectrograms of up to 16 classes (two each; spoken words in two training voices) as a PNG grid, and the

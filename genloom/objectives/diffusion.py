@@ -68,7 +68,9 @@ class DiffusionObjective:
         return model.parameters()
 
     def _loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, t: torch.Tensor,
-              noise: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+              noise: torch.Tensor, drop: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted denoising loss; `vectors` (B, D): a conditioning vector per example for a model
+        with one (a speaker embedding)."""
         net = unwrap_model(model)
         if getattr(net, "text", None) is not None:                                # captions (B, L)
             labels = torch.where(drop[:, None], net.text.null_caption.to(labels), labels)
@@ -77,7 +79,7 @@ class DiffusionObjective:
         else:
             labels = None
         noisy = self.schedule.add_noise(images, noise, t)                       # (B, C, H, W)
-        output = model(noisy, t.float(), labels)
+        output = model(noisy, t.float(), labels) if vectors is None else model(noisy, t.float(), labels, vectors)
         error = (output.float() - self.schedule.target(images, noise, t)).pow(2).mean(dim=(1, 2, 3))  # (B,)
         if self.config.min_snr_gamma > 0:
             error = error * self.schedule.min_snr_weight(t, self.config.min_snr_gamma).to(error)
