@@ -76,6 +76,39 @@ def test_prompts_of_different_lengths_batch_like_singles():
     assert torch.equal(batch, reference)
 
 
+def test_rows_joining_and_leaving_a_running_batch_decode_as_alone():
+    """Continuous batching: rows join at different steps and finish at different lengths; each row's tokens and
+    log-probabilities are those it gets decoded alone, even after the rows that set the cache's length have
+    left (their padding must go with them, or the cache fills up before any row's text reaches the context)."""
+    from genloom.generate.batching import ContinuousBatch, Sequence
+
+    model = _peaked_model(block_size=32)
+    plan = [([3, 4, 5], 0, 20), ([7, 8], 4, 26), ([1, 2, 3, 4, 5, 6], 9, 20), ([9], 14, 30)]  # prompt, join, length
+
+    def alone(prompt, n):
+        steps = list(generate_tokens(model, [prompt], n, [torch.Generator()], Sampling(temperature=0)))
+        return [int(t[0]) for t, _ in steps], [float(lp[0]) for _, lp in steps]
+
+    batch, got, step = ContinuousBatch(model), {}, 0
+    while step == 0 or len(batch):
+        batch.add([Sequence(list(p), Sampling(temperature=0), torch.Generator(), owner=i)
+                   for i, (p, join, _) in enumerate(plan) if join == step])
+        tokens, logprobs = batch.step()
+        keep = []
+        for row, token, logprob in zip(batch.rows, tokens, logprobs):
+            got.setdefault(row.owner, ([], []))
+            got[row.owner][0].append(token)
+            got[row.owner][1].append(logprob)
+            keep.append(len(got[row.owner][0]) < plan[row.owner][2])
+        batch.remove(keep)
+        step += 1
+    assert sorted(got) == [0, 1, 2, 3]
+    for i, (prompt, _, n) in enumerate(plan):
+        tokens, logprobs = alone(prompt, n)
+        assert got[i][0] == tokens, i
+        assert torch.allclose(torch.tensor(got[i][1]), torch.tensor(logprobs), atol=1e-4), i
+
+
 def test_logprobs_are_the_models_log_probabilities():
     model = _peaked_model()
     prompt = [3, 4, 5]

@@ -3,9 +3,10 @@
 A server decodes every active request together, one token per row per step. A new request is prefilled
 on its own and its KV cache merged into the batch's: the shorter of the two caches is shifted right and
 its first positions masked, exactly like left padding, so each row's positions (counted from its first
-real token) and attention are what they would be alone. Finished rows are dropped from the cache. When
-the cache is full (the context length), every row is re-prefilled from its most recent half context, as
-`generate_tokens` does for a single batch.
+real token) and attention are what they would be alone. Finished rows are dropped from the cache, and the
+padding every remaining row masks with them. When the cache is full (the longest row's text reaches the
+context length), every row is re-prefilled from its most recent half context, as `generate_tokens` does
+for a single batch.
 """
 
 from __future__ import annotations
@@ -49,6 +50,26 @@ def _shift(cache: KVCache, length: int) -> None:
         for store in (cache.keys, cache.values):
             store[layer][:, :, gap:length] = store[layer][:, :, :cache.length].clone()
     cache.key_mask, cache.length = mask, length
+
+
+def _compact(cache: KVCache) -> None:
+    """Drop the leading positions that every row masks (left padding left behind by rows that finished), so
+    the cache only fills up when a row's own text does. Positions are counted from each row's first real
+    token, so moving every row left by the same amount changes nothing they compute."""
+    if cache.key_mask is None or cache.length == 0:
+        return
+    used = cache.key_mask[:, :cache.length]
+    lead = int(used.any(0).long().argmax()) if used.any() else cache.length
+    if lead == 0:
+        return
+    keep = cache.length - lead
+    for layer in range(len(cache.keys)):
+        for store in (cache.keys, cache.values):
+            store[layer][:, :, :keep] = store[layer][:, :, lead:cache.length].clone()
+    mask = torch.ones_like(cache.key_mask)
+    mask[:, :keep] = used[:, lead:]
+    cache.length = keep
+    cache.key_mask = None if bool(mask[:, :keep].all()) else mask
 
 
 def _merge(a: KVCache, b: KVCache) -> KVCache:
@@ -145,4 +166,5 @@ class ContinuousBatch:
             self.cache = self.logits = None
             return
         self.cache.reorder(rows)
+        _compact(self.cache)
         self.logits = self.logits[rows]
