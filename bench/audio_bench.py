@@ -6,14 +6,16 @@
 The spoken-digits and sound-effects recipes trained for the given seconds (or --run / --sfx-run DIR), then
 `AudioModel.evaluate`: the share of --samples generated clips (the classes in turn; the digits in the 12
 held-out voices, each from a reference clip of three other words) that the audio classifier recognises after
-Griffin-Lim, FAD-genloom, and the voice-cloning trials. The vocoder is measured on held-out real clips:
-spectral convergence and classifier accuracy after 16/32/64/128 Griffin-Lim iterations. Example WAVs and
-spectrograms go to OUT/; results to OUT/audio.json.
+the vocoder, FAD-genloom, and the voice-cloning trials. The vocoders are measured on held-out real clips:
+log-mel distance, spectral convergence and classifier accuracy after 16/32/64/128 Griffin-Lim iterations and
+through the neural vocoder (the run's, or one of --vocoder-steps trained for the data and cached). Example
+WAVs and spectrograms go to OUT/; results to OUT/audio.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -32,25 +34,34 @@ def train(recipe: str, out: Path, seconds: int) -> Path:
     return out
 
 
-def vocoder_table(model, data, classifier) -> list[dict]:
+def vocoder_table(model, data, classifier, vocoder=None) -> list[dict]:
+    """Griffin-Lim at 16-128 iterations and the neural vocoder on 128 held-out real clips: the log-mel distance of
+    the sound made to the picture it was made from, the spectral convergence against the real clip's STFT, and
+    the classifier's accuracy on the sound made."""
     import torch
-
-    from genloom.data.audio import griffin_lim
 
     val = data.split_ids("val")[:128]
     pictures, labels = data.pictures[val], data.labels[val]
-    rows = []
-    for iterations in (16, 32, 64, 128):
+    real = torch.from_numpy(data.waves[val.numpy()])
+    window = torch.hann_window(model.mel.n_fft)
+
+    def measure(name: str, make) -> dict:
         started = time.perf_counter()
-        history: list[float] = []
-        magnitude = model.mel.magnitude(pictures)
-        waves = griffin_lim(magnitude, model.mel.n_fft, model.mel.hop_length, iterations, length=model.mel.samples,
-                            history=history)
+        with torch.no_grad():
+            waves = make()
         seconds = (time.perf_counter() - started) / len(val)
         with torch.no_grad():
-            accuracy = float((classifier(model.mel(waves)).argmax(-1) == labels).float().mean())
-        rows.append({"iterations": iterations, "spectral_convergence": history[-1], "accuracy": accuracy,
-                     "seconds_per_clip": seconds})
+            again = model.mel(waves)
+            a = torch.stft(waves, model.mel.n_fft, model.mel.hop_length, window=window, return_complex=True).abs()
+            b = torch.stft(real, model.mel.n_fft, model.mel.hop_length, window=window, return_complex=True).abs()
+            accuracy = float((classifier(again).argmax(-1) == labels).float().mean())
+        return {"vocoder": name, "mel_l1": float((again - pictures).abs().mean()),
+                "spectral_convergence": float((a - b).norm() / b.norm()), "accuracy": accuracy,
+                "seconds_per_clip": seconds}
+
+    rows = [measure(f"Griffin-Lim {n}", lambda n=n: model.mel.invert(pictures, n)) for n in (16, 32, 64, 128)]
+    if vocoder is not None:
+        rows.append(measure("neural", lambda: torch.cat([vocoder(pictures[i:i + 64]) for i in range(0, len(val), 64)])))
     return rows
 
 
@@ -79,6 +90,8 @@ def main() -> None:
     parser.add_argument("--sfx-seconds", type=int, default=900)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--voice-trials", type=int, default=120)
+    parser.add_argument("--vocoder-steps", type=int, default=2000,
+                        help="train a neural vocoder of this many steps (cached) for a run without one; 0: none")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: words, sfx")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "audio")
     args = parser.parse_args()
@@ -97,8 +110,12 @@ def main() -> None:
             continue
         run = run or train(recipe, args.out / recipe, seconds)
         model = genloom.load(run)
-        data = AudioData(model.config.data)
+        settings = model.config.data
+        if model.vocoder is None and args.vocoder_steps:
+            settings = dataclasses.replace(settings, vocoder_steps=args.vocoder_steps)
+        data = AudioData(settings)
         data.prepare()
+        vocoder = model.vocoder or data.vocoder
         started = time.perf_counter()
         waves, pictures = model.generate(model.classes[:8], seed=0)
         seconds_per_clip = (time.perf_counter() - started) / len(waves)
@@ -110,16 +127,16 @@ def main() -> None:
         result = model.evaluate(num_samples=args.samples, voice_trials=args.voice_trials)
         report[part] = {"run": str(run), **run_length(run), "seconds_per_clip": seconds_per_clip,
                         "eval_seconds": time.perf_counter() - started, **result.as_dict(),
-                        "vocoder": vocoder_table(model, data, audio_classifier(data))}
+                        "vocoders": vocoder_table(model, data, audio_classifier(data), vocoder)}
         report_file.write_text(json.dumps(report, indent=2))
         print(f"\n{recipe}: {report[part]['steps']} steps in {report[part]['train_seconds']:.0f} s; "
               f"{seconds_per_clip:.2f} s per clip (20 DPM-Solver++ steps, guidance "
               f"{model.config.objective.guidance:g}, Griffin-Lim {model.config.objective.vocoder_iterations})")
         print(result.summary())
-        for row in report[part]["vocoder"]:
-            print(f"  Griffin-Lim {row['iterations']:3d} iterations: spectral convergence "
+        for row in report[part]["vocoders"]:
+            print(f"  {row['vocoder']:>15}: log-mel distance {row['mel_l1']:.4f}, spectral convergence "
                   f"{row['spectral_convergence']:.3f}, classifier {100 * row['accuracy']:.1f}%, "
-                  f"{1000 * row['seconds_per_clip']:.0f} ms per clip")
+                  f"{1000 * row['seconds_per_clip']:.1f} ms per clip")
     print(f"\nmachine: {report['machine']}")
 
 

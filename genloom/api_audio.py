@@ -22,6 +22,7 @@ from .objectives.audio import generate_spectrograms
 
 __all__ = ["AudioModel", "save_sound"]
 
+VOCODERS = ("auto", "neural", "griffin-lim")
 REFERENCE_SECONDS = (0.5, 10.0)     # sound in a voice reference clip: at least / at most (the rest is cut)
 
 
@@ -53,6 +54,11 @@ class AudioModel(Seeded):
             if not (self.path / "speaker_encoder.safetensors").is_file():
                 raise GenloomError(f"{self.path} has a voice input but no speaker_encoder.safetensors beside it")
             self.speaker_encoder = load_speaker_encoder(self.path)
+        self.vocoder = None                       # the neural vocoder, where the run trained one
+        if (self.path / "vocoder.safetensors").is_file() and (self.path / "vocoder.json").is_file():
+            from .models.vocoder import load_vocoder
+
+            self.vocoder = load_vocoder(self.path)
 
     @property
     def sample_rate(self) -> int:
@@ -88,9 +94,12 @@ class AudioModel(Seeded):
     def generate(self, prompts: str | Sequence[str], num_samples: int = 1, seed: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  voice: str | Path | np.ndarray | torch.Tensor | None = None,
-                 vocoder_iterations: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 vocoder_iterations: int | None = None, voice_guidance: float | None = None,
+                 vocoder: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """(sounds (N, samples), log-mel pictures (N, 1, n_mels, frames)), `num_samples` per prompt (prompt-major;
-        sample j uses seed + j). `voice`: a reference clip (file or samples) or a speaker vector to speak in."""
+        sample j uses seed + j). `voice`: a reference clip (file or samples) or a speaker vector to speak in;
+        `voice_guidance` > 1 pushes harder towards it. `vocoder`: "auto" (the neural one where the run has it),
+        "neural" or "griffin-lim"."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if self.classes:
             labels = [self.label(p) for p in prompts for _ in range(num_samples)]
@@ -103,16 +112,32 @@ class AudioModel(Seeded):
             vector = voice if isinstance(voice, torch.Tensor) else self.voice(voice)
             vectors = vector.reshape(1, -1).expand(count, -1)
         objective = self.config.objective
+        self._vocoder(vocoder)                                      # a wrong name fails before the sampling
         pictures = generate_spectrograms(self.model, self.schedule, labels, count, seed, vectors,
                                          sampler=sampler or objective.sampler, steps=steps or objective.sample_steps,
-                                         guidance=objective.guidance if guidance is None else guidance)
-        waves = self.vocode(pictures, vocoder_iterations)
+                                         guidance=objective.guidance if guidance is None else guidance,
+                                         voice_guidance=objective.voice_guidance if voice_guidance is None
+                                         else voice_guidance)
+        waves = self.vocode(pictures, vocoder_iterations, vocoder)
         return waves, pictures
 
-    def vocode(self, pictures: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
-        """Log-mel pictures -> sound by Griffin-Lim, each peak-normalised to 0.9."""
+    def _vocoder(self, name: str):
+        """The neural vocoder to use, or None for Griffin-Lim."""
+        if name not in VOCODERS:
+            raise GenloomError(f"vocoder {name!r}: expected one of {', '.join(VOCODERS)}")
+        if name == "neural" and self.vocoder is None:
+            raise GenloomError(f"{self.path} has no neural vocoder (train with data.vocoder_steps > 0, e.g. "
+                               "data.vocoder_steps=2000); use Griffin-Lim")
+        return self.vocoder if name in ("auto", "neural") else None
+
+    def vocode(self, pictures: torch.Tensor, iterations: int | None = None, vocoder: str = "auto") -> torch.Tensor:
+        """Log-mel pictures -> sound (by the neural vocoder where the run has one and `vocoder` is "auto" or
+        "neural", else by Griffin-Lim of `iterations`), each peak-normalised to 0.9."""
+        network = self._vocoder(vocoder)
         iterations = iterations or self.config.objective.vocoder_iterations
-        waves = torch.cat([self.mel.invert(pictures[i:i + 64], iterations) for i in range(0, len(pictures), 64)])
+        with torch.no_grad():
+            waves = torch.cat([network(pictures[i:i + 64]) if network is not None else
+                               self.mel.invert(pictures[i:i + 64], iterations) for i in range(0, len(pictures), 64)])
         return waves * (0.9 / waves.abs().amax(1, keepdim=True).clamp(min=1e-6))
 
     def save(self, waves: torch.Tensor, pictures: torch.Tensor, folder: str | Path, prefix: str = "sound") -> list[Path]:
@@ -122,9 +147,11 @@ class AudioModel(Seeded):
         return paths
 
     def evaluate(self, num_samples: int = 200, steps: int | None = None, guidance: float | None = None,
-                 seed: int = 0, voice_trials: int = 120, progress: bool = True) -> AudioEvalResult:
+                 seed: int = 0, voice_trials: int = 120, progress: bool = True, voice_guidance: float | None = None,
+                 vocoder: str = "auto") -> AudioEvalResult:
         """Recognition and FAD-genloom of `num_samples` clips (the classes in turn; for spoken words in the
-        held-out voices, from reference clips of other words), and voice cloning over `voice_trials` trials."""
+        held-out voices, from reference clips of other words), and voice cloning over `voice_trials` trials.
+        Every clip is scored as sound: through the vocoder (`vocoder` as for `generate`) and back."""
         from .data.audio import AudioData
         from .eval.audio import audio_classifier, vocoded
         from .eval.audio import voice_trials as trials
@@ -137,12 +164,18 @@ class AudioModel(Seeded):
         classifier = audio_classifier(data, progress=progress)
         objective = self.config.objective
         options = dict(sampler=objective.sampler, steps=steps or objective.sample_steps,
-                       guidance=objective.guidance if guidance is None else guidance)
+                       guidance=objective.guidance if guidance is None else guidance,
+                       voice_guidance=objective.voice_guidance if voice_guidance is None else voice_guidance)
+        network = self._vocoder(vocoder)
+
+        def heard(pictures: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return vocoded(pictures, self.mel, objective.vocoder_iterations, vocoder=network)
+
         val = data.split_ids("val")
         train = data.split_ids("train")
         real, real_labels = data.pictures[val], data.labels[val]
         with torch.no_grad():
-            _, real_vocoded = vocoded(real, self.mel, objective.vocoder_iterations)
+            _, real_vocoded = heard(real)
             real_accuracy = float((classifier(real).argmax(-1) == real_labels).float().mean())
             vocoded_accuracy = float((classifier(real_vocoded).argmax(-1) == real_labels).float().mean())
         classes = torch.arange(num_samples) % len(self.classes)
@@ -154,18 +187,19 @@ class AudioModel(Seeded):
         pictures = generate_spectrograms(self.model, self.schedule, classes.tolist(), num_samples, seed, vectors,
                                          **options)
         with torch.no_grad():
-            _, heard = vocoded(pictures, self.mel, objective.vocoder_iterations)
-            predicted = classifier(heard).argmax(-1)
-            fake_features = classifier.features(heard)
+            _, made_pictures = heard(pictures)
+            predicted = classifier(made_pictures).argmax(-1)
+            fake_features = classifier.features(made_pictures)
             real_features = classifier.features(real_vocoded)
             other = data.pictures[train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
                                         [:len(real)]]]
-            other_features = classifier.features(vocoded(other, self.mel, objective.vocoder_iterations)[1])
+            other_features = classifier.features(heard(other)[1])
         result = AudioEvalResult(
             samples=num_samples, accuracy=float((predicted == classes).float().mean()),
             fad_genloom=frechet_distance(real_features, fake_features),
             real_fad_genloom=frechet_distance(real_features, other_features),
             classifier_accuracy=real_accuracy, vocoded_accuracy=vocoded_accuracy,
+            vocoder="the neural vocoder" if network is not None else "Griffin-Lim",
             per_class={self.classes[c]: float((predicted[classes == c] == c).float().mean())
                        for c in range(len(self.classes)) if (classes == c).any()})
         if held is not None and voice_trials:
@@ -176,8 +210,8 @@ class AudioModel(Seeded):
                                          **options)
             silent = generate_spectrograms(self.model, self.schedule, words.tolist(), n, seed + 1, None, **options)
             with torch.no_grad():
-                made_heard = vocoded(made, self.mel, objective.vocoder_iterations)[1]
-                silent_heard = vocoded(silent, self.mel, objective.vocoder_iterations)[1]
+                made_heard = heard(made)[1]
+                silent_heard = heard(silent)[1]
             ok, cosines = trials(self.speaker_encoder, made_heard, voice_of, centroids)
             ok_silent, _ = trials(self.speaker_encoder, silent_heard, voice_of, centroids)
             # real clips of the held-out voices saying the class words, against the same centroids

@@ -204,6 +204,13 @@ def generate_audio(
                                                    "(default: the recipe's).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale "
                                                       "on the word or sound (default: the recipe's).")] = None,
+    voice_guidance: Annotated[Optional[float], typer.Option("--voice-guidance", min=0.0, help="Guidance towards "
+                                                            "the --voice: 1 = none; higher sounds more like the "
+                                                            "reference, at some cost in clarity of the word "
+                                                            "(default: the recipe's).")] = None,
+    vocoder: Annotated[str, typer.Option("--vocoder", help="From spectrogram to sound: auto (the run's neural "
+                                         "vocoder where it has one, else Griffin-Lim), neural or "
+                                         "griffin-lim.")] = "auto",
     vocoder_iterations: Annotated[Optional[int], typer.Option("--vocoder-iterations", min=1, help="Griffin-Lim "
                                                               "iterations from spectrogram to sound (default: the "
                                                               "recipe's, 64).")] = None,
@@ -226,7 +233,8 @@ def generate_audio(
     if seed is None:
         seed = model._seed(None)
         typer.echo(f"genloom: seed {seed}", err=True)
-    waves, pictures = model.generate(prompt, num_samples, seed, steps, sampler, guidance, voice, vocoder_iterations)
+    waves, pictures = model.generate(prompt, num_samples, seed, steps, sampler, guidance, voice, vocoder_iterations,
+                                     voice_guidance, vocoder)
     for i, (wave, picture) in enumerate(zip(waves, pictures)):
         name = "-".join(prompt[i // num_samples].lower().replace(",", "").split())[:60]
         paths = save_sound(wave, picture, out / f"{name}-{seed + i % num_samples}", model.sample_rate)

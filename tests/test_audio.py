@@ -19,10 +19,13 @@ from genloom.data.audio import (REGISTERS, SOUND_KINDS, AudioData, AudioDataConf
 from genloom.errors import DataError
 from genloom.models.dit import DiT, DiTConfig
 from genloom.models.speaker import ge2e_loss, train_speaker_encoder
+from genloom.models.vocoder import MelVocoder, cached_vocoder, spectral_loss, train_vocoder
+from genloom.objectives.audio import _WithVector
 from genloom.nn.conditioning import ConditionEmbedding
 
 espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 SR = 16000
+VOCODER_STEPS, VOCODER_FALL = 150, 0.8       # the training loss of a small vocoder on 12 notes must fall this far
 
 
 def tone(frequency: float, seconds: float = 1.0, sample_rate: int = SR) -> np.ndarray:
@@ -104,10 +107,11 @@ def test_factor_embeddings_add_up():
         ConditionEmbedding(16, 10, factors=(4, 3))
 
 
-def test_the_denoiser_hears_the_label_and_the_voice():
+@pytest.mark.parametrize("vector_tokens", [0, 2])
+def test_the_denoiser_hears_the_label_and_the_voice(vector_tokens):
     torch.manual_seed(0)
     model = DiT(DiTConfig(image_size=16, channels=1, num_classes=10, patch_size=4, d_model=32, n_layer=2, n_head=2,
-                          vector_dim=8))
+                          vector_dim=8, vector_tokens=vector_tokens))
     for p in model.parameters():                                       # wake the zero-initialised gates
         torch.nn.init.normal_(p, std=0.05)
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([500.0, 500.0])
@@ -117,6 +121,52 @@ def test_the_denoiser_hears_the_label_and_the_voice():
     assert not torch.allclose(base, model(x, t, torch.tensor([3, 3]), torch.randn(2, 8)))
     assert torch.allclose(model(x, t, torch.tensor([3, 3]), None), model(x, t, torch.tensor([3, 3]),
                                                                           torch.zeros(2, 8)))
+
+
+def test_voice_guidance_extrapolates_from_no_voice_through_the_voice():
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(image_size=16, channels=1, num_classes=10, patch_size=4, d_model=32, n_layer=2, n_head=2,
+                          vector_dim=8))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, t, labels = torch.randn(3, 1, 16, 16), torch.tensor([100.0, 500.0, 900.0]), torch.tensor([1, 2, 3])
+    voice = torch.randn(3, 8)
+    voiced, plain = model(x, t, labels, voice), model(x, t, labels, torch.zeros(3, 8))
+    for scale in (0.0, 1.0, 2.5):
+        out = _WithVector(model, voice, scale)(x, t, labels)
+        assert torch.allclose(out, plain + scale * (voiced - plain), atol=1e-5), scale
+    # classifier-free guidance on the label runs both halves of a doubled batch with the same voices
+    doubled = _WithVector(model, voice, 2.0)(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, labels + 1]))
+    assert torch.allclose(doubled[:3], _WithVector(model, voice, 2.0)(x, t, labels), atol=1e-5)
+
+
+def _notes(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([synth_sound(kind, register, SR, 16384, rng)[0] for kind in ("pure", "bright", "plucked", "bell")
+                     for register in REGISTERS])
+
+
+def test_the_neural_vocoder_learns_to_give_back_the_sound(tmp_path):
+    mel = MelSpectrogram(SR, 1024, 256, 64, 64)
+    waves = _notes(0)
+    real = torch.from_numpy(waves)
+    pictures = mel(real)
+    torch.manual_seed(0)
+    untrained = MelVocoder(64, 1024, 256, width=64, blocks=2).eval()       # the same start as the training's
+    trained = train_vocoder(waves, mel, steps=VOCODER_STEPS, seed=0, batch_size=8, width=64, blocks=2, progress=False)
+
+    def loss(vocoder):
+        with torch.no_grad():
+            made = vocoder(pictures)
+            return float(spectral_loss(made, real) + (mel(made) - pictures).abs().mean())
+
+    assert loss(trained) < VOCODER_FALL * loss(untrained), (loss(untrained), loss(trained))
+    assert trained(pictures[:1]).shape == (1, mel.samples)
+    vocoder = cached_vocoder(tmp_path, waves, mel, steps=2, seed=0, progress=False)        # trained and cached ...
+    again = cached_vocoder(tmp_path, waves, mel, steps=2, seed=0, progress=False)          # ... loaded, not retrained
+    with torch.no_grad():
+        assert torch.equal(again(pictures[:2]), vocoder(pictures[:2]))
+    assert len(list(tmp_path.glob("vocoder_s2.*"))) == 2
 
 
 def test_ge2e_loss_prefers_separated_voices():
@@ -233,14 +283,17 @@ def test_sound_effects_train_and_generate_end_to_end(tmp_path, monkeypatch):
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "sound-effects", "--out", str(run), "--set", "data.count=66",
                                       "--set", "train.max_steps=3", "--set", "train.compile=false", "--set",
-                                      "model.n_layer=1", "--set", "model.d_model=32", "--set", "objective.sample_steps=2"])
+                                      "model.n_layer=1", "--set", "model.d_model=32", "--set", "objective.sample_steps=2",
+                                      "--set", "data.vocoder_steps=2"])
     assert result.exit_code == 0, result.output
     model = genloom.load(run)
     assert model.model.config.label_factors == (11, 3)
+    assert (run / "vocoder.safetensors").is_file() and model.vocoder is not None
     waves, pictures = model.generate(["a plucked string, high pitch", "a kick drum, low"], num_samples=2, seed=0,
-                                     steps=2, vocoder_iterations=4)
+                                     steps=2, vocoder_iterations=4, vocoder="griffin-lim")
     assert waves.shape == (4, model.mel.samples) and pictures.shape == (4, 1, 64, 64)
-    again, _ = model.generate("a plucked string, high pitch", num_samples=1, seed=0, steps=2, vocoder_iterations=4)
+    again, _ = model.generate("a plucked string, high pitch", num_samples=1, seed=0, steps=2, vocoder_iterations=4,
+                              vocoder="griffin-lim")
     assert torch.allclose(again[0], waves[0], atol=1e-5)                 # seeded
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["generate", "audio", "--checkpoint", str(run), "--prompt", "a bell, low",
@@ -251,6 +304,12 @@ def test_sound_effects_train_and_generate_end_to_end(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["generate", "audio", "--checkpoint", str(run), "--prompt", "a bell", "--voice",
                                       str(out / "a-bell-low-5.wav"), "--steps", "2", "--out", str(out)])
     assert result.exit_code == 2 and "no voice input" in result.output
+    neural, _ = model.generate("a bell, low", seed=5, steps=2, vocoder="neural")
+    plain, _ = model.generate("a bell, low", seed=5, steps=2, vocoder="griffin-lim", vocoder_iterations=4)
+    assert neural.shape == plain.shape and not torch.allclose(neural, plain)
+    result = CliRunner().invoke(app, ["generate", "audio", "--checkpoint", str(run), "--prompt", "a bell", "--steps",
+                                      "2", "--out", str(out), "--vocoder", "wavenet"])
+    assert result.exit_code == 2 and "vocoder 'wavenet'" in result.output
 
 
 @espeak
@@ -261,10 +320,21 @@ def test_spoken_digits_in_a_new_voice_end_to_end(tmp_path, monkeypatch):
                                       "--set", "data.held_out_voices=2", "--set", "data.takes=1", "--set",
                                       "data.speaker_steps=10", "--set", "train.max_steps=2", "--set",
                                       "train.compile=false", "--set", "model.n_layer=1", "--set", "model.d_model=32",
-                                      "--set", "objective.sample_steps=2"])
+                                      "--set", "objective.sample_steps=2", "--set", "data.voice_references=4"])
     assert result.exit_code == 0, result.output
     assert (run / "speaker_encoder.safetensors").is_file()
     model = genloom.load(run)
+    assert model.config.data.voice_references == 4 and model.vocoder is None
+    with pytest.raises(genloom.GenloomError, match="no neural vocoder"):
+        model.generate("seven", steps=1, vocoder="neural")
+    # training clips come with one of 4 reference sets of their voice, chosen by the index alone
+    data = AudioData(model.config.data, progress=False)
+    n = data.num_examples("train")
+    first, again = data.batch(torch.tensor([0, n, 2 * n])), data.batch(torch.tensor([0, n, 2 * n]))
+    assert torch.equal(first[2], again[2]) and torch.equal(first[0][0], first[0][1])   # the same clip ...
+    assert not torch.allclose(first[2][1], first[2][2])                                 # ... other references
+    assert all(float(first[2][0] @ first[2][k]) > 0.8 for k in (1, 2))                  # of the same voice
+    assert int(data.sample_indices(torch.Generator().manual_seed(0), 512).max()) >= n
     reference = tmp_path / "me.wav"
     voice = espeak_voices(8, seed=99)[7]
     write_wav(reference, np.concatenate([speak(w, voice, 22050) for w in ("hello", "water", "morning")]), 22050)

@@ -467,6 +467,9 @@ class AudioDataConfig:
     count: int = 3300                     # sound effects made (builtin:sound-effects)
     speaker_dim: int = 64                 # speaker embedding width; 0: no voice conditioning
     speaker_steps: int = 1500             # training steps of the speaker encoder
+    voice_references: int = 1             # reference sets per training clip (three other clips of its voice),
+                                          # one drawn each time the clip is used; 1: always the same three
+    vocoder_steps: int = 0                # > 0: also train a neural vocoder (cached; ~4 min for 2000 here); 0: Griffin-Lim
     val_fraction: float = 0.1             # sound effects and folders
     seed: int = 0
     cache_dir: str = ""                   # "" = $GENLOOM_CACHE or ~/.cache/genloom
@@ -481,6 +484,8 @@ class AudioDataConfig:
         require(0 < self.held_out_voices < self.voices, "data.held_out_voices",
                 f"must be between 1 and data.voices - 1 = {self.voices - 1}")
         require(0 < self.val_fraction < 1, "data.val_fraction", "must be between 0 and 1 (e.g. 0.1)")
+        require(self.voice_references >= 1, "data.voice_references", "must be at least 1")
+        require(self.vocoder_steps >= 0, "data.vocoder_steps", "must be >= 0 (0: no neural vocoder)")
         require(not self.path.startswith("builtin:") or self.path in BUILTIN_AUDIO, "data.path",
                 f"unknown built-in sound {self.path!r}; available: {', '.join(BUILTIN_AUDIO)}")
 
@@ -512,14 +517,18 @@ class AudioData:
         self.speakers = torch.empty(0, dtype=torch.long)    # voice of each clip (-1: none)
         self.word_ids = torch.empty(0, dtype=torch.long)
         self.voice_vectors: torch.Tensor | None = None      # (N, speaker_dim): embedding of other clips of the voice
+        self._embeddings: torch.Tensor | None = None        # (N, speaker_dim): each clip's own embedding
+        self._others: list[np.ndarray] = []                 # per clip: the clips of its voice saying other words
         self.speaker_encoder = None
+        self.vocoder = None                                  # the neural vocoder (data.vocoder_steps > 0)
         self._splits: dict[str, torch.Tensor] = {}
 
     # preparation -------------------------------------------------------------------------------------
     def _cache_folder(self) -> Path:
         cfg = self.config
         keys = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "speaker_steps", "speaker_dim",
-                                                                    "val_fraction")}
+                                                                    "val_fraction", "vocoder_steps",
+                                                                    "voice_references")}
         if cfg.path == "builtin:spoken-words":
             keys["path"] = "builtin:spoken-digits"                   # the same clips
         if not cfg.spoken:
@@ -551,6 +560,8 @@ class AudioData:
                                    for i in range(0, len(self.waves), 256)])
         if cfg.spoken and cfg.speaker_dim:
             self._voice_vectors()
+        if cfg.vocoder_steps:
+            self._train_vocoder(mel)
         log.info("%s: %d clips (%d classes); %d for training", cfg.path, len(self.waves), len(self.classes),
                  len(self._splits["train"]))
 
@@ -631,13 +642,35 @@ class AudioData:
         by_voice: dict[int, np.ndarray] = {}
         for v in range(cfg.voices):
             by_voice[v] = np.flatnonzero(self.speakers.numpy() == v)
+        words = self.word_ids.numpy()
+        self._embeddings = embeddings
+        self._others = [by_voice[int(self.speakers[i])][words[by_voice[int(self.speakers[i])]] != words[i]]
+                        for i in range(len(embeddings))]
         vectors = torch.empty(len(embeddings), embeddings.shape[1])
         for i in range(len(embeddings)):
-            v, word = int(self.speakers[i]), int(self.word_ids[i])
-            others = [j for j in by_voice[v] if int(self.word_ids[j]) != word]
-            chosen = rng.choice(others, size=3, replace=False)
+            chosen = rng.choice(self._others[i], size=3, replace=False)
             vectors[i] = torch.nn.functional.normalize(embeddings[chosen].mean(0), dim=0)
         self.voice_vectors = vectors
+
+    def _train_vocoder(self, mel: MelSpectrogram) -> None:
+        """Train (or load) the neural vocoder on the training clips (for spoken words: every word of the
+        training voices; the held-out voices stay unheard). Cached beside built-in data; for a folder, under
+        the digest of its sounds."""
+        from ..models.vocoder import cached_vocoder
+
+        cfg = self.config
+        if cfg.spoken:
+            ids = np.flatnonzero(self.speakers.numpy() < cfg.voices - cfg.held_out_voices)
+        else:
+            ids = np.sort(self._splits["train"].numpy())
+        waves = self.waves[ids]
+        if cfg.path.startswith("builtin:"):
+            folder = self._cache_folder()
+        else:
+            digest = hashlib.sha1(np.ascontiguousarray(waves).tobytes()).hexdigest()[:12]
+            root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+            folder = root / "audio" / f"vocoder-{digest}"
+        self.vocoder = cached_vocoder(folder, waves, mel, cfg.vocoder_steps, cfg.seed, self.progress)
 
     # the data interface ------------------------------------------------------------------------------
     def num_examples(self, split: str) -> int:
@@ -664,9 +697,15 @@ class AudioData:
         if self.speaker_encoder is not None:
             save_tensors(self.speaker_encoder.state_dict(), Path(folder) / "speaker_encoder.safetensors")
             (Path(folder) / "speaker_encoder.json").write_text(json.dumps(self.speaker_encoder.settings(), indent=2))
+        if self.vocoder is not None:
+            save_tensors(self.vocoder.state_dict(), Path(folder) / "vocoder.safetensors")
+            (Path(folder) / "vocoder.json").write_text(json.dumps(self.vocoder.settings(), indent=2))
 
     def sample_indices(self, generator: torch.Generator, n: int) -> torch.Tensor:
-        return torch.randint(0, self.num_examples("train"), (n,), generator=generator)
+        """`n` training clips drawn uniformly with replacement; index i >= N (N clips) names clip i % N with its
+        (i // N)-th reference set (data.voice_references), so a batch depends on its indices alone."""
+        references = self.config.voice_references if self.voice_vectors is not None else 1
+        return torch.randint(0, self.num_examples("train") * references, (n,), generator=generator)
 
     def val_indices(self, n: int) -> torch.Tensor:
         return torch.arange(n) % self.num_examples("val")
@@ -674,9 +713,16 @@ class AudioData:
     def batch(self, indices: torch.Tensor, split: str = "train"):
         """Pictures (B, 1, n_mels, frames) in [-1, 1], classes (B,), and for voices the speaker vectors (B, D)."""
         self.prepare()
-        ids = self._splits[split][indices]
+        count = len(self._splits[split])
+        ids = self._splits[split][indices % count]
         if self.voice_vectors is not None:
-            return self.pictures[ids], self.labels[ids], self.voice_vectors[ids]
+            vectors = self.voice_vectors[ids].clone()
+            for row, (clip, draw) in enumerate(zip(ids.tolist(), (indices // count).tolist())):
+                if draw:                                     # another three clips of the voice
+                    rng = np.random.default_rng([self.config.seed, clip, draw])
+                    chosen = rng.choice(self._others[clip], size=3, replace=False)
+                    vectors[row] = torch.nn.functional.normalize(self._embeddings[chosen].mean(0), dim=0)
+            return self.pictures[ids], self.labels[ids], vectors
         return self.pictures[ids], self.labels[ids]
 
     def split_ids(self, split: str) -> torch.Tensor:

@@ -46,9 +46,12 @@ class AudioClassifier(nn.Module):
         return self.head(self.features(pictures))
 
 
-def vocoded(pictures: Tensor, mel, iterations: int = 64, batch: int = 64) -> tuple[Tensor, Tensor]:
-    """Pictures turned into sound by Griffin-Lim and back into pictures: (sound (N, samples), pictures)."""
-    waves = torch.cat([mel.invert(pictures[i:i + batch], iterations) for i in range(0, len(pictures), batch)])
+def vocoded(pictures: Tensor, mel, iterations: int = 64, batch: int = 64, vocoder=None) -> tuple[Tensor, Tensor]:
+    """Pictures turned into sound — by the neural `vocoder` when given, else by Griffin-Lim — and back into
+    pictures: (sound (N, samples), pictures)."""
+    with torch.no_grad():
+        waves = torch.cat([vocoder(pictures[i:i + batch]) if vocoder is not None else
+                           mel.invert(pictures[i:i + batch], iterations) for i in range(0, len(pictures), batch)])
     return waves, torch.cat([mel(waves[i:i + 256]) for i in range(0, len(waves), 256)])
 
 
@@ -124,7 +127,8 @@ class AudioEvalResult:
     fad_genloom: float                    # generated against real held-out clips
     real_fad_genloom: float               # real training clips against real held-out clips: the floor
     classifier_accuracy: float            # the classifier on real held-out clips
-    vocoded_accuracy: float               # ... on the same clips through Griffin-Lim: the vocoder's ceiling
+    vocoded_accuracy: float               # ... on the same clips through the vocoder: the vocoder's ceiling
+    vocoder: str = "Griffin-Lim"          # what turned the pictures into sound
     voice_trials: int = 0
     voice_success: float | None = None    # generated in a held-out voice: that voice is the closest of them
     voice_success_real: float | None = None    # real clips of the held-out voices: the ceiling
@@ -140,7 +144,7 @@ class AudioEvalResult:
 
     def summary(self) -> str:
         lines = [f"recognised as requested: {100 * self.accuracy:.1f}% of {self.samples} clips (classifier on real "
-                 f"held-out clips: {100 * self.classifier_accuracy:.1f}%, through Griffin-Lim: "
+                 f"held-out clips: {100 * self.classifier_accuracy:.1f}%, through {self.vocoder}: "
                  f"{100 * self.vocoded_accuracy:.1f}%)",
                  f"FAD-genloom: {self.fad_genloom:.2f} (real training vs held-out clips: {self.real_fad_genloom:.2f})"]
         if self.voice_success is not None:

@@ -34,6 +34,8 @@ class DiTConfig:
     label_factors: tuple[int, ...] = ()   # classes as a product (sound kind x register): one embedding per
                                           # factor, summed; (): from the data ([0]: one embedding per class)
     vector_dim: int = 0              # a conditioning vector per example (a speaker embedding); 0: from the data
+    vector_tokens: int = 0           # > 0: the vector also becomes this many tokens beside the image's (through
+                                     # a small MLP), which attention reads at every block
     patch_size: int = 2              # side of the square patch that becomes one token
     d_model: int = 256
     n_layer: int = 6
@@ -55,6 +57,7 @@ class DiTConfig:
         require(self.n_layer >= 1, "model.n_layer", "must be at least 1")
         require(self.n_head >= 1 and self.d_model % self.n_head == 0, "model.d_model",
                 f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        require(self.vector_tokens >= 0, "model.vector_tokens", "must be >= 0")
         require(self.d_model % 4 == 0, "model.d_model", "must be divisible by 4 (2-D sine-cosine positions)")
         require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
         require(self.text_vocab_size == 0 or self.num_classes == 0, "model.num_classes",
@@ -127,6 +130,10 @@ class DiT(nn.Module):
         self.condition = ConditionEmbedding(cfg.d_model, cfg.num_classes, factors=cfg.label_factors)
         # a vector (zeros = none) projected and added to the timestep and class embedding
         self.vector = nn.Linear(cfg.vector_dim, cfg.d_model) if cfg.vector_dim else None
+        self.vector_tokens = None
+        if cfg.vector_dim and cfg.vector_tokens:
+            self.vector_tokens = nn.Sequential(nn.Linear(cfg.vector_dim, cfg.d_model), nn.SiLU(),
+                                               nn.Linear(cfg.d_model, cfg.vector_tokens * cfg.d_model))
         self.text = None
         if cfg.text_vocab_size:   # caption tokens join the image tokens (as in SD3's joint attention)
             self.text = TextCondition(cfg.text_encoder, cfg.text_vocab_size, cfg.text_length, cfg.text_dim,
@@ -156,6 +163,11 @@ class DiT(nn.Module):
             if vector is None:
                 vector = condition.new_zeros(B, self.config.vector_dim)
             condition = condition + self.vector(vector.to(condition.dtype))
+            if self.vector_tokens is not None:
+                extra = self.vector_tokens(vector.to(tokens.dtype)).view(B, self.config.vector_tokens, -1)
+                tokens = torch.cat([tokens, extra], dim=1)
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones(B, extra.shape[1])], dim=1)
         for block in self.blocks:
             tokens = block(tokens, condition, mask)
         tokens = tokens[:, :N]
