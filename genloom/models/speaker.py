@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..train.checkpoint import commit, load_weights, recover, save_tensors, write_json_atomic
 
 __all__ = ["SpeakerEncoder", "ge2e_loss", "train_speaker_encoder", "cached_speaker_encoder", "load_speaker_encoder",
-           "warmup_cosine"]
+           "warmup_cosine", "cached_network"]
 
 log = logging.getLogger(__name__)
 ENCODER_VERSION = 1
@@ -127,21 +127,29 @@ def load_speaker_encoder(folder: Path, name: str = "speaker_encoder") -> Speaker
     return model.eval().requires_grad_(False)
 
 
-def cached_speaker_encoder(folder: Path, pictures: Tensor, speakers: Tensor, dim: int, steps: int, seed: int,
-                           progress: bool = True) -> SpeakerEncoder:
-    """The encoder for one data set, trained once and kept beside its clips in `folder`."""
-    name = f"speaker_encoder_d{dim}_s{steps}"
+def cached_network(folder: Path, name: str, settings: dict, load, train, what: str):
+    """A small network trained once per data set and kept beside its clips in `folder` as NAME.safetensors +
+    NAME.json: loaded (by `load(folder, name)`) when the JSON holds `settings`, else made by `train()` and
+    saved. The network has `settings()`; `what` names it in the log."""
     recover(folder)
     if (folder / f"{name}.safetensors").is_file() and (folder / f"{name}.json").is_file():
-        settings = json.loads((folder / f"{name}.json").read_text())
-        if settings.get("version") == ENCODER_VERSION:
-            return load_speaker_encoder(folder, name)
-    log.info("training the speaker encoder on %d clips of %d voices (once; cached in %s)", len(pictures),
-             len(speakers.unique()), folder)
+        saved = json.loads((folder / f"{name}.json").read_text())
+        if all(saved.get(k) == v for k, v in settings.items()):
+            return load(folder, name)
+    log.info("training the %s (once; cached in %s)", what, folder)
     start = time.perf_counter()
-    model = train_speaker_encoder(pictures, speakers, dim, steps, seed, progress=progress)
-    log.info("speaker encoder trained in %.0f s", time.perf_counter() - start)
+    model = train()
+    log.info("%s trained in %.0f s", what, time.perf_counter() - start)
     folder.mkdir(parents=True, exist_ok=True)
     commit(folder, {f"{name}.safetensors": lambda p: save_tensors(model.state_dict(), p),
                     f"{name}.json": lambda p: write_json_atomic(p, model.settings())})
     return model
+
+
+def cached_speaker_encoder(folder: Path, pictures: Tensor, speakers: Tensor, dim: int, steps: int, seed: int,
+                           progress: bool = True) -> SpeakerEncoder:
+    """The encoder for one data set, trained once and kept beside its clips in `folder`."""
+    return cached_network(folder, f"speaker_encoder_d{dim}_s{steps}", {"version": ENCODER_VERSION},
+                          load_speaker_encoder,
+                          lambda: train_speaker_encoder(pictures, speakers, dim, steps, seed, progress=progress),
+                          f"speaker encoder on {len(pictures)} clips of {len(speakers.unique())} voices")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..train.checkpoint import commit, load_weights, recover, save_tensors, write_json_atomic
-from .speaker import warmup_cosine
+from ..train.checkpoint import load_weights
+from .speaker import cached_network, warmup_cosine
 
 __all__ = ["MelVocoder", "spectral_loss", "train_vocoder", "cached_vocoder", "load_vocoder"]
 
@@ -156,17 +155,6 @@ def load_vocoder(folder: Path, name: str = "vocoder") -> MelVocoder:
 
 def cached_vocoder(folder: Path, waves: np.ndarray, mel, steps: int, seed: int, progress: bool = True) -> MelVocoder:
     """The vocoder for one data set, trained once and kept beside its clips in `folder`."""
-    name = f"vocoder_s{steps}"
-    recover(folder)
-    if (folder / f"{name}.safetensors").is_file() and (folder / f"{name}.json").is_file():
-        settings = json.loads((folder / f"{name}.json").read_text())
-        if settings.get("version") == VOCODER_VERSION and settings.get("n_mels") == mel.n_mels:
-            return load_vocoder(folder, name)
-    log.info("training the neural vocoder on %d clips (once; cached in %s)", len(waves), folder)
-    start = time.perf_counter()
-    model = train_vocoder(waves, mel, steps, seed, progress=progress)
-    log.info("neural vocoder trained in %.0f s", time.perf_counter() - start)
-    folder.mkdir(parents=True, exist_ok=True)
-    commit(folder, {f"{name}.safetensors": lambda p: save_tensors(model.state_dict(), p),
-                    f"{name}.json": lambda p: write_json_atomic(p, model.settings())})
-    return model
+    return cached_network(folder, f"vocoder_s{steps}", {"version": VOCODER_VERSION, "n_mels": mel.n_mels},
+                          load_vocoder, lambda: train_vocoder(waves, mel, steps, seed, progress=progress),
+                          f"neural vocoder on {len(waves)} clips")
