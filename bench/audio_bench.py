@@ -69,8 +69,9 @@ def examples(model, data, out: Path) -> None:
     """Each digit in two held-out voices, beside the reference clips they were given."""
     import numpy as np
 
-    from genloom.api_audio import _trimmed
-    from genloom.data.audio import WORDS, write_wav
+    from genloom.audio.data import WORDS
+    from genloom.audio.handle import _trimmed
+    from genloom.media.audio import write_wav
 
     cfg = data.config
     for v in (cfg.voices - cfg.held_out_voices, cfg.voices - 1):
@@ -97,8 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import genloom
-    from genloom.data.audio import AudioData
-    from genloom.eval.audio import audio_classifier
+    from genloom.audio.data import AudioData
+    from genloom.audio.eval import audio_classifier
 
     report_file = args.out / "audio.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}

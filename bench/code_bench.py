@@ -34,8 +34,8 @@ def bytes_per_token(tokenizer, texts: list[str]) -> float:
 
 
 def tokenizers() -> dict:
-    from genloom.data.code import code_files, is_validation, train_code_tokenizer
-    from genloom.data.sources import open_text_source
+    from genloom.code.data import code_files, is_validation, train_code_tokenizer
+    from genloom.core.sources import open_text_source
 
     files = code_files("builtin:stdlib", (".py",))
     code_train = [t for r, t in files if not is_validation(r, 0.05)]
@@ -55,7 +55,7 @@ def tokenizers() -> dict:
 
 
 def sandbox(n: int = 400) -> dict:
-    from genloom.eval.sandbox import run_many
+    from genloom.code.sandbox import run_many
 
     programs = [f"def f(x):\n    return x + {i}\nassert f(1) == {i + 1}\n" for i in range(n)]
     started = time.perf_counter()

@@ -53,7 +53,7 @@ def main() -> None:
 
     # -- LoRA against full fine-tuning --------------------------------------------------------------
     handle = genloom.load(base)
-    from genloom.config import load_recipe
+    from genloom.core.config import load_recipe
     task = load_recipe("shakespeare-char-lora", base=base)
     before = handle.evaluate(task.data.path, progress=False)
     results["task"] = {"data": task.data.path, "base_val_loss": before.nats_per_token}

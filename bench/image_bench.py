@@ -50,7 +50,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     from genloom import load
-    from genloom.processes.samplers import SAMPLERS, function_evaluations
+    from genloom.diffusion.samplers import SAMPLERS, function_evaluations
 
     results: dict = {"machine": [{"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                                   "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}]}

@@ -41,9 +41,10 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=30)
     args = parser.parse_args()
 
+    from test_serve import Server
+
     from genloom import api, load
     from genloom.serve.app import Limits
-    from test_serve import Server
 
     checkpoint = args.checkpoint
     if checkpoint is None:

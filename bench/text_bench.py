@@ -63,7 +63,7 @@ def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
 
 def plain_loop_tokens_per_second(model_config, batch: int, steps: int) -> float:
     """The way nanoGPT trains on a CPU: eager fp32, torch.optim.AdamW, no compile."""
-    from genloom.models.transformer import Transformer
+    from genloom.lm.transformer import Transformer
 
     torch.manual_seed(0)
     model = Transformer(model_config)
@@ -96,13 +96,13 @@ def genloom_tokens_per_second(overrides: list[str], steps: int, out: Path) -> tu
         f"data.path={TINY_SHAKESPEARE}", f"train.max_steps={steps}", f"train.log_interval={window}",
         f"train.eval_interval={steps * 10}", "train.sample_length=0", "train.progress=false", *overrides])
     rows = [r for r in MetricsLog.read(out / "metrics.csv") if r["tokens_per_s"]]
-    from genloom.config import RunConfig
+    from genloom.core.config import RunConfig
     config = RunConfig.from_json_file(out / "config.json")
     return statistics.median(float(r["tokens_per_s"]) for r in rows[1:]), config
 
 
 def bench_training(peaks: dict, work: Path) -> list[dict]:
-    from genloom.models.transformer import Transformer
+    from genloom.lm.transformer import Transformer
 
     cases = [
         ("quickstart model (shakespeare-char)", [], 120),
@@ -192,9 +192,9 @@ def _time_tokens(fn, tokens: int) -> float:
 def bench_decoding(bandwidth: float, quickstart_checkpoint: Path | None, new_tokens: int = 256) -> list[dict]:
     import transformers
 
-    from genloom.generate.text import Sampling, generate_tokens
-    from genloom.models.hf import from_hf, to_hf
-    from genloom.models.transformer import Transformer
+    from genloom.lm.decoding import Sampling, generate_tokens
+    from genloom.lm.hf import from_hf, to_hf
+    from genloom.lm.transformer import Transformer
 
     transformers.logging.set_verbosity_error()
     pairs = []

@@ -15,7 +15,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from .errors import GenloomError
+from .core.errors import GenloomError
 from .serve.limits import Limits
 
 _LIMITS = Limits()          # the defaults of `genloom serve`'s limit flags
@@ -120,7 +120,7 @@ def quickstart(
 @_friendly
 def recipes() -> None:
     """List the built-in recipes (use a name, or a path to your own .toml file, with `genloom train`)."""
-    from .config import builtin_recipes
+    from .core.config import builtin_recipes
 
     items = builtin_recipes()
     width = max(map(len, items))
@@ -351,7 +351,7 @@ def generate_image(
     """Draw images with a diffusion model, a text-to-image model or a GAN; writes OUT/LABEL_SEED.png (or
     OUT/PROMPT_SEED.png) for each sample and OUT/grid.png."""
     from . import api
-    from .data.image_io import save_image_grid, to_pil_image
+    from .media.image import save_image_grid, to_pil_image
 
     model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
     if not isinstance(model, api.ImageModel):
@@ -423,7 +423,7 @@ def generate_variations(
 ) -> None:
     """Walk the latent space of a GAN from one seed to another: an animated GIF of smooth variations."""
     from . import api
-    from .data.image_io import save_gif, save_image_grid
+    from .media.image import save_gif, save_image_grid
 
     model = api.load(checkpoint, device=device)
     if not isinstance(model, api.GANModel):
@@ -495,11 +495,10 @@ def evaluate(
     GenEval-style shares of images whose every prompted attribute is right, per prompt set (single
     objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
     from . import api
-
-    from .api_audio import AudioModel
-    from .api_code import CodeModel
-    from .api_music import MusicModel
-    from .api_video import VideoModel
+    from .audio.handle import AudioModel
+    from .code.handle import CodeModel
+    from .music.handle import MusicModel
+    from .video.handle import VideoModel
 
     model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
     if task == "safety" and isinstance(model, api.TextModel):
@@ -612,7 +611,7 @@ def convert_import(
     out: Annotated[Path, typer.Option("--out", help="The genloom checkpoint directory to write.")],
 ) -> None:
     """Import a Hugging Face model so that genloom can generate with it, evaluate it and fine-tune it."""
-    from .interop import import_hf
+    from .text.convert import import_hf
 
     typer.echo(f"genloom: wrote {import_hf(hf, out)}", err=True)
 
@@ -625,7 +624,7 @@ def convert_export(
                                       "model.safetensors, tokenizer.json).")],
 ) -> None:
     """Export a genloom text model in Hugging Face format (loads with transformers' from_pretrained)."""
-    from .interop import export_hf
+    from .text.convert import export_hf
 
     typer.echo(f"genloom: wrote {export_hf(checkpoint, out)}", err=True)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from .cli import _friendly, generate_app
-from .errors import GenloomError
+from .core.errors import GenloomError
 
 
 @generate_app.command("code")
@@ -43,7 +43,7 @@ def generate_code(
     """Continue Python code (--prompt) or fill in a gap (--prefix and --suffix) with a code model, printing
     the prompt followed by its completion (for a gap: prefix, middle, suffix)."""
     from . import api
-    from .api_code import STOP_RULES, CodeModel
+    from .code.handle import STOP_RULES, CodeModel
 
     infilling = prefix is not None or suffix is not None
     if infilling and prompt is not None:
@@ -111,7 +111,7 @@ def generate_music(
     """Compose new pieces, continue an opening (--opening) or harmonise a melody (--melody) with a music
     model, writing MIDI, MusicXML, WAV and a piano-roll PNG for each."""
     from . import api
-    from .api_music import MusicModel
+    from .music.handle import MusicModel
 
     if opening and melody:
         raise GenloomError("give --opening (continue a piece) or --melody (harmonise it), not both")
@@ -170,7 +170,8 @@ def generate_video(
     """Generate short clips from a prompt, extend footage (--init-video with --context-frames), or make the frames
     between two given ones (--init-video and --end-video)."""
     from . import api
-    from .api_video import VideoModel, save_clip
+    from .media.video import save_clip
+    from .video.handle import VideoModel
 
     model = api.load(checkpoint, device=device)
     if not isinstance(model, VideoModel):
@@ -222,7 +223,7 @@ def generate_audio(
 ) -> None:
     """Generate spoken words or sound effects from a prompt, optionally in the voice of a reference clip."""
     from . import api
-    from .api_audio import AudioModel, save_sound
+    from .audio.handle import AudioModel, save_sound
 
     model = api.load(checkpoint, device=device)
     if not isinstance(model, AudioModel):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genloom.data.sources import markdown_play_to_text, shakespeare_plays
+from genloom.core.sources import markdown_play_to_text, shakespeare_plays
 
 TINY = [
     "model.block_size=32", "model.n_layer=2", "model.n_head=2", "model.d_model=32",

@@ -12,15 +12,29 @@ import torch
 from typer.testing import CliRunner
 
 import genloom
+from genloom.audio.data import (
+    REGISTERS,
+    SOUND_KINDS,
+    AudioData,
+    AudioDataConfig,
+    espeak_voices,
+    parse_audio_prompt,
+    speak,
+    synth_sound,
+)
+from genloom.audio.mel import MelSpectrogram, griffin_lim, mel_filters
+from genloom.audio.objective import _WithVector
+from genloom.audio.speaker import ge2e_loss, train_speaker_encoder
+from genloom.audio.vocoder import (
+    MelVocoder,
+    cached_vocoder,
+    spectral_loss,
+    train_vocoder,
+)
 from genloom.cli import app
-from genloom.data.audio import (REGISTERS, SOUND_KINDS, AudioData, AudioDataConfig, MelSpectrogram, check_clip,
-                                espeak_voices, griffin_lim, mel_filters, parse_audio_prompt, read_audio, speak,
-                                synth_sound, write_wav)
-from genloom.errors import DataError
-from genloom.models.dit import DiT, DiTConfig
-from genloom.models.speaker import ge2e_loss, train_speaker_encoder
-from genloom.models.vocoder import MelVocoder, cached_vocoder, spectral_loss, train_vocoder
-from genloom.objectives.audio import _WithVector
+from genloom.core.errors import DataError
+from genloom.diffusion.dit import DiT, DiTConfig
+from genloom.media.audio import check_clip, read_audio, write_wav
 from genloom.nn.conditioning import ConditionEmbedding
 
 espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")

@@ -1,7 +1,6 @@
 """The command line as a user meets it: clear errors, streaming generation, evaluation."""
 
 import pytest
-
 from conftest import run_cli, tiny
 
 

@@ -8,20 +8,40 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import tiny
 from typer.testing import CliRunner
 
 import genloom
 from genloom.cli import app
-from genloom.data.code import (FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, CodeData, CodeDataConfig, code_files, fim_tokens,
-                               is_validation, pieces, train_code_tokenizer)
-from genloom.data.tokenizers import END_OF_TEXT
-from genloom.errors import DataError, GenloomError
-from genloom.eval.code import builtin_tasks_path, function_prompts, infill_cases, resolve_tasks
-from genloom.eval.passk import task_program
-from genloom.eval.sandbox import run_many
-from genloom.generate.code import BlockEnd, LineEnd, allowed_first, code_prompt_ids, infill_prompt_ids
-
-from conftest import tiny
+from genloom.code.data import (
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    CodeData,
+    CodeDataConfig,
+    code_files,
+    fim_tokens,
+    is_validation,
+    pieces,
+    train_code_tokenizer,
+)
+from genloom.code.eval import (
+    builtin_tasks_path,
+    function_prompts,
+    infill_cases,
+    resolve_tasks,
+)
+from genloom.code.generate import (
+    BlockEnd,
+    LineEnd,
+    allowed_first,
+    code_prompt_ids,
+    infill_prompt_ids,
+)
+from genloom.code.passk import task_program
+from genloom.code.sandbox import run_many
+from genloom.core.errors import DataError, GenloomError
+from genloom.lm.tokenizers import END_OF_TEXT
 
 SOURCE = '''"""A small module."""
 
@@ -307,7 +327,7 @@ def test_generate_code_refuses_a_text_model_and_unknown_stop_rules(tmp_path, cor
     result = runner.invoke(app, ["generate", "code", "--checkpoint", str(tmp_path / "text"), "--prompt", "x"])
     assert result.exit_code != 0 and "not a code model" in result.output
     with pytest.raises(GenloomError, match="stop_at='sentence'"):
-        genloom.api_code._rule("sentence")
+        genloom.code.handle._rule("sentence")
 
 
 def test_a_code_folder_too_small_for_both_splits_says_so(tmp_path):

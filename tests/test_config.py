@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 
 import genloom
-from genloom.config import RunConfig, TrainConfig, builtin_recipes, load_recipe, parse_override
-from genloom.errors import ConfigError
+from genloom.core.config import (
+    RunConfig,
+    TrainConfig,
+    builtin_recipes,
+    load_recipe,
+    parse_override,
+)
+from genloom.core.errors import ConfigError
 
 
 def test_builtin_recipe_loads_and_round_trips_through_json():

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from genloom.data.sources import markdown_play_to_text, open_text_source
-from genloom.data.text import TextData, TextDataConfig
-from genloom.data.tokenizers import TextTokenizer
-from genloom.errors import DataError
+from genloom.core.errors import DataError
+from genloom.core.sources import markdown_play_to_text, open_text_source
+from genloom.lm.tokenizers import TextTokenizer
+from genloom.text.data import TextData, TextDataConfig
 
 
 def test_markdown_play_becomes_plain_play_text():

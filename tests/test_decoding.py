@@ -5,9 +5,15 @@ import math
 
 import torch
 
-from genloom.generate.search import beam_search, speculative_tokens
-from genloom.generate.text import Sampling, StopMatcher, generate_tokens, process_logits, sample_next
-from genloom.models.transformer import Transformer, TransformerConfig
+from genloom.lm.decoding import (
+    Sampling,
+    StopMatcher,
+    generate_tokens,
+    process_logits,
+    sample_next,
+)
+from genloom.lm.search import beam_search, speculative_tokens
+from genloom.lm.transformer import Transformer, TransformerConfig
 
 
 def kept(logits):
@@ -80,7 +86,7 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_alone():
     """Continuous batching: rows join at different steps and finish at different lengths; each row's tokens and
     log-probabilities are those it gets decoded alone, even after the rows that set the cache's length have
     left (their padding must go with them, or the cache fills up before any row's text reaches the context)."""
-    from genloom.generate.batching import ContinuousBatch, Sequence
+    from genloom.lm.batching import ContinuousBatch, Sequence
 
     model = _peaked_model(block_size=32)
     plan = [([3, 4, 5], 0, 20), ([7, 8], 4, 26), ([1, 2, 3, 4, 5, 6], 9, 20), ([9], 14, 30)]  # prompt, join, length

@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from genloom import api, load
-from genloom.errors import GenloomError
-from genloom.generate.image import guided_denoiser
-from genloom.models.dit import DiT, DiTConfig
-from genloom.models.unet import UNet, UNetConfig
-from genloom.train import checkpoint as ckpt
+from genloom.core import io as ckpt
+from genloom.core.errors import GenloomError
+from genloom.diffusion.dit import DiT, DiTConfig
+from genloom.diffusion.sampling import guided_denoiser
+from genloom.diffusion.unet import UNet, UNetConfig
 from genloom.train.metrics import MetricsLog
 
 pytest.importorskip("sklearn")

@@ -8,18 +8,30 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_cli, tiny
 from safetensors.torch import load_file, save_file
 
 import genloom
 from genloom import api
-from genloom.data.chat import ChatData, ChatDataConfig, ChatTemplate, IGNORE, PreferenceData, PreferenceDataConfig
-from genloom.data.safety import (ANSWERS, REFUSALS, is_refusal, safety_conversations, safety_eval_prompts)
-from genloom.errors import CheckpointError, ConfigError, DataError
-from genloom.models.transformer import Transformer, TransformerConfig
+from genloom.core.errors import CheckpointError, ConfigError, DataError
+from genloom.lm.dpo import dpo_loss, sequence_logprobs
+from genloom.lm.transformer import Transformer, TransformerConfig
 from genloom.nn.lora import add_adapter, merge_adapter, use_adapter
-from genloom.objectives.dpo import dpo_loss, sequence_logprobs
-
-from conftest import run_cli, tiny
+from genloom.text.chat import (
+    IGNORE,
+    ChatData,
+    ChatDataConfig,
+    ChatTemplate,
+    PreferenceData,
+    PreferenceDataConfig,
+)
+from genloom.text.safety import (
+    ANSWERS,
+    REFUSALS,
+    is_refusal,
+    safety_conversations,
+    safety_eval_prompts,
+)
 
 FT = ["train.batch_size=8", "train.warmup_steps=2", "train.eval_interval=5", "train.eval_batches=2",
       "train.log_interval=1", "train.sample_length=10", "train.precision=fp32", "train.progress=false",
@@ -359,7 +371,7 @@ def test_a_new_word_and_adapter_teach_a_concept_and_leave_the_base_alone(tmp_pat
     folded = genloom.load(merged)
     assert torch.allclose(folded.generate(prompt, steps=2, seed=0), personal.generate(prompt, steps=2, seed=0),
                           atol=1e-4)
-    from genloom.data.captions import load_caption_tokenizer
+    from genloom.text_to_image.data import load_caption_tokenizer
     with pytest.raises(DataError, match="already a word the model knows"):
         load_caption_tokenizer(base).with_words(["red"])
 

@@ -5,12 +5,17 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from genloom import api, load
-from genloom.models.gan import GAN, GANConfig
-from genloom.objectives.gan import GANObjective, GANObjectiveConfig, class_coverage, diff_augment
-from genloom.train import checkpoint as ckpt
+from genloom.core import io as ckpt
+from genloom.gan.model import GAN, GANConfig
+from genloom.gan.objective import (
+    GANObjective,
+    GANObjectiveConfig,
+    class_coverage,
+    diff_augment,
+)
 
 pytest.importorskip("sklearn")
 
@@ -151,7 +156,7 @@ def test_run_folder_grid_coverage_and_eval_loss(gan_run):
 
 
 def test_two_time_scale_learning_rates(tmp_path):
-    from genloom.config import load_recipe
+    from genloom.core.config import load_recipe
     from genloom.train.trainer import Trainer
 
     config = load_recipe("digits-gan", TINY_GAN + ["objective.discriminator_lr_scale=4", "train.lr=1e-4"])
@@ -292,7 +297,7 @@ def test_minibatch_std_lets_the_discriminator_see_variety_within_groups_only():
 
 
 def test_class_diversity_is_the_mean_pairwise_distance():
-    from genloom.objectives.gan import class_diversity
+    from genloom.gan.objective import class_diversity
 
     features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
     classes = torch.tensor([0, 0, 1, 1, 2])
@@ -300,7 +305,7 @@ def test_class_diversity_is_the_mean_pairwise_distance():
 
 
 def test_the_watch_flags_a_generator_that_draws_one_image_per_class(gan_run, tmp_path, caplog):
-    from genloom.data.images import ImageData
+    from genloom.images.data import ImageData
 
     model = load(gan_run)
     data = ImageData(model.config.data)

@@ -5,8 +5,9 @@ import pytest
 
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
-    from genloom import api, load
     from conftest import tiny
+
+    from genloom import api, load
 
     out = tmp_path_factory.mktemp("gen") / "run"
     api.train("shakespeare-char", out=out, overrides=tiny(corpus))

@@ -6,10 +6,18 @@ import pytest
 import torch
 from PIL import Image
 
-from genloom import registry
-from genloom.data.images import (GLYPH_CHARACTERS, ImageData, ImageDataConfig, glyph_caption, load_labels,
-                                 render_glyphs, save_image_grid, save_images)
-from genloom.errors import ConfigError, DataError
+from genloom.core import registry
+from genloom.core.errors import ConfigError, DataError
+from genloom.images.data import (
+    GLYPH_CHARACTERS,
+    ImageData,
+    ImageDataConfig,
+    glyph_caption,
+    load_labels,
+    render_glyphs,
+    save_image_grid,
+    save_images,
+)
 
 
 def _write(path, size=(8, 8), mode="RGB", colour=(200, 30, 30), pattern=False):
@@ -132,7 +140,7 @@ def test_corrupt_file_skipped_with_one_warning(tmp_path, caplog):
     (tmp_path / "ok" / "broken.png").write_bytes(b"not a png at all")
     truncated = (tmp_path / "ok" / "0.png").read_bytes()
     (tmp_path / "ok" / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
-    with caplog.at_level(logging.WARNING, logger="genloom.data.images"):
+    with caplog.at_level(logging.WARNING, logger="genloom.images.data"):
         data = _data(tmp_path)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

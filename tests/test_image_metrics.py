@@ -11,12 +11,22 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import genloom.eval.image as image_eval
-from genloom.errors import CheckpointError, GenloomError
-from genloom.eval.image import (FeatureClassifier, FeatureClassifierConfig, class_accuracy, evaluate_images,
-                                feature_classifier, frechet_distance, kernel_inception_distance, precision_recall,
-                                train_feature_classifier)
-from genloom.eval.inception import InceptionFeatures, load_inception
+import genloom.images.eval as image_eval
+from genloom.core.errors import CheckpointError, GenloomError
+from genloom.images.eval import (
+    FeatureClassifier,
+    FeatureClassifierConfig,
+    class_accuracy,
+    evaluate_images,
+    feature_classifier,
+    train_feature_classifier,
+)
+from genloom.images.inception import InceptionFeatures, load_inception
+from genloom.metrics import (
+    frechet_distance,
+    kernel_inception_distance,
+    precision_recall,
+)
 
 
 def gaussian(n: int, mean, std, seed: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli, tiny
+
 from genloom import api, load
 
 transformers = pytest.importorskip("transformers")

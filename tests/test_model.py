@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from genloom.generate.text import Sampling, generate_tokens
-from genloom.models.hf import from_hf, to_hf
-from genloom.models.transformer import Transformer, TransformerConfig
+from genloom.lm.decoding import Sampling, generate_tokens
+from genloom.lm.hf import from_hf, to_hf
+from genloom.lm.transformer import Transformer, TransformerConfig
 
 transformers = pytest.importorskip("transformers")
 

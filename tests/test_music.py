@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 import genloom
 from genloom.cli import app
-from genloom.data.music import (TOKEN_ID, VOCAB, Note, Piece, decode, encode, parse_music_file, score_to_piece)
-from genloom.errors import DataError, GenloomError
-from genloom.eval.music import music_stats, pitch_class_distance
-from genloom.generate.music import piano_roll, synthesize, to_music21, write_piece
+from genloom.core.errors import DataError, GenloomError
+from genloom.music.data import parse_music_file, score_to_piece
+from genloom.music.eval import music_stats, pitch_class_distance
+from genloom.music.generate import piano_roll, synthesize, to_music21, write_piece
+from genloom.music.tokens import TOKEN_ID, VOCAB, Note, Piece, decode, encode
 
 music21 = pytest.importorskip("music21")
 
@@ -195,7 +196,7 @@ def test_fluidsynth_renders_when_installed(tmp_path):
     import shutil
     import wave
 
-    from genloom.generate.music import find_soundfont, render_wav
+    from genloom.music.generate import find_soundfont, render_wav
 
     if not shutil.which("fluidsynth") or find_soundfont() is None:
         with pytest.raises(GenloomError, match="apt-get install fluidsynth"):

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from genloom.config import TrainConfig
-from genloom.models.transformer import Transformer, TransformerConfig
+from genloom.core.config import TrainConfig
+from genloom.lm.transformer import Transformer, TransformerConfig
 from genloom.train.optim import Muon, build_optimizer, orthogonalize
 
 

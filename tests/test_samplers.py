@@ -5,9 +5,15 @@ import itertools
 import pytest
 import torch
 
-from genloom.errors import ConfigError
-from genloom.processes.samplers import SAMPLERS, function_evaluations, karras_sigmas, sample, timesteps_for
-from genloom.processes.schedules import NoiseSchedule
+from genloom.core.errors import ConfigError
+from genloom.diffusion.samplers import (
+    SAMPLERS,
+    function_evaluations,
+    karras_sigmas,
+    sample,
+    timesteps_for,
+)
+from genloom.diffusion.schedules import NoiseSchedule
 
 # diffusers' schedulers call np.array on tensors in a way NumPy 2 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

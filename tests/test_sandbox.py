@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from genloom.eval.sandbox import SandboxLimits, run_many, run_sandboxed
+from genloom.code.sandbox import SandboxLimits, run_many, run_sandboxed
 
 
 def test_passing_and_failing_samples_are_told_apart():
@@ -71,8 +71,8 @@ def test_pass_at_k_matches_hand_computed_values(tmp_path):
 
     import pytest
 
-    from genloom.errors import DataError
-    from genloom.eval.passk import CodeTask, pass_at_k, read_tasks, task_program
+    from genloom.code.passk import CodeTask, pass_at_k, read_tasks, task_program
+    from genloom.core.errors import DataError
 
     assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
     assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)                  # 1 - C(3,2)/C(5,2)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from genloom.errors import ConfigError
-from genloom.processes.schedules import NoiseSchedule, split_prediction
+from genloom.core.errors import ConfigError
+from genloom.diffusion.schedules import NoiseSchedule, split_prediction
 
 DIFFUSERS_BETA_SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny
+
 from genloom import api, load
 
 pytest.importorskip("fastapi")
@@ -23,7 +23,7 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from genloom.serve.app import Limits, create_app  # noqa: E402
+from genloom.serve.app import Limits, create_app
 
 ARTIFACTS = Path(os.environ.get("GENLOOM_TEST_ARTIFACTS", "test-artifacts"))
 

@@ -7,19 +7,35 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from genloom import api, load
-from genloom.data.captions import EMPTY, UNK, CaptionedImageData, CaptionedImageDataConfig, CaptionTokenizer
-from genloom.data.scenes import (IDENTITIES, OBJECT_COLOURS, Scene, SceneObject, caption_scene, held_out_colour,
-                                 is_held_out, parse_caption, random_scenes, render_scene)
-from genloom.errors import ConfigError, DataError, GenloomError
-from genloom.eval.scenes import ATTRIBUTES, _targets, prompt_sets, score_scenes
-from genloom.generate.image import generate_images, guided_denoiser
-from genloom.models.dit import DiT, DiTConfig
-from genloom.models.unet import UNet, UNetConfig
-from genloom.objectives.diffusion import DiffusionConfig, DiffusionObjective
+from genloom.core.errors import ConfigError, DataError, GenloomError
+from genloom.diffusion.dit import DiT, DiTConfig
+from genloom.diffusion.objective import DiffusionConfig, DiffusionObjective
+from genloom.diffusion.sampling import generate_images, guided_denoiser
+from genloom.diffusion.unet import UNet, UNetConfig
+from genloom.text_to_image.data import (
+    EMPTY,
+    UNK,
+    CaptionedImageData,
+    CaptionedImageDataConfig,
+    CaptionTokenizer,
+)
+from genloom.text_to_image.eval import ATTRIBUTES, _targets, prompt_sets, score_scenes
+from genloom.text_to_image.scenes import (
+    IDENTITIES,
+    OBJECT_COLOURS,
+    Scene,
+    SceneObject,
+    caption_scene,
+    held_out_colour,
+    is_held_out,
+    parse_caption,
+    random_scenes,
+    render_scene,
+)
 
 TINY_T2I = [
     "data.scenes_count=400", "data.caption_variants=2", "model.base_channels=16", "model.channel_mults=1,2",

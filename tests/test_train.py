@@ -8,11 +8,11 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli, tiny
+
 from genloom import api, load
-from genloom.errors import CheckpointError, ConfigError, TrainingError
-from genloom.objectives.lm import LanguageModelObjective
+from genloom.core.errors import CheckpointError, ConfigError, TrainingError
+from genloom.lm.objective import LanguageModelObjective
 from genloom.train.metrics import MetricsLog
 
 
@@ -166,7 +166,7 @@ def test_broken_checkpoints_are_named(corpus, tmp_path):
 
 
 def test_interrupted_commit_keeps_previous_or_finishes(tmp_path):
-    from genloom.train import checkpoint as ckpt
+    from genloom.core import io as ckpt
 
     (tmp_path / "a.txt").write_text("old")
     ckpt.commit(tmp_path, {"a.txt": lambda p: p.write_text("new")})

@@ -10,13 +10,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import genloom
-from genloom.api_video import save_clip
 from genloom.cli import app
-from genloom.data.video import (DIRECTION_NAMES, DIRECTIONS, _digit_images, moving_digits, moving_glyphs,
-                                parse_video_prompt, read_clip)
-from genloom.errors import DataError, GenloomError
-from genloom.eval.video import motion_directions
-from genloom.models.video import VideoDiT, VideoDiTConfig
+from genloom.core.errors import DataError, GenloomError
+from genloom.media.video import read_clip, save_clip
+from genloom.video.data import (
+    DIRECTION_NAMES,
+    DIRECTIONS,
+    _digit_images,
+    moving_digits,
+    moving_glyphs,
+    parse_video_prompt,
+)
+from genloom.video.eval import motion_directions
+from genloom.video.model import VideoDiT, VideoDiTConfig
 
 
 def test_moving_digits_stay_in_frame_and_move_as_labelled():
@@ -39,7 +45,7 @@ def test_moving_digits_stay_in_frame_and_move_as_labelled():
 
 
 def test_moving_glyphs_move_turn_and_resize_as_labelled():
-    from genloom.data.images import GLYPH_CHARACTERS
+    from genloom.images.data import GLYPH_CHARACTERS
 
     clips, classes, attributes = moving_glyphs(60, 8, 32, seed=4)
     assert clips.shape == (60, 8, 32, 32, 3)

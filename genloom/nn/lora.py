@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 __all__ = ["LoRALinear", "LoRAConv2d", "add_adapter", "use_adapter", "route_rows", "adapters_off", "adapter_names",
            "adapter_tensors", "load_adapter_tensors", "merge_adapter", "lora_modules", "weights_fingerprint"]

@@ -43,7 +43,7 @@ class Int8Linear(nn.Module):
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear (and a tied output head) of an eval-mode model by int8 weights, in place."""
     if not int8_available():
-        from ..errors import GenloomError
+        from ..core.errors import GenloomError
         raise GenloomError(f"int8 decoding needs torch._weight_int8pack_mm, which torch {torch.__version__} lacks")
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):

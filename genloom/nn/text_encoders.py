@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import GenloomError
+from ..core.errors import GenloomError
 from .attention import SelfAttention
 
 __all__ = ["JointTextEncoder", "MiniLMTextEncoder", "minilm_dir", "masked_mean"]
@@ -122,6 +122,6 @@ def grow_vocabulary(model: nn.Module, new_rows: int) -> str:
         if isinstance(module, JointTextEncoder):
             module.embed = GrownEmbedding(module.embed, new_rows)
             return f"{name}.embed.extra"
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
     raise ConfigError("finetune.new_words needs a text-to-image model with the jointly trained text encoder "
                       "(model.text_encoder = \"joint\"); a MiniLM model already reads new words")

@@ -14,7 +14,7 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
     as the model "NAME:ADAPTER" (one base model in memory, any number of small adapters).
     """
     from .. import api
-    from ..errors import GenloomError
+    from ..core.errors import GenloomError
 
     paths: dict[str, Path] = {}
     for spec in specs:

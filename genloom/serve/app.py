@@ -20,13 +20,18 @@ from typing import Any, Literal, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    StreamingResponse,
+)
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import api
-from ..errors import GenloomError
-from ..generate.text import Sampling, encode_prompt
+from ..core.errors import GenloomError
+from ..lm.decoding import Sampling, encode_prompt
 from .limits import Limits
 from .metrics import Metrics
 from .workers import ImageJob, ImageWorker, QueueFull, TextJob, TextWorker
@@ -160,7 +165,7 @@ class Served:
 
 
 def _png_base64(image) -> str:
-    from ..data.image_io import to_pil_image
+    from ..media.image import to_pil_image
 
     buffer = io.BytesIO()
     to_pil_image(image, max(1, 64 // image.shape[-1])).save(buffer, format="PNG")

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..generate.batching import ContinuousBatch, Sequence
-from ..generate.text import Sampling, StopMatcher, TextStream
+from ..lm.batching import ContinuousBatch, Sequence
+from ..lm.decoding import Sampling, StopMatcher, TextStream
 
 __all__ = ["QueueFull", "TextJob", "ImageJob", "TextWorker", "ImageWorker"]
 

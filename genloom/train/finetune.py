@@ -16,14 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import read_json
-from ..errors import CheckpointError, ConfigError, GenloomError
-from ..nn.lora import (add_adapter, adapter_tensors, load_adapter_tensors, use_adapter, weights_fingerprint)
-from . import checkpoint as ckpt
+from ..core import io as ckpt
+from ..core.config import read_json
+from ..core.errors import CheckpointError, ConfigError
+from ..nn.lora import (
+    adapter_tensors,
+    add_adapter,
+    load_adapter_tensors,
+    use_adapter,
+    weights_fingerprint,
+)
 
-__all__ = ["ADAPTER_FILE", "ADAPTER_JSON", "ADAPTER_FORMAT", "TRAINING_ADAPTER", "base_weights_file",
-           "start_from_base", "adapter_payload", "adapter_metadata", "read_adapter", "attach_adapter",
-           "is_adapter_dir", "copy_assets", "AdapterChoice", "fold_new_words", "ASSET_FILES"]
+__all__ = ["ADAPTER_FILE", "ADAPTER_JSON", "ADAPTER_FORMAT", "TRAINING_ADAPTER", "base_weights_file", "start_from_base", "adapter_payload", "adapter_metadata", "read_adapter", "attach_adapter", "is_adapter_dir", "copy_assets", "fold_new_words", "ASSET_FILES"]
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_JSON = "adapter.json"
@@ -33,19 +37,6 @@ TRAINING_ADAPTER = "default"        # the adapter's name inside the model while 
 ASSET_FILES = ("tokenizer.json", "caption_tokenizer.json", "labels.json", "chat_template.json")
 
 
-class AdapterChoice:
-    """LoRA adapters loaded on a handle's model (`genloom.load(..., adapters=...)`) and the one in use."""
-
-    adapters: list[str] = []          # names of the loaded adapters (set by `load`)
-    adapter: str | None = None        # the one applied by default (None: the base model)
-
-    def use_adapter(self, name: str | None) -> None:
-        """Apply the loaded adapter `name` to later generations (None: the base model alone)."""
-        if name is not None and name not in self.adapters:
-            raise GenloomError(f"no adapter named {name!r} is loaded with {self.path} "
-                               f"(loaded: {', '.join(self.adapters) or 'none'})")
-        use_adapter(self.model, name)
-        self.adapter = name
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -210,8 +201,8 @@ def data_assets(base: Path, data_config, finetune=None) -> dict[str, Any]:
     base = Path(base)
     kind = getattr(data_config, "kind", "")
     if kind in ("text", "chat", "preference"):
-        from ..data.chat import ChatTemplate
-        from ..data.tokenizers import TextTokenizer
+        from ..lm.tokenizers import TextTokenizer
+        from ..text.chat import ChatTemplate
 
         if not (base / "tokenizer.json").is_file():
             raise CheckpointError(f"finetune.base: {base} has no tokenizer.json, so it is not a text model and cannot "
@@ -221,7 +212,7 @@ def data_assets(base: Path, data_config, finetune=None) -> dict[str, Any]:
             assets["template"] = ChatTemplate.find(base)     # a model tuned before keeps its template
         return assets
     if kind == "captioned_images":
-        from ..data.captions import load_caption_tokenizer
+        from ..text_to_image.data import load_caption_tokenizer
 
         tokenizer = load_caption_tokenizer(base)
         if finetune is not None and finetune.new_words:

@@ -9,11 +9,12 @@ output head, norms and biases keep AdamW.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Muon", "orthogonalize", "build_optimizer", "parameter_groups"]
+__all__ = ["Muon", "orthogonalize", "build_optimizer", "parameter_groups", "optimizer_to_tensors", "optimizer_from_tensors"]
 
 # Quintic Newton-Schulz coefficients chosen by Jordan et al. to push all singular values towards 1
 # quickly (they land in roughly [0.7, 1.2], which is enough for an update direction).
@@ -138,3 +139,29 @@ def build_optimizer(model: nn.Module, params: list[nn.Parameter], cfg) -> torch.
 
 def _nonempty(groups: list[dict]) -> list[dict]:
     return [g for g in groups if g["params"]]
+
+
+# -- optimizer state <-> (tensors, JSON), for checkpoints ------------------------------------------
+
+def optimizer_to_tensors(state: dict, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split `optimizer.state_dict()` into safetensors-ready tensors and JSON-ready values."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for param_id, param_state in state["state"].items():
+        for name, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{param_id}.{name}"] = value
+            else:
+                plain.setdefault(str(param_id), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict, prefix: str) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            param_id, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(param_id), {})[name] = value
+    for param_id, values in meta["plain_state"].items():
+        state.setdefault(int(param_id), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}

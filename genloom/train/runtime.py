@@ -85,7 +85,7 @@ def setup_runtime(device: str = "auto") -> Runtime:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
             raise ConfigError(f"train.device={device}: CUDA is not available on this machine; use cpu or auto")
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -23,14 +23,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .. import registry
-from ..config import RunConfig
-from ..errors import CheckpointError, ConfigError, TrainingError
-from . import checkpoint as ckpt
+from ..core import io as ckpt
+from ..core import registry
+from ..core.config import RunConfig
+from ..core.errors import CheckpointError, ConfigError, TrainingError
 from .ema import EMA
-from .finetune import ADAPTER_FILE, ADAPTER_JSON, adapter_metadata, adapter_payload, start_from_base
+from .finetune import (
+    ADAPTER_FILE,
+    ADAPTER_JSON,
+    adapter_metadata,
+    adapter_payload,
+    start_from_base,
+)
 from .metrics import MetricsLog, plot_losses
-from .optim import build_optimizer
+from .optim import build_optimizer, optimizer_from_tensors, optimizer_to_tensors
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
 
 __all__ = ["Trainer", "TrainResult", "lr_factor", "resolve_config"]
@@ -183,7 +189,7 @@ class Trainer:
                 tensors[f"rng.torch.{rank}"] = state
             optimizer_meta = {}
             for phase, optimizer in self.optimizers.items():
-                opt_tensors, optimizer_meta[phase] = ckpt.optimizer_to_tensors(optimizer.state_dict(), f"optimizer.{phase}")
+                opt_tensors, optimizer_meta[phase] = optimizer_to_tensors(optimizer.state_dict(), f"optimizer.{phase}")
                 tensors.update(opt_tensors)
             state = {"step": step, "tokens": tokens, "elapsed": elapsed, "world_size": rt.world_size,
                      "optimizers": optimizer_meta, "precision": str(self.dtype)}
@@ -222,7 +228,7 @@ class Trainer:
         tensors = ckpt.load_tensors(self.out_dir / ckpt.STATE_FILE)
         state = json.loads((self.out_dir / ckpt.STATE_JSON).read_text())
         for phase, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, state["optimizers"][phase], f"optimizer.{phase}"))
+            optimizer.load_state_dict(optimizer_from_tensors(tensors, state["optimizers"][phase], f"optimizer.{phase}"))
         data_rng.set_state(tensors["rng.data"])
         own = tensors.get(f"rng.torch.{rt.rank}")
         if own is not None:

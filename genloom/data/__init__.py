@@ -1,1 +1,0 @@
-"""Data sources, tokenizers and batching, per kind of content."""

@@ -1,1 +1,0 @@
-"""Sampling from trained models."""

@@ -1,0 +1,241 @@
+"""The Python API's handles for image models: diffusion (ImageModel), text-to-image (TextToImageModel) and
+GANs (GANModel). `genloom.load` returns them; `genloom.api` re-exports them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from ..core.config import RunConfig
+from ..core.errors import GenloomError
+from ..handle import AdapterChoice, Seeded
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .eval import ImageEvalResult
+
+__all__ = ["ImageModel", "GANModel"]
+
+
+class ImageModel(AdapterChoice, Seeded):
+    """A trained diffusion model: images of a class (or of anything), by any sampler, from a seed."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
+        self.path, self.config, self.model, self.labels = path, config, model, labels
+        self.schedule = config.objective.noise_schedule()
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_classes
+
+    def label_index(self, label: str | int) -> int:
+        """The class index of a label name such as "7" or "A" (or an index given as an int)."""
+        if not self.num_classes:
+            raise GenloomError(f"{self.path} is an unconditional model: it takes no label")
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_classes:
+            return label
+        if str(label) in self.labels:
+            return self.labels.index(str(label))
+        shown = ", ".join(self.labels[:40]) + (" ..." if len(self.labels) > 40 else "")
+        raise GenloomError(f"label {label!r} is not one the model was trained on; valid labels: {shown}")
+
+    def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
+                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                 seed: int | None = None, spacing: str = "leading", eta: float = 0.0,
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
+
+        Sample i uses seed + i. Steps, sampler and guidance default to the recipe's objective settings.
+        `callback(i, n)` runs after each sampler step (the server reports progress with it).
+        """
+        from ..diffusion.sampling import generate_images
+
+        objective = self.config.objective
+        steps = objective.sample_steps if steps is None else steps
+        sampler = objective.sampler if sampler is None else sampler
+        guidance = objective.guidance if guidance is None else guidance
+        seed = self._seed(seed)
+        indices, total = self._requests(labels, num_samples)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max(steps, 0) * -(-total // 256), unit="step", desc="sampling", leave=False)
+
+        user_callback = callback
+
+        def callback(i: int, n: int) -> None:
+            if bar is not None:
+                bar.update(1)
+            if user_callback is not None:
+                user_callback(i, n)
+        try:
+            return generate_images(self.model, self.schedule, indices, total, seed, sampler, steps, guidance, spacing,
+                                   eta, callback=callback)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _requests(self, labels, num_samples: int) -> tuple[list[int] | None, int]:
+        """(class index of every sample in label-major order, or None; how many samples)."""
+        if num_samples < 1:
+            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
+        if labels is None or (self.num_classes == 0 and labels == []):
+            return None, num_samples
+        names = [labels] if isinstance(labels, (str, int)) else list(labels)
+        indices = [self.label_index(name) for name in names for _ in range(num_samples)]
+        return indices, len(indices)
+
+    def _images_for_eval(self, labels: list[int] | None, num_samples: int, seed: int, steps: int | None,
+                         sampler: str | None, guidance: float | None, progress: bool) -> torch.Tensor:
+        from ..diffusion.sampling import generate_images
+
+        objective = self.config.objective
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=(steps or objective.sample_steps) * -(-num_samples // 256), unit="step",
+                       desc=f"sampling {num_samples} images", leave=False)
+        try:
+            return generate_images(self.model, self.schedule, labels, num_samples, seed,
+                                   sampler or objective.sampler, steps or objective.sample_steps,
+                                   objective.guidance if guidance is None else guidance,
+                                   callback=(lambda i, n: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def evaluate(self, num_samples: int = 1000, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | None = None, seed: int = 0, data_path: str | None = None,
+                 inception: str | Path | None = None, progress: bool = True) -> "ImageEvalResult":
+        """Compare `num_samples` generated images (classes in turn) with the training images.
+
+        Reports FID-<data> and KID on the features of a small classifier genloom trains once on the
+        reference images (cached), k-NN precision/recall, how often that classifier recognises the
+        requested class, and the standard FID when `inception` names FID Inception weights (.safetensors).
+        """
+        import dataclasses
+
+        from .data import ImageData
+        from .eval import (
+            data_feature_classifier,
+            data_name,
+            evaluate_images,
+            training_images,
+        )
+        from .inception import load_inception
+
+        if num_samples < 4:
+            raise GenloomError(f"num_samples={num_samples}: image metrics need at least 4 samples (1000 is usual)")
+        inception_network = load_inception(inception) if inception else None      # fail early on a bad path
+        data_config = self.config.data if data_path is None else dataclasses.replace(self.config.data, path=data_path)
+        data = ImageData(data_config)
+        data.prepare()
+        settings = data.model_settings()
+        mine = self.model.config
+        if (settings["image_size"], settings["channels"]) != (mine.image_size, mine.channels):
+            raise GenloomError(f"{data_config.path} has {settings['channels']}x{settings['image_size']}x"
+                               f"{settings['image_size']} images but the model makes {mine.channels}x"
+                               f"{mine.image_size}x{mine.image_size}; set --data to matching images")
+        real_images, real_labels = training_images(data)
+        name = data_name(data_config)
+        classes = settings["num_classes"]
+        classifier = data_feature_classifier(data, (real_images, real_labels), progress=progress)
+        labels = [i % self.num_classes for i in range(num_samples)] if self.num_classes else None
+        fake = self._images_for_eval(labels, num_samples, seed, steps, sampler, guidance, progress)
+        fake_labels = torch.tensor(labels) if labels is not None and classes == self.num_classes else None
+        return evaluate_images(fake, fake_labels, real_images, real_labels if classes else None, classifier,
+                               max(classes, 1), inception_network, data_name=name)
+
+
+def _picture(source, what: str) -> "Image.Image":
+    """A PIL image from a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) tensor in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise GenloomError(f"{what}: {path} does not exist (expected an image file such as a PNG)")
+        try:
+            with Image.open(path) as image:
+                return image.copy()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise GenloomError(f"{what}: cannot read {path} as an image ({error})") from None
+    if isinstance(source, torch.Tensor):
+        from ..media.image import to_pil_image
+
+        return to_pil_image(source.detach().cpu().float())
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source)
+    raise GenloomError(f"{what}: expected a path, a PIL image, an array or a tensor, got {type(source).__name__}")
+
+
+
+
+class GANModel(ImageModel):
+    """A trained GAN: one generator pass per image, from a seed; latent walks between seeds."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
+        self.path, self.config, self.model, self.labels = path, config, model, labels
+
+    def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
+                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                 seed: int | None = None, spacing: str | None = None, eta: float | None = None,
+                 progress: bool = False, truncation: float = 1.0,
+                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
+        Sample i comes from the latent of seed + i; `truncation` < 1 shrinks the latents (less varied,
+        more typical). The diffusion options (steps, sampler, guidance, spacing, eta) do not apply."""
+        from ..gan.objective import generate_gan_images
+
+        self._reject_diffusion_options(steps, sampler, guidance, spacing, eta)
+        if not 0 < truncation <= 2:
+            raise GenloomError(f"truncation={truncation}: must be in (0, 2] (1 = the training distribution)")
+        seed = self._seed(seed)
+        indices, total = self._requests(labels, num_samples)
+        images = generate_gan_images(self.model, indices, total, seed, truncation=truncation)
+        if callback is not None:
+            callback(1, 1)                                               # one pass: done
+        return images
+
+    def _reject_diffusion_options(self, steps=None, sampler=None, guidance=None, spacing=None, eta=None) -> None:
+        given = [name for name, value in (("steps", steps), ("sampler", sampler), ("guidance", guidance),
+                                          ("spacing", spacing), ("eta", eta)) if value is not None]
+        if given:
+            raise GenloomError(f"{self.path} is a GAN: it makes each image in one pass, so "
+                               f"{', '.join(given)} do(es) not apply (those are diffusion-sampler options)")
+
+    def _images_for_eval(self, labels, num_samples, seed, steps, sampler, guidance, progress) -> torch.Tensor:
+        from ..gan.objective import generate_gan_images
+
+        self._reject_diffusion_options(steps, sampler, guidance)
+        return generate_gan_images(self.model, labels, num_samples, seed)
+
+    @torch.no_grad()
+    def interpolate(self, label: str | int | None = None, seed: int = 0, to_seed: int = 1,
+                    frames: int = 16) -> torch.Tensor:
+        """Images (frames, C, H, W) along the great circle from the latent of `seed` to that of `to_seed`
+        (spherical interpolation keeps every intermediate latent as likely as the ends)."""
+        if frames < 2:
+            raise GenloomError(f"frames={frames}: an interpolation needs at least 2 frames")
+        gan = self.model
+        device = next(gan.parameters()).device
+        a, b = gan.latents(1, seed, device)[0], gan.latents(1, to_seed, device)[0]
+        omega = torch.arccos((a / a.norm()).dot(b / b.norm()).clamp(-1 + 1e-7, 1 - 1e-7))
+        ts = torch.linspace(0, 1, frames, device=device)[:, None]
+        z = (torch.sin((1 - ts) * omega) * a + torch.sin(ts * omega) * b) / torch.sin(omega)   # (frames, D)
+        labels = None
+        if self.num_classes:
+            if label is None:
+                raise GenloomError(f"{self.path} is class-conditional: give the label to interpolate within")
+            labels = torch.full((frames,), self.label_index(label), dtype=torch.long, device=device)
+        elif label is not None:
+            self.label_index(label)                                     # raises: unconditional
+        return gan.generator(z, labels).float().clamp(-1, 1).cpu()

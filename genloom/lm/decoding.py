@@ -1,0 +1,218 @@
+"""Sampling tokens from a causal language model: KV cache, batches of prompts, per-row generators.
+
+Every row of a batch draws from its own `torch.Generator`, so sample i of a batch seeded with
+`seed + i` is the same text as a single sample seeded with `seed + i`. Prompts of different
+lengths are left-padded and masked, so each row continues as if it were alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .tokenizers import END_OF_TEXT, TextTokenizer
+
+__all__ = ["Sampling", "process_logits", "sample_next", "generate_tokens", "start_token", "encode_prompt",
+           "TextStream", "StopMatcher"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen from the model's logits."""
+
+    temperature: float = 1.0         # 0 = greedy
+    top_k: int = 0                   # keep the k most likely tokens; 0 = all
+    top_p: float = 1.0               # nucleus (Holtzman et al. 2020): smallest set holding top_p of the mass
+    min_p: float = 0.0               # drop tokens less likely than min_p x the most likely one
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (Keskar et al. 2019)
+
+    def __post_init__(self) -> None:
+        checks = [(self.temperature >= 0, "temperature must be >= 0"), (self.top_k >= 0, "top_k must be >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
+        for ok, message in checks:
+            if not ok:
+                from ..core.errors import GenloomError
+                raise GenloomError(message)
+
+
+def process_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the repetition penalty, temperature, top-k, top-p and min-p to logits (B, V); masked = -inf."""
+    logits = logits.float()
+    if seen is not None and sampling.repetition_penalty != 1.0:
+        penalised = torch.where(logits > 0, logits / sampling.repetition_penalty, logits * sampling.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    logits = logits / max(sampling.temperature, 1e-8)
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        drop_sorted = (probs.cumsum(-1) - probs) >= sampling.top_p
+        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+    if sampling.min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < sampling.min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator],
+                sampling: Sampling | Sequence[Sampling] = Sampling(), seen: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of `logits` (B, V); `sampling` is one setting for every row or one per row."""
+    if not isinstance(sampling, Sampling):
+        if len(set(sampling)) == 1:
+            return sample_next(logits, generators, sampling[0], seen)
+        return torch.cat([sample_next(logits[i:i + 1], [generators[i]], s, None if seen is None else seen[i:i + 1])
+                          for i, s in enumerate(sampling)])
+    if sampling.temperature == 0:
+        if seen is not None and sampling.repetition_penalty != 1.0:
+            logits = process_logits(logits, Sampling(repetition_penalty=sampling.repetition_penalty), seen)
+        return logits.argmax(-1)
+    probs = process_logits(logits, sampling, seen).softmax(-1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (B, T) padded on the left with 0, and a mask (B, T) that is False on the padding."""
+    length = max(len(p) for p in prompts)
+    tokens = torch.zeros(len(prompts), length, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, length - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, length - len(prompt):] = True
+    return tokens, mask
+
+
+@torch.no_grad()
+def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    generators: Sequence[torch.Generator], sampling: Sampling | Sequence[Sampling] = Sampling(),
+                    use_cache: bool = True,
+                    first_allowed: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (next token (B,), its log-probability under the model (B,)) `max_new_tokens` times.
+
+    `sampling` applies to every row, or (a sequence) one per row: the server batches requests with
+    different settings together.
+
+    Past the context length the model sees the most recent `block_size` tokens; with the cache the
+    window moves by half a context at a time and the cache is refilled.
+
+    `first_allowed` (B, V) bool limits each row's first token to the True ones (token healing).
+    """
+    device = next(model.parameters()).device
+    block = model.config.block_size
+    tokens, valid = _left_pad(prompts, device)                               # (B, T) each
+    B = tokens.shape[0]
+    vocab = model.config.vocab_size
+    seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
+    seen.scatter_(1, tokens, valid)
+    cache, pending = None, None
+    for _ in range(max_new_tokens):
+        if not use_cache:
+            logits = torch.cat([model(tokens[row, valid[row]][None, -block:])[:, -1] for row in range(B)])
+        else:
+            if cache is None or cache.length + pending.shape[1] > block:
+                window = tokens.shape[1] if cache is None and tokens.shape[1] <= block else block // 2
+                cache = model.new_cache(B, block)
+                cache.key_mask = None if valid[:, -window:].all() else torch.ones(B, block, dtype=torch.bool, device=device)
+                if cache.key_mask is not None:
+                    cache.key_mask[:, :window] = valid[:, -window:]
+                pending = tokens[:, -window:]
+            logits = model(pending, cache)[:, -1]                            # (B, V)
+        if first_allowed is not None:
+            logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
+            first_allowed = None
+        next_token = sample_next(logits, generators, sampling, seen)         # (B,)
+        logprob = logits.float().log_softmax(-1).gather(1, next_token[:, None])[:, 0]
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+        seen[torch.arange(B, device=device), next_token] = True
+        pending = next_token[:, None]
+        yield next_token, logprob
+
+
+def start_token(tokenizer: TextTokenizer) -> int:
+    """What an empty prompt starts from: end-of-text for BPE, a newline for character models."""
+    for piece in (END_OF_TEXT, "\n"):
+        token = tokenizer.token_id(piece)
+        if token is not None:
+            return token
+    return 0
+
+
+def encode_prompt(tokenizer: TextTokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt) if prompt else []
+    return ids or [start_token(tokenizer)]
+
+
+class TextStream:
+    """Turns a growing list of token ids into new text, holding back half-decoded UTF-8."""
+
+    def __init__(self, tokenizer: TextTokenizer):
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.emitted = text[self.emitted:], len(text)
+        return new
+
+
+class StopMatcher:
+    """Cuts streamed text at the first stop string, holding back text that may begin one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        """Text that is safe to emit now (never part of a stop string)."""
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.buffer = self.buffer[:min(hits)], ""
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
+        out, self.buffer = self.buffer[:len(self.buffer) - hold], self.buffer[len(self.buffer) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
+
+
+def stream_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int, seed: int,
+                sampling: Sampling = Sampling(), stop: Sequence[str] = (), use_cache: bool = True,
+                matcher=None, prompt_ids: Sequence[int] | None = None, first_allowed: torch.Tensor | None = None,
+                skip: str = "") -> Iterator[str]:
+    """Stream the continuation of `prompt` as text pieces, ending before any of the `stop` strings (or where
+    `matcher`, an object with StopMatcher's push/flush/stopped, ends it). `prompt_ids`: the prompt's tokens
+    when they are not simply its encoding (code prompts, fill-in-the-middle); `first_allowed` and `skip`: the
+    first token must be one of these, and the text `skip` (the prompt's end, healed) is not yielded again."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stream, matcher = TextStream(tokenizer), matcher or StopMatcher(stop)
+    ids = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, prompt)
+    for token, _ in generate_tokens(model, [ids], max_new_tokens, [generator], sampling, use_cache,
+                                    None if first_allowed is None else first_allowed[None]):
+        text = stream.push(int(token[0]))
+        cut = min(len(text), len(skip))
+        text, skip = text[cut:], skip[cut:]
+        piece = matcher.push(text)
+        if piece:
+            yield piece
+        if matcher.stopped:
+            return
+    rest = matcher.flush()
+    if rest:
+        yield rest

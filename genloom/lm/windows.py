@@ -1,0 +1,99 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.errors import DataError
+from ..train.data import SPLITS
+from .tokenizers import TextTokenizer
+
+
+class TokenWindows:
+    """Windows of a flat token array per split (`_arrays`): what the trainer and evaluators read from text
+    and code data alike. Subclasses fill `_arrays`, `tokenizer` and `block_size`."""
+
+    item_name = "tok"
+    tokenizer: TextTokenizer
+    block_size: int
+    _arrays: dict[str, np.ndarray]
+
+    # -- what the trainer and the model need ----------------------------------------------------
+    def model_settings(self) -> dict:
+        return {"vocab_size": self.tokenizer.vocab_size}
+
+    def save_assets(self, folder: Path) -> None:
+        self.tokenizer.save(Path(folder) / "tokenizer.json")
+
+    def num_tokens(self, split: str) -> int:
+        return len(self._arrays[split])
+
+    @property
+    def items_per_example(self) -> int:
+        return self.block_size
+
+    def _check_length(self, source: str) -> None:
+        block_size = self.block_size
+        for split in SPLITS:
+            n = self.num_tokens(split)
+            if n <= block_size + 1:
+                raise DataError(
+                    f"data.path: the {split} split of {source} has {n} tokens, but a training "
+                    f"window needs {block_size + 1} (model.block_size + 1). Use more text or a smaller "
+                    "model.block_size")
+
+    def sample_indices(self, generator: torch.Generator, n: int) -> torch.Tensor:
+        """Start offsets of `n` random training windows."""
+        high = self.num_tokens("train") - self.block_size - 1
+        return torch.randint(0, high + 1, (n,), generator=generator)
+
+    def val_indices(self, n: int) -> torch.Tensor:
+        """The same `n` validation windows every time (evenly spread over the split)."""
+        high = self.num_tokens("val") - self.block_size - 1
+        return torch.linspace(0, high, n).round().long()
+
+    def batch(self, offsets: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets for windows starting at `offsets`: two (B, T) int64 tensors."""
+        index = offsets.numpy()[:, None] + np.arange(self.block_size + 1)[None, :]
+        window = torch.from_numpy(self._arrays[split][index].astype(np.int64))  # (B, T+1)
+        return window[:, :-1], window[:, 1:]
+
+    def full_windows(self, block_size: int, split: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Non-overlapping windows covering every token of a split once (the last one shorter)."""
+        data = self._arrays[split]
+        for start in range(0, len(data) - 1, block_size):
+            chunk = torch.from_numpy(data[start : start + block_size + 1].astype(np.int64))
+            yield chunk[None, :-1], chunk[None, 1:]
+
+
+@torch.no_grad()
+def score_split(model: nn.Module, data: TokenWindows, batch_size: int = 16, progress: bool = True,
+                split: str = "val") -> tuple[float, int]:
+    """(total nats, tokens scored) over every token of a prepared data set's split, once."""
+    block = model.config.block_size
+    device = next(model.parameters()).device
+    model.eval()
+    total_nats, total_tokens = 0.0, 0
+    windows = list(data.full_windows(block, split))
+    bar = tqdm(total=len(windows), desc="evaluating", unit="window", disable=not progress, leave=False)
+    for start in range(0, len(windows), batch_size):
+        group = windows[start:start + batch_size]
+        # Full-length windows go together; the shorter last window runs alone.
+        for same_length in ([w for w in group if w[0].shape[1] == block], [w for w in group if w[0].shape[1] != block]):
+            if not same_length:
+                continue
+            inputs = torch.cat([w[0] for w in same_length]).to(device)   # (B, T)
+            targets = torch.cat([w[1] for w in same_length]).to(device)  # (B, T)
+            logits = model(inputs)
+            total_nats += float(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum"))
+            total_tokens += targets.numel()
+        bar.update(len(group))
+    bar.close()
+    return total_nats, total_tokens

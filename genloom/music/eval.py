@@ -1,0 +1,151 @@
+"""Musical statistics of pieces, to set generated chorales beside real ones.
+
+- in key: the share of notes whose pitch class belongs to the piece's key (major scale; for minor keys the
+  natural minor with the raised sixth and seventh of the melodic and harmonic forms);
+- in range: the share of notes inside their voice's usual choral range (four-voice pieces);
+- voice crossings: the share of sixteenth-note frames, over adjacent voice pairs sounding together, where the
+  lower voice is above the upper one;
+- parallel fifths/octaves: over every pair of voices, moves where both voices change pitch in the same
+  direction and form a perfect fifth (or octave/unison) before and after, per 100 such joint moves;
+- pitch-class distance: total variation distance (0 = same, 1 = disjoint) between the key-relative
+  pitch-class histograms of two sets of pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .tokens import Piece
+
+__all__ = ["MusicStats", "music_stats", "pitch_class_histogram", "pitch_class_distance", "MusicEvalResult",
+           "in_key_share", "VOICE_RANGES"]
+
+MAJOR = {0, 2, 4, 5, 7, 9, 11}
+MINOR = {0, 2, 3, 5, 7, 8, 9, 10, 11}
+VOICE_RANGES = ((60, 81), (53, 74), (48, 69), (36, 64))     # soprano C4-A5, alto F3-D5, tenor C3-A4, bass C2-E4
+
+
+@dataclass
+class MusicStats:
+    pieces: int
+    notes: int
+    in_key: float
+    in_range: float | None
+    crossings: float | None
+    parallels_per_100: float | None
+    notes_per_bar: float
+
+
+def in_key_share(pieces: Sequence[Piece], voices: Sequence[int] | None = None) -> float:
+    total = right = 0
+    for piece in pieces:
+        scale = MAJOR if piece.mode == "major" else MINOR
+        for n in piece.notes:
+            if voices is None or n.voice in voices:
+                total += 1
+                right += (n.pitch - piece.tonic) % 12 in scale
+    return right / max(total, 1)
+
+
+def _frames(piece: Piece) -> np.ndarray:
+    """(voices, steps) pitch sounding at each sixteenth, -1 for silence."""
+    grid = -np.ones((piece.voices, max(piece.length, 1)), dtype=np.int64)
+    for n in piece.notes:
+        grid[n.voice, n.start:n.end] = n.pitch
+    return grid
+
+
+def _onsets(piece: Piece) -> np.ndarray:
+    grid = np.zeros((piece.voices, max(piece.length, 1)), dtype=bool)
+    for n in piece.notes:
+        grid[n.voice, n.start] = True
+    return grid
+
+
+def music_stats(pieces: Sequence[Piece]) -> MusicStats:
+    notes = sum(len(p.notes) for p in pieces)
+    in_range = crossings = parallels = None
+    four = [p for p in pieces if p.voices == 4]
+    if four:
+        inside = sum(lo <= n.pitch <= hi for p in four for n in p.notes for lo, hi in [VOICE_RANGES[n.voice]])
+        in_range = inside / max(sum(len(p.notes) for p in four), 1)
+    several = [p for p in pieces if p.voices >= 2]
+    if several:
+        crossed = together = moves = parallel = 0
+        for p in several:
+            grid, onsets = _frames(p), _onsets(p)
+            for v in range(p.voices - 1):
+                both = (grid[v] >= 0) & (grid[v + 1] >= 0)
+                together += int(both.sum())
+                crossed += int((both & (grid[v] < grid[v + 1])).sum())
+            for a in range(p.voices):
+                for b in range(a + 1, p.voices):
+                    changes = np.flatnonzero(onsets[a] | onsets[b])
+                    for t0, t1 in zip(changes[:-1], changes[1:]):
+                        before, after = (grid[a, t0], grid[b, t0]), (grid[a, t1], grid[b, t1])
+                        if min(*before, *after) < 0:
+                            continue
+                        da, db = after[0] - before[0], after[1] - before[1]
+                        if da == 0 or db == 0 or (da > 0) != (db > 0):
+                            continue
+                        moves += 1
+                        first, second = abs(before[0] - before[1]) % 12, abs(after[0] - after[1]) % 12
+                        parallel += first == second and first in (0, 7)
+        crossings = crossed / max(together, 1)
+        parallels = 100 * parallel / max(moves, 1)
+    bars = sum(-(-p.length // p.bar) for p in pieces)
+    return MusicStats(len(pieces), notes, in_key_share(pieces), in_range, crossings, parallels, notes / max(bars, 1))
+
+
+def pitch_class_histogram(pieces: Sequence[Piece]) -> np.ndarray:
+    counts = np.zeros(12)
+    for p in pieces:
+        for n in p.notes:
+            counts[(n.pitch - p.tonic) % 12] += n.duration
+    return counts / max(counts.sum(), 1)
+
+
+def pitch_class_distance(a: Sequence[Piece], b: Sequence[Piece]) -> float:
+    return float(0.5 * np.abs(pitch_class_histogram(a) - pitch_class_histogram(b)).sum())
+
+
+@dataclass
+class MusicEvalResult:
+    source: str
+    nll_per_note: float
+    nll_per_frame: float
+    nats_per_token: float
+    generated: MusicStats
+    real: MusicStats
+    pitch_class_distance: float
+    harmonised_in_key: float | None = None        # lower voices of harmonised held-out sopranos
+    real_lower_in_key: float | None = None
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rows = [("in key", "in_key", "{:.1%}"), ("in voice range", "in_range", "{:.1%}"),
+                ("voice crossings (frames)", "crossings", "{:.2%}"),
+                ("parallel 5ths/8ves per 100 joint moves", "parallels_per_100", "{:.2f}"),
+                ("notes per bar", "notes_per_bar", "{:.1f}")]
+        lines = [f"data: {self.source} (held-out pieces)",
+                 f"held-out NLL: {self.nll_per_note:.3f} nats per note, {self.nll_per_frame:.3f} nats per sixteenth "
+                 f"frame ({self.nats_per_token:.3f} per token)", "",
+                 f"| statistic | generated ({self.generated.pieces}) | real ({self.real.pieces}) | ratio |",
+                 "|---|---|---|---|"]
+        for label, name, fmt in rows:
+            g, r = getattr(self.generated, name), getattr(self.real, name)
+            if g is None or r is None:
+                continue
+            ratio = f"{g / r:.2f}" if r else "-"
+            lines.append(f"| {label} | {fmt.format(g)} | {fmt.format(r)} | {ratio} |")
+        lines.append(f"| pitch-class distance to real | {self.pitch_class_distance:.3f} | 0 | |")
+        if self.harmonised_in_key is not None:
+            lines.append(f"\nharmonised held-out sopranos: alto, tenor and bass in key {self.harmonised_in_key:.1%} "
+                         f"(the real lower voices: {self.real_lower_in_key:.1%})")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return asdict(self)

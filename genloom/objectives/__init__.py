@@ -1,1 +1,0 @@
-"""Losses for a batch: one per family, used by the one training loop."""

@@ -1,0 +1,79 @@
+"""Hugging Face interop: import a local GPT-2 / Llama directory, export a genloom text model.
+
+Only safetensors weights are read (never `pytorch_model.bin`, which is a pickle), and the fast
+tokenizer file `tokenizer.json` travels both ways unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..core import io as ckpt
+from ..core.config import RunConfig, TrainConfig
+from ..core.errors import CheckpointError
+from ..lm.hf import from_hf, to_hf
+from ..lm.objective import LanguageModelConfig
+from .data import TextDataConfig
+
+__all__ = ["import_hf", "export_hf"]
+
+
+def _read_hf_weights(folder: Path) -> dict:
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return ckpt.load_tensors(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(ckpt.load_tensors(folder / shard))
+        return state
+    if any(folder.glob("*.bin")):
+        raise CheckpointError(f"{folder} holds only pickled weights (*.bin); genloom reads safetensors only. "
+                              "Convert them with transformers: model.save_pretrained(dir, safe_serialization=True)")
+    raise CheckpointError(f"{folder} has no model.safetensors (or model.safetensors.index.json)")
+
+
+def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
+    """Make a genloom checkpoint from a Hugging Face GPT-2 or Llama directory (config.json, safetensors,
+    tokenizer.json)."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    if not (hf_dir / "config.json").is_file():
+        raise CheckpointError(f"{hf_dir} has no config.json; expected a Hugging Face model directory")
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise CheckpointError(f"{hf_dir} has no tokenizer.json (the fast-tokenizer file), which genloom needs to "
+                              "turn text into tokens")
+    if (out / ckpt.MODEL_FILE).exists():
+        raise CheckpointError(f"{out} already holds a model; choose another --out")
+    hf_config = json.loads((hf_dir / "config.json").read_text())
+    state = _read_hf_weights(hf_dir)
+    model_config, our_state = from_hf(hf_config, state)
+    config = RunConfig(data=TextDataConfig(tokenizer="bpe"), model=model_config, objective=LanguageModelConfig(),
+                       train=TrainConfig(), recipe=f"imported from {hf_dir}",
+                       description=f"Hugging Face {hf_config.get('model_type')} model imported by genloom convert")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.commit(out, {
+        ckpt.CONFIG_FILE: lambda p: p.write_text(config.to_json()),
+        "tokenizer.json": lambda p: shutil.copyfile(hf_dir / "tokenizer.json", p),
+        ckpt.MODEL_FILE: lambda p: ckpt.save_tensors(our_state, p, {"format": "genloom"}),
+    })
+    return out
+
+
+def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a genloom text model as a Hugging Face directory that `from_pretrained` loads."""
+    from ..api import load
+
+    handle = load(checkpoint, device="cpu")
+    out = Path(out)
+    if (out / "model.safetensors").exists():
+        raise CheckpointError(f"{out} already holds a model.safetensors; choose another --out")
+    hf_config, state = to_hf(handle.model.config, handle.model.state_dict())
+    hf_config["torch_dtype"] = "float32"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    ckpt.save_tensors(state, out / "model.safetensors", {"format": "pt"})
+    handle.tokenizer.save(out / "tokenizer.json")
+    return out

@@ -1,0 +1,175 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from ..core.config import RunConfig
+from ..core.errors import GenloomError
+from ..handle import AdapterChoice, Seeded
+from ..lm.decoding import (
+    Sampling,
+    StopMatcher,
+    TextStream,
+    encode_prompt,
+    generate_tokens,
+    stream_text,
+)
+from ..lm.search import beam_search, speculative_tokens
+from ..lm.tokenizers import END_OF_TEXT, TextTokenizer
+from .chat import ChatTemplate
+from .eval import TextEvalResult, evaluate_text
+from .safety import SafetyEvalResult
+
+_CURRENT = object()    # "the adapter chosen with use_adapter" (the default of per-call `adapter=`)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation, with what a caller may want to know about it."""
+
+    text: str                 # the continuation, without the prompt, cut before a stop string
+    tokens: list[int]         # generated token ids (up to the stop string)
+    logprobs: list[float]     # each token's log-probability under the model (temperature 1, unfiltered)
+    finish_reason: str        # "stop" (a stop string was produced) or "length"
+    seed: int                 # the seed that reproduces this sample alone
+
+
+class TextModel(AdapterChoice, Seeded):
+    """A trained language model with its tokenizer: generate text, stream it, score it."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
+                 chat_template: "ChatTemplate | None" = None):
+        from .chat import ChatTemplate
+
+        self.path, self.config, self.model, self.tokenizer = path, config, model, tokenizer
+        self.chat_template = chat_template or ChatTemplate.default(tokenizer)
+
+    def chat_prompt(self, messages: Sequence[dict]) -> str:
+        """The prompt that asks the model for the assistant's next turn (the model's chat template)."""
+        return self.chat_template.prompt(messages)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _route(self, adapter) -> None:
+        if adapter is not _CURRENT:
+            self.use_adapter(adapter)
+
+    def stream(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
+               stop: Sequence[str] = (), use_cache: bool = True, adapter=_CURRENT) -> Iterator[str]:
+        """Yield pieces of the continuation of `prompt` as they are sampled. `adapter` names a loaded LoRA
+        adapter (None: the base model); by default the one chosen with `use_adapter` applies."""
+        sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+        self._route(adapter)
+        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self._seed(seed), sampling, stop,
+                           use_cache)
+
+    def complete(self, prompts: str | Sequence[str] = "", max_new_tokens: int = 256, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
+                 min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
+                 use_cache: bool = True, adapter=_CURRENT) -> list[Completion]:
+        """Continue each prompt `num_samples` times, all in one batch (prompt-major order).
+
+        Sample j of every prompt uses seed + j, so it is the text that prompt alone with that seed
+        gives. Without a seed, one is drawn at random (kept in `last_seed`).
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
+        return self._complete_rows([encode_prompt(self.tokenizer, prompt) for prompt, _ in rows],
+                                   [StopMatcher(stop) for _ in rows], [j for _, j in rows], max_new_tokens,
+                                   Sampling(temperature, top_k, top_p, min_p, repetition_penalty), seed, use_cache,
+                                   adapter)
+
+    def _complete_rows(self, encoded: list[list[int]], matchers: list, offsets: list[int], max_new_tokens: int,
+                       sampling: Sampling, seed: int | None, use_cache: bool = True, adapter=_CURRENT,
+                       first_allowed: torch.Tensor | None = None, skips: Sequence[str] = ()) -> list[Completion]:
+        """Decode token prompts together; row i draws from seed + offsets[i] and ends where matchers[i]
+        (a StopMatcher or anything with its push/flush/stopped) says. Token healing: `first_allowed` (B, V)
+        limits the first tokens, and skips[i] (text the prompt already has) is cut from row i's start."""
+        skips = list(skips) or [""] * len(encoded)
+        seed = self._seed(seed)
+        self._route(adapter)
+        generators = [torch.Generator(device=self.device).manual_seed(seed + j) for j in offsets]
+        streams = [TextStream(self.tokenizer) for _ in encoded]
+        texts = [""] * len(encoded)
+        tokens: list[list[int]] = [[] for _ in encoded]
+        logprobs: list[list[float]] = [[] for _ in encoded]
+        for step_tokens, step_logprobs in generate_tokens(self.model, encoded, max_new_tokens, generators, sampling,
+                                                          use_cache, first_allowed):
+            for i, (token, logprob) in enumerate(zip(step_tokens.tolist(), step_logprobs.tolist())):
+                if matchers[i].stopped:
+                    continue
+                piece = streams[i].push(token)
+                cut = min(len(piece), len(skips[i]))
+                piece, skips[i] = piece[cut:], skips[i][cut:]
+                texts[i] += matchers[i].push(piece)
+                if not matchers[i].stopped:
+                    tokens[i].append(token)
+                    logprobs[i].append(logprob)
+            if all(m.stopped for m in matchers):
+                break
+        return [Completion(texts[i] + matchers[i].flush(), tokens[i], logprobs[i],
+                           "stop" if matchers[i].stopped else "length", seed + j)
+                for i, j in enumerate(offsets)]
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, num_samples: int = 1, **options) -> list[str]:
+        """`num_samples` continuations of `prompt` as strings (see `complete` for the details)."""
+        return [c.text for c in self.complete(prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
+                                              **options)]
+
+    def beam_search(self, prompt: str, max_new_tokens: int = 64, num_beams: int = 4,
+                    length_penalty: float = 1.0) -> list[tuple[str, float]]:
+        """The most likely continuations found by beam search: (text, total log-probability), best first."""
+        eos = self.tokenizer.token_id(END_OF_TEXT)
+        beams = beam_search(self.model, encode_prompt(self.tokenizer, prompt), max_new_tokens, num_beams,
+                            length_penalty, eos)
+        return [(self.tokenizer.decode([t for t in b.tokens if t != eos]), b.logprob) for b in beams]
+
+    def speculative(self, draft: "TextModel", prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0,
+                    top_k: int = 0, top_p: float = 1.0, seed: int | None = None, lookahead: int = 4,
+                    stats: dict | None = None) -> str:
+        """Sample as this model would, with a small `draft` model proposing tokens (same tokenizer)."""
+        if draft.tokenizer.hf.to_str() != self.tokenizer.hf.to_str():
+            raise GenloomError(f"the draft model {draft.path} uses another tokenizer than {self.path}")
+        generator = torch.Generator(device=self.device).manual_seed(self._seed(seed))
+        tokens = speculative_tokens(self.model, draft.model, encode_prompt(self.tokenizer, prompt), max_new_tokens,
+                                    generator, Sampling(temperature, top_k, top_p), lookahead, stats)
+        return self.tokenizer.decode(list(tokens))
+
+    def evaluate(self, data_path: str | None = None, progress: bool = True) -> TextEvalResult:
+        """Loss on the validation split of the training data, or of `data_path` split the same way."""
+        data_config = self.config.data
+        if data_config.kind != "text":
+            if data_path is None:
+                raise GenloomError(f"{self.path} was trained on {data_config.kind} data; give a text file to score "
+                                   "with --data, or use --task safety for the safety evaluation")
+            from .data import TextDataConfig
+            data_config = TextDataConfig(path=data_path)
+        return evaluate_text(self.model, self.tokenizer, data_config, data_path, progress=progress)
+
+    def reply(self, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 80, temperature: float = 0.0,
+              seed: int | None = 0, **options) -> list[str]:
+        """The assistant's next turn for each conversation (lists of {"role", "content"} messages), in one
+        batch, ending where the chat template closes a turn. Greedy by default."""
+        prompts = [self.chat_prompt(list(messages)) for messages in conversations]
+        completions = self.complete(prompts, max_new_tokens, temperature, seed=seed,
+                                    stop=self.chat_template.stop, **options)
+        return [c.text.strip() for c in completions]
+
+    def evaluate_safety(self, progress: bool = True) -> "SafetyEvalResult":
+        """Refusal rate on the held-out harmful requests of builtin:safety and answer rate on the others."""
+        from .safety import evaluate_safety
+
+        return evaluate_safety(lambda requests: self.reply([[{"role": "user", "content": r}] for r in requests]),
+                               progress=progress)
+
+
+TEXT_OBJECTIVES = ("lm", "dpo")

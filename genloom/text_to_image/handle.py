@@ -1,0 +1,189 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..core.config import RunConfig
+from ..core.errors import GenloomError
+from ..images.eval import ImageEvalResult
+from ..images.handle import ImageModel, _picture
+from .concept import ConceptEvalResult
+from .eval import SceneEvalResult
+
+
+class TextToImageModel(ImageModel):
+    """A trained text-to-image diffusion model: images from a written prompt, with classifier-free guidance,
+    negative prompts, image-to-image and inpainting."""
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer, base_words=None):
+        super().__init__(path, config, model, [])
+        self.tokenizer = tokenizer
+        self._base_words = set(base_words if base_words is not None else getattr(tokenizer, "vocab", []))
+
+    def encode(self, prompt: str, what: str = "prompt") -> torch.Tensor:
+        """The (L,) token ids of a prompt; an empty prompt is an error, a long one is cut with a warning."""
+        if not isinstance(prompt, str):
+            raise GenloomError(f"{what}: expected text, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise GenloomError(f"the {what} is empty: describe the image, e.g. \"a red letter A on the left on a "
+                               "white background\" (for unconditional samples use guidance 0)")
+        return self.tokenizer.encode(prompt)
+
+    def _image_tensor(self, source, what: str, mode: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(C, H, W) in [-1, 1] (or (1, H, W) in {0, 1} for a mask) at the model's size; and the original size."""
+        import numpy as np
+
+        from ..media.image import _conform
+
+        picture = _picture(source, what)
+        size, channels = self.model.config.image_size, self.model.config.channels
+        pixels = _conform(picture, size, 1 if mode == "mask" else channels)           # (S, S, C) uint8
+        tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float()
+        if mode == "mask":
+            return (tensor >= 128).float(), picture.size
+        return tensor / 127.5 - 1, picture.size
+
+    def generate(self, prompts: str | Sequence[str], num_samples: int = 1, steps: int | None = None,
+                 sampler: str | None = None, guidance: float | None = None, seed: int | None = None,
+                 spacing: str = "leading", eta: float = 0.0, progress: bool = False,
+                 negative_prompt: str | None = None, init_image=None, strength: float | None = None,
+                 mask=None, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """`num_samples` images (N, C, H, W) in [-1, 1] for each prompt (prompt-major order); sample i uses
+        seed + i.
+
+        `negative_prompt`: what guidance steers away from (instead of "no caption"). `init_image` (a path,
+        PIL image or tensor; resized and centre-cropped to the model's size): start from it, noised to
+        `strength` (default 0.6: keep its layout, redraw the details; 0 returns it, 1 ignores it).
+        `mask` (same size as the init image; white = redraw, black = keep): inpainting, strength default 1.
+        Steps, sampler and guidance default to the recipe's settings.
+        """
+        from ..diffusion.sampling import generate_images
+
+        if num_samples < 1:
+            raise GenloomError(f"num_samples={num_samples}: must be at least 1")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise GenloomError("no prompt given: a text-to-image model draws what a prompt describes")
+        ids = torch.stack([self.encode(p) for p in prompts for _ in range(num_samples)])      # (N, L)
+        total = len(ids)
+        negative = None
+        if negative_prompt is not None:
+            negative = self.encode(negative_prompt, "negative prompt").expand(total, -1)
+        init = mask_tensor = None
+        if mask is not None and init_image is None:
+            raise GenloomError("a mask needs an init image: inpainting redraws the masked part of that image")
+        if init_image is not None:
+            image, image_size = self._image_tensor(init_image, "init image", "image")
+            init = image.expand(total, -1, -1, -1)
+            if mask is not None:
+                mask_tensor, mask_size = self._image_tensor(mask, "mask", "mask")
+                if mask_size != image_size:
+                    raise GenloomError(f"the mask is {mask_size[0]}x{mask_size[1]} but the init image is "
+                                       f"{image_size[0]}x{image_size[1]}; they must be the same size (white = "
+                                       "redraw, black = keep)")
+                mask_tensor = mask_tensor.expand(total, -1, -1, -1)
+        if strength is None:
+            strength = 1.0 if init is None or mask is not None else 0.6
+        if not 0 <= strength <= 1:
+            raise GenloomError(f"strength={strength}: must be between 0 (keep the init image) and 1 (redraw it)")
+        if init is None and strength != 1.0:
+            raise GenloomError("strength applies to image-to-image only; give an init image too")
+        objective = self.config.objective
+        steps = objective.sample_steps if steps is None else steps
+        sampler = objective.sampler if sampler is None else sampler
+        guidance = objective.guidance if guidance is None else guidance
+        if guidance < 0:
+            raise GenloomError(f"guidance={guidance}: must be 0 (unconditional) or more (1 = no guidance)")
+        seed = self._seed(seed)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps * -(-total // 256), unit="step", desc="sampling", leave=False)
+
+        def report(i: int, n: int) -> None:
+            if bar is not None:
+                bar.update(1)
+            if callback is not None:
+                callback(i, n)
+        try:
+            return generate_images(self.model, self.schedule, ids, total, seed, sampler, steps, guidance, spacing,
+                                   eta, callback=report, negative=negative, init=init, strength=strength,
+                                   mask=mask_tensor)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def evaluate(self, num_samples: int = 200, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | Sequence[float] | None = None, seed: int = 0, data_path: str | None = None,
+                 inception: str | Path | None = None, progress: bool = True,
+                 sets: Sequence[str] | None = None) -> "SceneEvalResult":
+        """GenEval-style scores on builtin:scenes prompts: `num_samples` prompts per set (single objects,
+        two objects, held-out combinations, paraphrases) at each guidance scale; see genloom.eval.scenes."""
+        from .eval import PROMPT_SETS, evaluate_scenes
+
+        guidances = [self.config.objective.guidance] if guidance is None else \
+            [guidance] if isinstance(guidance, (int, float)) else list(guidance)
+        source = self.config.data.path
+        if source == "builtin:digits" and data_path is None:
+            return self._evaluate_digits(num_samples, steps, sampler, guidances[0], seed, inception, progress)
+        if source not in ("builtin:scenes", "builtin:stars") or data_path is not None or inception is not None:
+            raise GenloomError(f"{self.path}: text-to-image scoring works on models of builtin:scenes (each "
+                               "prompted attribute is checked by a classifier of rendered scenes) and "
+                               f"builtin:digits; this model was trained on {source}")
+        if (self.model.config.channels, self.model.config.image_size) != (3, 32):
+            raise GenloomError(f"{self.path}: scene scoring needs 3x32x32 images")
+
+        def generate(prompts: list[str], scale: float) -> torch.Tensor:
+            return self.generate(prompts, 1, steps, sampler, scale, seed, progress=progress)
+
+        return evaluate_scenes(generate, num_samples, guidances, tuple(sets or PROMPT_SETS), progress=progress)
+
+    def evaluate_concept(self, word: str | None = None, num_samples: int = 100, guidance: float | None = None,
+                         seed: int = 0, steps: int | None = None, progress: bool = True) -> "ConceptEvalResult":
+        """How often images from prompts naming the new word (an adapter's finetune.new_words, trained on
+        builtin:stars) show the concept, by a star detector trained on rendered pictures."""
+        from .concept import evaluate_concept
+
+        words = [w for w in self.tokenizer.vocab[3:] if w not in self._base_words] if word is None else [word]
+        if not words:
+            raise GenloomError(f"{self.path}: no new word is loaded; load the adapter that taught one "
+                               "(--adapter DIR) or name the word")
+        scale = self.config.objective.guidance if guidance is None else guidance
+        return evaluate_concept(lambda prompts, g: self.generate(prompts, 1, steps, None, g, seed, progress=progress),
+                                words[0], num_samples, scale, progress=progress)
+
+    def _evaluate_digits(self, num_samples: int, steps: int | None, sampler: str | None, guidance: float, seed: int,
+                         inception: str | Path | None, progress: bool) -> "ImageEvalResult":
+        """Captioned digits: prompts such as "a handwritten seven" for each digit in turn, scored like the
+        class-conditional digits models (FID-digits, recall, how often the asked-for digit is recognised)."""
+        import numpy as np
+
+        from ..images.data import ImageData, ImageDataConfig
+        from ..images.eval import (
+            data_feature_classifier,
+            evaluate_images,
+            training_images,
+        )
+        from ..images.inception import load_inception
+        from .scenes import digit_caption
+
+        inception_network = load_inception(inception) if inception else None
+        data = ImageData(ImageDataConfig(path="builtin:digits", image_size=self.config.data.image_size,
+                                         channels=self.config.data.channels))
+        data.prepare()
+        real_images, real_labels = training_images(data)
+        classifier = data_feature_classifier(data, (real_images, real_labels), progress=progress)
+        rng = np.random.default_rng(seed)
+        labels = [i % 10 for i in range(num_samples)]
+        fake = self.generate([digit_caption(d, rng) for d in labels], 1, steps, sampler, guidance, seed,
+                             progress=progress)
+        if fake.shape[1:] != real_images.shape[1:]:
+            raise GenloomError(f"{self.path} makes {tuple(fake.shape[1:])} images, the digits are "
+                               f"{tuple(real_images.shape[1:])}")
+        return evaluate_images(fake, torch.tensor(labels), real_images, real_labels, classifier, 10,
+                               inception_network, data_name="digits")
