@@ -23,6 +23,8 @@ __all__ = ["ImageModel", "GANModel"]
 class ImageModel(AdapterChoice, Seeded):
     """A trained diffusion model: images of a class (or of anything), by any sampler, from a seed."""
 
+    serves = "image"       # `genloom serve`: image generations from a class label, by a diffusion sampler
+
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
         self.path, self.config, self.model, self.labels = path, config, model, labels
         self.schedule = config.objective.noise_schedule()
@@ -181,6 +183,8 @@ def _picture(source, what: str) -> "Image.Image":
 
 class GANModel(ImageModel):
     """A trained GAN: one generator pass per image, from a seed; latent walks between seeds."""
+
+    serves = "gan"         # `genloom serve`: image generations in one generator pass
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
         self.path, self.config, self.model, self.labels = path, config, model, labels

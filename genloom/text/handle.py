@@ -42,6 +42,8 @@ class Completion:
 class TextModel(AdapterChoice, Seeded):
     """A trained language model with its tokenizer: generate text, stream it, score it."""
 
+    serves = "text"        # what `genloom serve` offers for it: completions and chat completions
+
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
                  chat_template: "ChatTemplate | None" = None):
         from .chat import ChatTemplate

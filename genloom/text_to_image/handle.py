@@ -19,6 +19,9 @@ class TextToImageModel(ImageModel):
     """A trained text-to-image diffusion model: images from a written prompt, with classifier-free guidance,
     negative prompts, image-to-image and inpainting."""
 
+    serves = "text-to-image"   # `genloom serve`: image generations from a written prompt
+
+
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer, base_words=None):
         super().__init__(path, config, model, [])
         self.tokenizer = tokenizer
