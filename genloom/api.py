@@ -1,11 +1,12 @@
-"""The public Python API. The command line and the server are thin layers over these functions."""
+"""The public Python API: train, fine-tune, merge and load. The command line and the server are thin layers
+over these functions; `load` opens a checkpoint as its content type's handle, through the registry."""
 
 from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,17 +14,11 @@ from .core import io as ckpt
 from .core import registry
 from .core.config import RunConfig, load_recipe
 from .core.errors import CheckpointError, GenloomError
-from .images.handle import GANModel, ImageModel
-from .lm.tokenizers import TextTokenizer
+from .handle import EvalRequest, Handle
 from .nn.quantize import quantize_int8
-from .text.handle import TEXT_OBJECTIVES, TextModel
-from .text_to_image.handle import TextToImageModel
 from .train.trainer import Trainer, TrainResult
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["train", "finetune", "merge", "load", "TextModel", "ImageModel", "TextToImageModel", "GANModel", "default_run_dir"]
+__all__ = ["train", "finetune", "merge", "load", "evaluate", "default_run_dir", "OpenedCheckpoint", "EvalRequest"]
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -124,11 +119,24 @@ def _adapter_dirs(adapters) -> dict[str, Path]:
     return out
 
 
+@dataclass(frozen=True)
+class OpenedCheckpoint:
+    """A checkpoint folder read by `load`, handed to its content type's `open` to make the handle."""
+
+    path: Path                       # the checkpoint folder (the base model's, when an adapter folder was opened)
+    config: RunConfig                # what the handle follows: the adapter's run config where one was opened directly
+    base_config: RunConfig           # the checkpoint's own config.json
+    model: torch.nn.Module           # built from base_config, weights loaded, adapters attached, on its device
+    adapter_dirs: dict[str, Path] = field(default_factory=dict)
+    adapter_metas: dict[str, dict] = field(default_factory=dict)
+
+
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
-         ema: bool = True, adapters=None) -> TextModel | ImageModel:
-    """Open a checkpoint directory written by `genloom train`: a TextModel (a CodeModel for code models), a
-    MusicModel, an ImageModel (diffusion), a TextToImageModel (diffusion from captions), a GANModel, a
-    VideoModel or an AudioModel.
+         ema: bool = True, adapters=None) -> Handle:
+    """Open a checkpoint directory written by `genloom train` as the handle of its content type: a TextModel
+    (a CodeModel for code models), a MusicModel, an ImageModel (diffusion), a GANModel, a TextToImageModel, a
+    VideoModel or an AudioModel (each content package's `open`, found through the registry by the data the
+    checkpoint was trained on).
 
     `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
     small rounding error). `ema=True` uses the averaged weights where the run kept them.
@@ -158,6 +166,14 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         if not (path / name).is_file():
             raise CheckpointError(f"{path} is missing {name}; is it a genloom checkpoint directory?")
     config = RunConfig.from_json_file(path / ckpt.CONFIG_FILE)
+    record = registry.modality_for_data(config.data.kind, str(path))
+    if adapter_dirs and not record.adapters:
+        raise GenloomError(f"adapters on {record.title} models are not supported yet")
+    if quantize is not None and quantize != "int8":
+        raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
+    if quantize is not None and adapter_dirs:
+        raise GenloomError("quantize and adapters cannot be combined: fold the adapter into the base first "
+                           "(genloom merge --base BASE --adapter DIR --out MERGED) and quantize the result")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = registry.lookup("model", config.model.kind).build(config.model, config)
@@ -183,71 +199,18 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         for name, folder in adapter_dirs.items():
             attach_adapter(model, model_dict, fingerprint, folder, name, str(path))
         use_adapter(model, next(iter(adapter_dirs)) if len(adapter_dirs) == 1 else None)
-        if quantize is not None:
-            raise GenloomError("quantize and adapters cannot be combined: fold the adapter into the base first "
-                               "(genloom merge --base BASE --adapter DIR --out MERGED) and quantize the result")
     model.to(device).eval()
     if quantize == "int8":
         quantize_int8(model)
-    elif quantize is not None:
-        raise GenloomError(f"quantize={quantize!r}: the choices are int8 or none")
-    if config.objective.kind == "audio_diffusion":
-        from .audio.handle import AudioModel
-
-        if adapter_dirs:
-            raise GenloomError("adapters on audio models are not supported yet")
-        return AudioModel(path, run_config or config, model)
-    if config.objective.kind == "video_diffusion":
-        from .images.data import load_labels
-        from .video.handle import VideoModel
-
-        if adapter_dirs:
-            raise GenloomError("adapters on video models are not supported yet")
-        return VideoModel(path, run_config or config, model, load_labels(path))
-    if config.objective.kind in ("diffusion", "gan"):
-        if config.objective.kind == "diffusion" and getattr(config.model, "text_vocab_size", 0):
-            from .text_to_image.data import load_caption_tokenizer
-
-            tokenizer = load_caption_tokenizer(path)
-            base_words = list(tokenizer.vocab)
-            new_words = [w for m in metas.values() for w in m.get("new_words", [])]
-            if new_words:
-                tokenizer = tokenizer.with_words(new_words)
-            image_handle = TextToImageModel(path, run_config or config, model, tokenizer, base_words)
-        else:
-            from .images.data import load_labels
-
-            handle_class = GANModel if config.objective.kind == "gan" else ImageModel
-            image_handle = handle_class(path, run_config or config, model, load_labels(path))
-        return _adapted(image_handle, list(adapter_dirs))
-    if config.data.kind == "music":
-        from .music.handle import MusicModel
-
-        if adapter_dirs:
-            raise GenloomError("adapters on music models are not supported yet")
-        return MusicModel(path, run_config or config, model)
-    if config.objective.kind not in TEXT_OBJECTIVES:
-        raise CheckpointError(f"{path}: objective {config.objective.kind!r} has no generation handle yet")
-    tokenizer = TextTokenizer.load(path / "tokenizer.json")
-    if tokenizer.vocab_size > config.model.vocab_size:
-        raise CheckpointError(f"{path}/tokenizer.json has {tokenizer.vocab_size} tokens but the model only "
-                              f"{config.model.vocab_size}")
-    from .text.chat import ChatTemplate
-
-    template = None
-    for folder in [*adapter_dirs.values(), path]:          # an instruction-tuned adapter brings its template
-        template = ChatTemplate.find(folder)
-        if template is not None:
-            break
-    handle_class = TextModel
-    if config.data.kind == "code":
-        from .code.handle import CodeModel as handle_class
-    handle = handle_class(path, run_config or config, model, tokenizer, template)
-    return _adapted(handle, list(adapter_dirs))
-
-
-def _adapted(handle, names: list[str]):
-    """The handle knowing its adapters: one is applied by default, several leave the base model in use."""
-    handle.adapters = names
-    handle.adapter = names[0] if len(names) == 1 else None
+    handle = registry.resolve(record.open)(OpenedCheckpoint(path, run_config or config, config, model,
+                                                            adapter_dirs, metas))
+    handle.set_adapters(list(adapter_dirs))
     return handle
+
+
+def evaluate(handle: Handle, request: EvalRequest | None = None, **options):
+    """Score a loaded model the way `genloom eval` does (its content type's evaluation): `request` or the
+    same options as keywords (task, data, num_samples, steps, sampler, guidance, seed, ...). Returns a result
+    with `summary()` and `to_json()`."""
+    request = request or EvalRequest(**options)
+    return registry.resolve(registry.modality_of(handle).evaluate)(handle, request)

@@ -15,14 +15,14 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import Seeded
+from ..handle import EvalRequest, Handle
 from ..media.audio import check_clip, read_audio, write_wav
 from .data import parse_audio_prompt
 from .eval import AudioEvalResult
 from .mel import MelSpectrogram
 from .objective import generate_spectrograms
 
-__all__ = ["AudioModel", "save_sound"]
+__all__ = ["AudioModel", "save_sound", "open_checkpoint", "score"]
 
 VOCODERS = ("auto", "neural", "griffin-lim")
 REFERENCE_SECONDS = (0.5, 10.0)     # sound in a voice reference clip: at least / at most (the rest is cut)
@@ -38,11 +38,11 @@ def save_sound(wave: torch.Tensor, picture: torch.Tensor, stem: Path, sample_rat
     return written
 
 
-class AudioModel(Seeded):
+class AudioModel(Handle):
     """A log-mel denoiser with its classes, the mel settings, and (for voices) its speaker encoder."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module):
-        self.path, self.config, self.model = Path(path), config, model
+        super().__init__(path, config, model)
         self.schedule = config.objective.noise_schedule()
         self.mel: MelSpectrogram = config.data.mel()
         labels = self.path / "labels.json"
@@ -93,7 +93,7 @@ class AudioModel(Seeded):
         with torch.no_grad():
             return self.speaker_encoder(self.picture(wave))[0]
 
-    def generate(self, prompts: str | Sequence[str], num_samples: int = 1, seed: int | None = None,
+    def generate(self, prompts: str | Sequence[str], *, num_samples: int = 1, seed: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  voice: str | Path | np.ndarray | torch.Tensor | None = None,
                  vocoder_iterations: int | None = None, voice_guidance: float | None = None,
@@ -108,7 +108,7 @@ class AudioModel(Seeded):
         else:
             labels = None
         count = len(prompts) * num_samples
-        seed = self._seed(seed)
+        seed = self.draw_seed(seed)
         vectors = None
         if voice is not None:
             vector = voice if isinstance(voice, torch.Tensor) else self.voice(voice)
@@ -120,7 +120,7 @@ class AudioModel(Seeded):
                                          guidance=objective.guidance if guidance is None else guidance,
                                          voice_guidance=objective.voice_guidance if voice_guidance is None
                                          else voice_guidance)
-        waves = self.vocode(pictures, vocoder_iterations, vocoder)
+        waves = self.vocode(pictures, iterations=vocoder_iterations, vocoder=vocoder)
         return waves, pictures
 
     def _vocoder(self, name: str):
@@ -132,7 +132,7 @@ class AudioModel(Seeded):
                                "data.vocoder_steps=2000); use Griffin-Lim")
         return self.vocoder if name in ("auto", "neural") else None
 
-    def vocode(self, pictures: torch.Tensor, iterations: int | None = None, vocoder: str = "auto") -> torch.Tensor:
+    def vocode(self, pictures: torch.Tensor, *, iterations: int | None = None, vocoder: str = "auto") -> torch.Tensor:
         """Log-mel pictures -> sound (by the neural vocoder where the run has one and `vocoder` is "auto" or
         "neural", else by Griffin-Lim of `iterations`), each peak-normalised to 0.9."""
         network = self._vocoder(vocoder)
@@ -142,13 +142,13 @@ class AudioModel(Seeded):
                                self.mel.invert(pictures[i:i + 64], iterations) for i in range(0, len(pictures), 64)])
         return waves * (0.9 / waves.abs().amax(1, keepdim=True).clamp(min=1e-6))
 
-    def save(self, waves: torch.Tensor, pictures: torch.Tensor, folder: str | Path, prefix: str = "sound") -> list[Path]:
+    def save(self, waves: torch.Tensor, pictures: torch.Tensor, folder: str | Path, *, prefix: str = "sound") -> list[Path]:
         paths = []
         for i, (wave, picture) in enumerate(zip(waves, pictures)):
             paths += save_sound(wave, picture, Path(folder) / f"{prefix}_{i:03d}", self.sample_rate)
         return paths
 
-    def evaluate(self, num_samples: int = 200, steps: int | None = None, guidance: float | None = None,
+    def evaluate(self, *, num_samples: int = 200, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, voice_trials: int = 120, progress: bool = True, voice_guidance: float | None = None,
                  vocoder: str = "auto") -> AudioEvalResult:
         """Recognition and FAD-genloom of `num_samples` clips (the classes in turn; for spoken words in the
@@ -269,6 +269,19 @@ def _leave_one_out(encoder, pictures: torch.Tensor, voices: torch.Tensor, count:
 
 def _trimmed(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """A word without the silence around it, and a 0.1 s pause after it."""
-    from .data import _trim
+    from .data import trim_silence
 
-    return np.concatenate([_trim(wave, sample_rate), np.zeros(sample_rate // 10, dtype=np.float32)])
+    return np.concatenate([trim_silence(wave, sample_rate), np.zeros(sample_rate // 10, dtype=np.float32)])
+
+
+def open_checkpoint(checkpoint) -> AudioModel:
+    return AudioModel(checkpoint.path, checkpoint.config, checkpoint.model)
+
+
+def score(handle: AudioModel, request: EvalRequest) -> AudioEvalResult:
+    """`genloom eval` of an audio model: recognition, FAD-genloom and (voices) speaker similarity."""
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: audio models have no named tasks")
+    request.check({"num_samples", "steps", "guidance", "seed"}, "an audio model")
+    return handle.evaluate(num_samples=request.get("num_samples", 200), steps=request.steps, guidance=request.guidance,
+                           seed=request.get("seed", 0), progress=request.progress)

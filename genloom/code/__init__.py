@@ -1,0 +1,20 @@
+"""Code: source files, fill-in-the-middle training, completions that end where a block ends, and pass@k of
+generated code run in a sandbox. See README.md in this folder."""
+
+from ..core.registry import Modality, register_modality
+
+MODALITY = register_modality(Modality(
+    name="code",
+    title="code",
+    summary="language models of source code: completion, infilling, syntax and pass@k in a sandbox",
+    data_kinds=("code",),
+    components=("genloom.code.data",),
+    open="genloom.code.handle:open_checkpoint",
+    evaluate="genloom.code.handle:score",
+    assets=("tokenizer.json", "chat_template.json"),
+    finetune_assets="genloom.code.handle:finetune_assets",
+    cli="genloom.code.cli",
+    serve="text",
+    adapters=True,
+    handles=("genloom.code.handle:CodeModel",),
+))

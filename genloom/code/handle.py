@@ -15,7 +15,9 @@ from ..core.errors import GenloomError
 from ..lm.decoding import Sampling, StopMatcher, stream_text
 from ..lm.windows import score_split
 from ..text.eval import TextEvalResult
-from ..text.handle import _CURRENT, Completion, TextModel
+from ..handle import EvalRequest
+from ..text.handle import CURRENT_ADAPTER, Completion, TextModel
+from ..text.handle import open_checkpoint as open_text_checkpoint
 from .data import CodeData, CodeDataConfig, code_files, is_validation
 from .eval import (
     CodeEvalResult,
@@ -36,7 +38,7 @@ from .generate import (
     infill_prompt_ids,
 )
 
-__all__ = ["CodeModel", "STOP_RULES"]
+__all__ = ["CodeModel", "STOP_RULES", "open_checkpoint", "score", "finetune_assets"]
 
 
 def _special_only(prompt: str) -> StopMatcher:
@@ -66,16 +68,17 @@ class CodeModel(TextModel):
     def _decode(self, prompts: list[tuple[list[int], str]], matchers: list, offsets: list[int], max_new_tokens: int,
                 sampling: Sampling, seed: int | None, adapter) -> list[Completion]:
         healed = [h for _, h in prompts]
-        return self._complete_rows([ids for ids, _ in prompts], matchers, offsets, max_new_tokens, sampling, seed,
-                                   adapter=adapter, first_allowed=allowed_first(self._pieces, healed), skips=healed)
+        return self._complete_rows([ids for ids, _ in prompts], matchers, offsets, max_new_tokens=max_new_tokens,
+                                   sampling=sampling, seed=seed, adapter=adapter,
+                                   first_allowed=allowed_first(self._pieces, healed), skips=healed)
 
     def _room(self, max_new_tokens: int) -> int:
         block = self.model.config.block_size
         return max(block - max_new_tokens, block // 2)
 
-    def complete_code(self, prompts: str | Sequence[str], max_new_tokens: int = 256, temperature: float = 0.8,
+    def complete_code(self, prompts: str | Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.8,
                       top_p: float = 0.95, seed: int | None = None, num_samples: int = 1, stop_at: str = "block",
-                      top_k: int = 0, adapter=_CURRENT) -> list[Completion]:
+                      top_k: int = 0, adapter=CURRENT_ADAPTER) -> list[Completion]:
         """Continue each prompt `num_samples` times (prompt-major order), each ending where the function or
         block the prompt is in ends (`stop_at="block"`), at the end of the line ("line"), or only at the
         model's end of text ("none")."""
@@ -86,9 +89,9 @@ class CodeModel(TextModel):
         return self._decode([code_prompt_ids(self.tokenizer, p, room) for p, _ in rows], [rule(p) for p, _ in rows],
                             [j for _, j in rows], max_new_tokens, Sampling(temperature, top_k, top_p), seed, adapter)
 
-    def infill(self, prefix: str | Sequence[str], suffix: str | Sequence[str], max_new_tokens: int = 64,
+    def infill(self, prefix: str | Sequence[str], suffix: str | Sequence[str], *, max_new_tokens: int = 64,
                temperature: float = 0.0, top_p: float = 1.0, seed: int | None = 0, num_samples: int = 1,
-               stop_at: str = "none", adapter=_CURRENT) -> list[Completion]:
+               stop_at: str = "none", adapter=CURRENT_ADAPTER) -> list[Completion]:
         """The code that goes between `prefix` and `suffix` (one pair, or lists of pairs), greedy by default.
         The model ends the middle itself (end of text); `stop_at="line"` keeps one line."""
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
@@ -102,9 +105,9 @@ class CodeModel(TextModel):
                             [LineEnd() if rule is LineEnd else _special_only("") for _ in rows],
                             [j for _, _, j in rows], max_new_tokens, Sampling(temperature, 0, top_p), seed, adapter)
 
-    def stream_code(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.95,
+    def stream_code(self, prompt: str = "", *, max_new_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.95,
                     seed: int | None = None, stop_at: str = "block", suffix: str | None = None,
-                    adapter=_CURRENT) -> Iterator[str]:
+                    adapter=CURRENT_ADAPTER) -> Iterator[str]:
         """Stream the continuation of `prompt` (or, with `suffix`, the code between `prompt` and `suffix`)."""
         self._route(adapter)
         room = self._room(max_new_tokens)
@@ -113,7 +116,7 @@ class CodeModel(TextModel):
         else:
             ids, healed = infill_prompt_ids(self.tokenizer, prompt, suffix, room)
             matcher = LineEnd() if stop_at == "line" else _special_only("")
-        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self._seed(seed),
+        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self.draw_seed(seed),
                            Sampling(temperature, 0, top_p), matcher=matcher, prompt_ids=ids,
                            first_allowed=allowed_first(self._pieces, [healed])[0], skip=healed)
 
@@ -128,7 +131,7 @@ class CodeModel(TextModel):
         return [text for relative, text in code_files(config.path, config.extensions)
                 if is_validation(relative, config.val_fraction)]
 
-    def evaluate(self, data_path: str | None = None, progress: bool = True) -> TextEvalResult:
+    def evaluate(self, data_path: str | None = None, *, progress: bool = True) -> TextEvalResult:
         """Perplexity and bits per byte on the held-out files (of the training corpus, or of `data_path`, a
         folder split the same way), tokenized with the model's tokenizer."""
         data = CodeData(self._data_config(data_path), self.model.config.block_size, self.tokenizer)
@@ -140,7 +143,7 @@ class CodeModel(TextModel):
                               perplexity=math.exp(nats / tokens),
                               bits_per_byte=nats / data.meta["val_bytes"] / math.log(2))
 
-    def evaluate_code(self, tasks: str | Path | None = None, num_samples: int = 10, syntax_samples: int = 100,
+    def evaluate_code(self, tasks: str | Path | None = None, *, num_samples: int = 10, syntax_samples: int = 100,
                       infill_samples: int = 200, temperatures: Sequence[float] = (0.2, 0.8), seed: int = 0,
                       data_path: str | None = None, parts: Sequence[str] = ("syntax", "infill", "tasks"),
                       max_new_tokens: int = 384, progress: bool = True) -> CodeEvalResult:
@@ -157,24 +160,56 @@ class CodeModel(TextModel):
 
             def bodies(group: list[str]) -> list[tuple[str, bool]]:
                 return [(c.text, c.finish_reason == "stop")
-                        for c in self.complete_code(group, max_new_tokens, temperature, seed=seed)]
+                        for c in self.complete_code(group, max_new_tokens=max_new_tokens, temperature=temperature,
+                                                    seed=seed)]
 
             syntax_score(bodies, prompts, result, str(temperature), progress=progress)
         if "infill" in parts:
             cases = {kind: infill_cases(files, infill_samples, kind, seed) for kind in ("line", "expression")}
 
             def fill(group: list[InfillCase]) -> list[str]:
-                return [c.text for c in self.infill([c.prefix for c in group], [c.suffix for c in group], 48,
-                                                    stop_at="line")]
+                return [c.text for c in self.infill([c.prefix for c in group], [c.suffix for c in group],
+                                                    max_new_tokens=48, stop_at="line")]
 
             infill_score(fill, cases, result, progress=progress)
         task_list = resolve_tasks(tasks) if "tasks" in parts else []
         for temperature in temperatures if task_list else ():
             def solve(prompts: list[str], n: int) -> list[list[str]]:
-                texts = [c.text for c in self.complete_code(prompts, max_new_tokens, temperature, seed=seed,
-                                                            num_samples=n)]
+                texts = [c.text for c in self.complete_code(prompts, max_new_tokens=max_new_tokens,
+                                                            temperature=temperature, seed=seed, num_samples=n)]
                 return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
             functional_score(solve, task_list, str(tasks or "genloom's task set"), num_samples, (1, 10), result,
                              str(temperature), progress=progress)
         return result
+
+
+def open_checkpoint(checkpoint) -> CodeModel:
+    """The handle of an opened code checkpoint (a text checkpoint whose handle knows code)."""
+    return open_text_checkpoint(checkpoint, CodeModel)
+
+
+def score(handle: CodeModel, request: EvalRequest):
+    """`genloom eval` of a code model: held-out perplexity and bits per byte, or `--task code` (syntax,
+    infilling and pass@k of generated code, run in the sandbox), or `--task safety` as for text models."""
+    if request.task == "code":
+        request.check({"task", "tasks", "num_samples", "seed", "data", "unsafe_sandbox"}, "--task code")
+        return handle.evaluate_code(request.tasks, num_samples=request.get("num_samples", 10),
+                                    seed=request.get("seed", 0), data_path=request.data, progress=request.progress)
+    if request.task == "safety":
+        request.check({"task"}, "--task safety")
+        return handle.evaluate_safety(progress=request.progress)
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: code models have the tasks 'code' and 'safety'")
+    request.check({"data"}, "a code model")
+    return handle.evaluate(request.data, progress=request.progress)
+
+
+def finetune_assets(base: Path, data_config, finetune=None) -> dict:
+    """More code is read with the base model's own tokenizer (its vocabulary is the model's)."""
+    from ..lm.tokenizers import TextTokenizer
+
+    if not (Path(base) / "tokenizer.json").is_file():
+        raise GenloomError(f"finetune.base: {base} has no tokenizer.json, so it is not a code model and cannot learn "
+                           "from data.kind = 'code'")
+    return {"tokenizer": TextTokenizer.load(Path(base) / "tokenizer.json")}

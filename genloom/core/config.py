@@ -15,7 +15,6 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ __all__ = [
     "build_section",
     "load_recipe",
     "builtin_recipes",
+    "builtin_recipe_files",
     "apply_overrides",
 ]
 
@@ -311,14 +311,16 @@ class RunConfig:
 # Recipes and overrides
 # ----------------------------------------------------------------------------------------------
 
+def builtin_recipe_files() -> dict[str, Path]:
+    """Built-in recipe names -> their TOML files (each content package's `recipes/` folder), sorted by name."""
+    files = {entry.stem: entry for folder in registry.recipe_folders() for entry in folder.glob("*.toml")}
+    return dict(sorted(files.items()))
+
+
 def builtin_recipes() -> dict[str, str]:
     """Built-in recipe names -> their one-line description."""
-    out = {}
-    for entry in sorted(resources.files("genloom.recipes").iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".toml"):
-            raw = tomllib.loads(entry.read_text(encoding="utf-8"))
-            out[entry.name[: -len(".toml")]] = str(raw.get("description", ""))
-    return out
+    return {name: str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", ""))
+            for name, path in builtin_recipe_files().items()}
 
 
 def _read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
@@ -336,7 +338,7 @@ def _read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
                 f"unknown recipe {name_or_path!r}.{hint} Built-in recipes: {', '.join(names)}; "
                 "or give the path of a .toml file"
             )
-        text = resources.files("genloom.recipes").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
+        text = builtin_recipe_files()[name_or_path].read_text(encoding="utf-8")
         label = name_or_path
     try:
         return tomllib.loads(text), label

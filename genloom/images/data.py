@@ -28,8 +28,8 @@ from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..media.image import (
     GRAY_MODES,
-    _conform,
-    _conform_array,
+    conform_image,
+    conform_array,
     save_image_grid,
     save_images,
     to_pil_image,
@@ -199,13 +199,13 @@ def _digits(config: ImageDataConfig) -> ImageSource:
         raise DataError("data.path=builtin:digits needs scikit-learn: pip install scikit-learn") from None
     digits = load_digits()
     pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)[:, :, :, None]  # values 0..16 -> 0..255
-    pixels = _conform_array(pixels, config.image_size, config.channels or 1)
+    pixels = conform_array(pixels, config.image_size, config.channels or 1)
     return ImageSource(pixels, digits.target.astype(np.int64), [str(d) for d in range(10)], config.path)
 
 
 def _glyphs(config: ImageDataConfig) -> ImageSource:
     pixels, attributes = render_glyphs(config.glyphs_count, config.seed)
-    pixels = _conform_array(pixels, config.image_size, config.channels or 3)
+    pixels = conform_array(pixels, config.image_size, config.channels or 3)
     labels = np.array([GLYPH_CHARACTERS.index(a["char"]) for a in attributes], dtype=np.int64)
     return ImageSource(pixels, labels, list(GLYPH_CHARACTERS), config.path, attributes)
 
@@ -258,7 +258,7 @@ def _folder(config: ImageDataConfig) -> ImageSource:
     for path in headers:  # second pass: decode (a truncated file only fails here)
         try:
             with Image.open(path) as image:
-                pixels[len(kept)] = _conform(image, size, channels)
+                pixels[len(kept)] = conform_image(image, size, channels)
             kept.append(path)
         except errors as error:
             unreadable.append((path, error))

@@ -1,5 +1,5 @@
-"""The Python API's handles for image models: diffusion (ImageModel), text-to-image (TextToImageModel) and
-GANs (GANModel). `genloom.load` returns them; `genloom.api` re-exports them."""
+"""The handles of image models: diffusion (ImageModel) and GANs (GANModel), both drawing images of a class
+(or unconditional ones) from a seed; `open_checkpoint` makes them and `score` is `genloom eval` for them."""
 
 from __future__ import annotations
 
@@ -10,24 +10,41 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import AdapterChoice, Seeded
+from ..handle import EvalRequest, Handle
+from .data import load_labels
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .eval import ImageEvalResult
 
-__all__ = ["ImageModel", "GANModel"]
+__all__ = ["ImageHandle", "ImageModel", "GANModel", "picture", "open_checkpoint", "score", "progress_bar"]
 
 
-class ImageModel(AdapterChoice, Seeded):
-    """A trained diffusion model: images of a class (or of anything), by any sampler, from a seed."""
+def progress_bar(steps: int, total: int, desc: str, progress: bool, callback=None):
+    """A sampler-step callback that moves a tqdm bar (when `progress`) and calls `callback(i, n)`; close it with
+    `.close()`. Sampling runs in chunks of 256 images, each taking `steps` steps."""
+    from tqdm.auto import tqdm
 
-    serves = "image"       # `genloom serve`: image generations from a class label, by a diffusion sampler
+    bar = tqdm(total=max(steps, 0) * -(-total // 256), unit="step", desc=desc, leave=False, disable=not progress)
+
+    def report(i: int, n: int) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(i, n)
+
+    report.close = bar.close
+    return report
+
+
+class ImageHandle(Handle):
+    """What the image models share: their class labels, and the comparison with the training images."""
+
+    prompted = False      # True for models that draw from a written prompt instead of a label
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
-        self.path, self.config, self.model, self.labels = path, config, model, labels
-        self.schedule = config.objective.noise_schedule()
+        super().__init__(path, config, model)
+        self.labels = labels
 
     @property
     def num_classes(self) -> int:
@@ -44,43 +61,6 @@ class ImageModel(AdapterChoice, Seeded):
         shown = ", ".join(self.labels[:40]) + (" ..." if len(self.labels) > 40 else "")
         raise GenloomError(f"label {label!r} is not one the model was trained on; valid labels: {shown}")
 
-    def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
-                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
-                 seed: int | None = None, spacing: str = "leading", eta: float = 0.0,
-                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
-
-        Sample i uses seed + i. Steps, sampler and guidance default to the recipe's objective settings.
-        `callback(i, n)` runs after each sampler step (the server reports progress with it).
-        """
-        from ..diffusion.sampling import generate_images
-
-        objective = self.config.objective
-        steps = objective.sample_steps if steps is None else steps
-        sampler = objective.sampler if sampler is None else sampler
-        guidance = objective.guidance if guidance is None else guidance
-        seed = self._seed(seed)
-        indices, total = self._requests(labels, num_samples)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=max(steps, 0) * -(-total // 256), unit="step", desc="sampling", leave=False)
-
-        user_callback = callback
-
-        def callback(i: int, n: int) -> None:
-            if bar is not None:
-                bar.update(1)
-            if user_callback is not None:
-                user_callback(i, n)
-        try:
-            return generate_images(self.model, self.schedule, indices, total, seed, sampler, steps, guidance, spacing,
-                                   eta, callback=callback)
-        finally:
-            if bar is not None:
-                bar.close()
-
     def _requests(self, labels, num_samples: int) -> tuple[list[int] | None, int]:
         """(class index of every sample in label-major order, or None; how many samples)."""
         if num_samples < 1:
@@ -91,29 +71,12 @@ class ImageModel(AdapterChoice, Seeded):
         indices = [self.label_index(name) for name in names for _ in range(num_samples)]
         return indices, len(indices)
 
-    def _images_for_eval(self, labels: list[int] | None, num_samples: int, seed: int, steps: int | None,
-                         sampler: str | None, guidance: float | None, progress: bool) -> torch.Tensor:
-        from ..diffusion.sampling import generate_images
+    def _images_for_eval(self, labels: list[int] | None, num_samples: int, seed: int, progress: bool,
+                         **sampling) -> torch.Tensor:
+        raise NotImplementedError
 
-        objective = self.config.objective
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=(steps or objective.sample_steps) * -(-num_samples // 256), unit="step",
-                       desc=f"sampling {num_samples} images", leave=False)
-        try:
-            return generate_images(self.model, self.schedule, labels, num_samples, seed,
-                                   sampler or objective.sampler, steps or objective.sample_steps,
-                                   objective.guidance if guidance is None else guidance,
-                                   callback=(lambda i, n: bar.update(1)) if bar is not None else None)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def evaluate(self, num_samples: int = 1000, steps: int | None = None, sampler: str | None = None,
-                 guidance: float | None = None, seed: int = 0, data_path: str | None = None,
-                 inception: str | Path | None = None, progress: bool = True) -> "ImageEvalResult":
+    def _compare(self, num_samples: int, seed: int, data_path: str | None, inception: str | Path | None,
+                 progress: bool, **sampling) -> "ImageEvalResult":
         """Compare `num_samples` generated images (classes in turn) with the training images.
 
         Reports FID-<data> and KID on the features of a small classifier genloom trains once on the
@@ -148,13 +111,76 @@ class ImageModel(AdapterChoice, Seeded):
         classes = settings["num_classes"]
         classifier = data_feature_classifier(data, (real_images, real_labels), progress=progress)
         labels = [i % self.num_classes for i in range(num_samples)] if self.num_classes else None
-        fake = self._images_for_eval(labels, num_samples, seed, steps, sampler, guidance, progress)
+        fake = self._images_for_eval(labels, num_samples, seed, progress, **sampling)
         fake_labels = torch.tensor(labels) if labels is not None and classes == self.num_classes else None
         return evaluate_images(fake, fake_labels, real_images, real_labels if classes else None, classifier,
                                max(classes, 1), inception_network, data_name=name)
 
 
-def _picture(source, what: str) -> "Image.Image":
+class ImageModel(ImageHandle):
+    """A trained diffusion model: images of a class (or of anything), by any sampler, from a seed."""
+
+    serves = "image"       # `genloom serve`: image generations from a class label, by a diffusion sampler
+    described = "a diffusion image model"
+    eval_options = ("num_samples", "steps", "sampler", "guidance", "seed", "data", "inception")
+
+    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
+        super().__init__(path, config, model, labels)
+        self.schedule = config.objective.noise_schedule()
+
+    def sampling(self, steps: int | None, sampler: str | None, guidance: float | None) -> tuple[int, str, float]:
+        """(steps, sampler, guidance), each the recipe's where it is None."""
+        objective = self.config.objective
+        return (objective.sample_steps if steps is None else steps, objective.sampler if sampler is None else sampler,
+                objective.guidance if guidance is None else guidance)
+
+    def generate(self, labels: str | int | Sequence[str | int] | None = None, *, num_samples: int = 1,
+                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
+                 seed: int | None = None, spacing: str = "leading", eta: float = 0.0,
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
+
+        Sample i uses seed + i. Steps, sampler and guidance default to the recipe's objective settings.
+        `callback(i, n)` runs after each sampler step (the server reports progress with it).
+        """
+        from ..diffusion.sampling import generate_images
+
+        steps, sampler, guidance = self.sampling(steps, sampler, guidance)
+        seed = self.draw_seed(seed)
+        indices, total = self._requests(labels, num_samples)
+        report = progress_bar(steps, total, "sampling", progress, callback)
+        try:
+            return generate_images(self.model, self.schedule, indices, total, seed, sampler, steps, guidance, spacing,
+                                   eta, callback=report)
+        finally:
+            report.close()
+
+    def _images_for_eval(self, labels, num_samples, seed, progress, steps=None, sampler=None,
+                         guidance=None) -> torch.Tensor:
+        from ..diffusion.sampling import generate_images
+
+        steps, sampler, guidance = self.sampling(steps, sampler, guidance)
+        report = progress_bar(steps, num_samples, f"sampling {num_samples} images", progress)
+        try:
+            return generate_images(self.model, self.schedule, labels, num_samples, seed, sampler, steps, guidance,
+                                   callback=report)
+        finally:
+            report.close()
+
+    def evaluate(self, *, num_samples: int = 1000, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | None = None, seed: int = 0, data_path: str | None = None,
+                 inception: str | Path | None = None, progress: bool = True) -> "ImageEvalResult":
+        """Compare `num_samples` generated images (classes in turn) with the training images.
+
+        Reports FID-<data> and KID on the features of a small classifier genloom trains once on the
+        reference images (cached), k-NN precision/recall, how often that classifier recognises the
+        requested class, and the standard FID when `inception` names FID Inception weights (.safetensors).
+        """
+        return self._compare(num_samples, seed, data_path, inception, progress, steps=steps, sampler=sampler,
+                             guidance=guidance)
+
+
+def picture(source, what: str) -> "Image.Image":
     """A PIL image from a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) tensor in [-1, 1]."""
     import numpy as np
     from PIL import Image
@@ -181,49 +207,43 @@ def _picture(source, what: str) -> "Image.Image":
 
 
 
-class GANModel(ImageModel):
+class GANModel(ImageHandle):
     """A trained GAN: one generator pass per image, from a seed; latent walks between seeds."""
 
     serves = "gan"         # `genloom serve`: image generations in one generator pass
+    described = "a GAN (it makes each image in one pass)"
+    eval_options = ("num_samples", "seed", "data", "inception")
 
-    def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, labels: list[str]):
-        self.path, self.config, self.model, self.labels = path, config, model, labels
-
-    def generate(self, labels: str | int | Sequence[str | int] | None = None, num_samples: int = 1,
-                 steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
-                 seed: int | None = None, spacing: str | None = None, eta: float | None = None,
-                 progress: bool = False, truncation: float = 1.0,
+    def generate(self, labels: str | int | Sequence[str | int] | None = None, *, num_samples: int = 1,
+                 seed: int | None = None, truncation: float = 1.0, progress: bool = False,
                  callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
         Sample i comes from the latent of seed + i; `truncation` < 1 shrinks the latents (less varied,
-        more typical). The diffusion options (steps, sampler, guidance, spacing, eta) do not apply."""
+        more typical). (`progress` is accepted for symmetry with the diffusion models: there is one pass.)"""
         from ..gan.objective import generate_gan_images
 
-        self._reject_diffusion_options(steps, sampler, guidance, spacing, eta)
         if not 0 < truncation <= 2:
             raise GenloomError(f"truncation={truncation}: must be in (0, 2] (1 = the training distribution)")
-        seed = self._seed(seed)
+        seed = self.draw_seed(seed)
         indices, total = self._requests(labels, num_samples)
         images = generate_gan_images(self.model, indices, total, seed, truncation=truncation)
         if callback is not None:
             callback(1, 1)                                               # one pass: done
         return images
 
-    def _reject_diffusion_options(self, steps=None, sampler=None, guidance=None, spacing=None, eta=None) -> None:
-        given = [name for name, value in (("steps", steps), ("sampler", sampler), ("guidance", guidance),
-                                          ("spacing", spacing), ("eta", eta)) if value is not None]
-        if given:
-            raise GenloomError(f"{self.path} is a GAN: it makes each image in one pass, so "
-                               f"{', '.join(given)} do(es) not apply (those are diffusion-sampler options)")
-
-    def _images_for_eval(self, labels, num_samples, seed, steps, sampler, guidance, progress) -> torch.Tensor:
+    def _images_for_eval(self, labels, num_samples, seed, progress) -> torch.Tensor:
         from ..gan.objective import generate_gan_images
 
-        self._reject_diffusion_options(steps, sampler, guidance)
         return generate_gan_images(self.model, labels, num_samples, seed)
 
+    def evaluate(self, *, num_samples: int = 1000, seed: int = 0, data_path: str | None = None,
+                 inception: str | Path | None = None, progress: bool = True) -> "ImageEvalResult":
+        """Compare `num_samples` generated images (classes in turn) with the training images (as for diffusion
+        models: FID-<data>, KID, precision/recall, class accuracy; the standard FID with `inception`)."""
+        return self._compare(num_samples, seed, data_path, inception, progress)
+
     @torch.no_grad()
-    def interpolate(self, label: str | int | None = None, seed: int = 0, to_seed: int = 1,
+    def interpolate(self, label: str | int | None = None, *, seed: int = 0, to_seed: int = 1,
                     frames: int = 16) -> torch.Tensor:
         """Images (frames, C, H, W) along the great circle from the latent of `seed` to that of `to_seed`
         (spherical interpolation keeps every intermediate latent as likely as the ends)."""
@@ -243,3 +263,21 @@ class GANModel(ImageModel):
         elif label is not None:
             self.label_index(label)                                     # raises: unconditional
         return gan.generator(z, labels).float().clamp(-1, 1).cpu()
+
+
+def open_checkpoint(checkpoint) -> ImageHandle:
+    """The handle of an opened image checkpoint: a GANModel for a GAN, else an ImageModel."""
+    handle_class = GANModel if checkpoint.base_config.objective.kind == "gan" else ImageModel
+    return handle_class(checkpoint.path, checkpoint.config, checkpoint.model, load_labels(checkpoint.path))
+
+
+def score(handle: ImageHandle, request: EvalRequest) -> "ImageEvalResult":
+    """`genloom eval` of an image model: FID-<data>, KID, precision/recall and class accuracy of generated images."""
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: image models have no named tasks (the tasks are safety, "
+                           "concept and code)")
+    request.check(handle.eval_options, handle.described)
+    options = {name: getattr(request, name) for name in handle.eval_options if getattr(request, name) is not None}
+    if "data" in options:
+        options["data_path"] = options.pop("data")
+    return handle.evaluate(**options, progress=request.progress)

@@ -91,7 +91,7 @@ def save_gif(frames: torch.Tensor, path: str | Path, scale: int = 1, seconds: fl
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
-def _conform(image: Image.Image, size: int, channels: int) -> np.ndarray:
+def conform_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
     """One picture as (size, size, channels) uint8: transparency flattened onto white, 16-bit gray
     scaled to 8 bits, then resized so its shorter side is `size` and centre-cropped (size 0: kept)."""
     if image.mode.startswith("I"):  # 16-bit gray
@@ -110,9 +110,9 @@ def _conform(image: Image.Image, size: int, channels: int) -> np.ndarray:
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def _conform_array(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """(N, H, W, C) uint8 -> (N, size, size, channels) through `_conform` (untouched when it fits)."""
+def conform_array(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, size, size, channels) through `conform_image` (untouched when it fits)."""
     if size in (0, pixels.shape[1]) and channels == pixels.shape[3]:  # the built-in images are square
         return pixels
-    return np.stack([_conform(Image.fromarray(p[:, :, 0] if p.shape[2] == 1 else p), size, channels)
+    return np.stack([conform_image(Image.fromarray(p[:, :, 0] if p.shape[2] == 1 else p), size, channels)
                      for p in pixels])

@@ -44,7 +44,7 @@ def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: 
     """A GIF, a video file, a folder of numbered frames or one picture, as (frames, size, size, channels) uint8: the first `frames`
     frames (`at_most`: up to that many), each resized (centre-cropped to a square). Clear errors for
     unreadable or too short clips."""
-    from .image import _conform
+    from .image import conform_image
 
     path = Path(path)
     pictures: list[Image.Image] = []
@@ -75,4 +75,4 @@ def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: 
         frames = min(frames, len(pictures))
     if len(pictures) < frames or not pictures:
         raise DataError(f"{path}: {len(pictures)} frame(s); at least {frames} are needed (data.frames)")
-    return np.stack([_conform(p, size, channels) for p in pictures[:frames]])
+    return np.stack([conform_image(p, size, channels) for p in pictures[:frames]])

@@ -1,0 +1,17 @@
+"""Music: chorales and folk songs as tokens; compose, continue and harmonise, written as MIDI, MusicXML, WAV
+and piano rolls. See README.md in this folder."""
+
+from ..core.registry import Modality, register_modality
+
+MODALITY = register_modality(Modality(
+    name="music",
+    title="music",
+    summary="symbolic music: compose, continue an opening, harmonise a melody",
+    data_kinds=("music",),
+    components=("genloom.music.data",),
+    open="genloom.music.handle:open_checkpoint",
+    evaluate="genloom.music.handle:score",
+    assets=("tokenizer.json",),
+    cli="genloom.music.cli",
+    handles=("genloom.music.handle:MusicModel",),
+))

@@ -14,14 +14,14 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import Seeded
+from ..handle import EvalRequest, Handle
 from ..lm.windows import score_split
 from .data import MusicData, parse_music_file
 from .eval import MusicEvalResult, in_key_share, music_stats, pitch_class_distance
 from .generate import compose, write_piece
 from .tokens import PITCH_CLASSES, Piece
 
-__all__ = ["MusicModel", "parse_key"]
+__all__ = ["MusicModel", "parse_key", "open_checkpoint", "score"]
 
 _NAMES = {name.lower(): i for i, name in enumerate(PITCH_CLASSES)} | {
     "db": 1, "d#": 3, "gb": 6, "g#": 8, "a#": 10, "cb": 11, "e#": 5, "fb": 4, "b#": 0}
@@ -36,11 +36,11 @@ def parse_key(text: str) -> tuple[int, str]:
     return _NAMES[words[0].lower()], (words[1].lower() if len(words) == 2 else "major")
 
 
-class MusicModel(Seeded):
+class MusicModel(Handle):
     """A transformer over music tokens, with the encoding and voices it was trained on."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module):
-        self.path, self.config, self.model = path, config, model
+        super().__init__(path, config, model)
         self.encoding = config.data.encoding
         self.voices = 1 if config.data.path == "builtin:essen" else config.data.voices
         self._data: MusicData | None = None
@@ -74,11 +74,11 @@ class MusicModel(Seeded):
             raise GenloomError(f"{what}: pitches {sorted(set(outside))[:5]} are outside the model's range (MIDI 21-108, "
                                "the piano's keys)")
 
-    def compose(self, num_samples: int = 1, bars: int = 8, key: str | None = None, seed: int | None = None,
+    def compose(self, *, num_samples: int = 1, bars: int = 8, key: str | None = None, seed: int | None = None,
                 temperature: float = 1.0, voice_leading: bool = False) -> list[Piece]:
         """New pieces of `bars` bars; `key` like 'G major' (default: drawn by the seed); sample i uses seed + i.
         `voice_leading`: the decoder also forbids parallel fifths and octaves (grid models)."""
-        seed = self._seed(seed)
+        seed = self.draw_seed(seed)
         out = []
         for i in range(num_samples):
             chosen = parse_key(key) if key else (random.Random(seed + i).randrange(12),
@@ -89,14 +89,14 @@ class MusicModel(Seeded):
             out.append(piece)
         return out
 
-    def continue_piece(self, opening: str | Path | Piece, bars: int = 8, opening_bars: int = 2,
+    def continue_piece(self, opening: str | Path | Piece, *, bars: int = 8, opening_bars: int = 2,
                        num_samples: int = 1, seed: int | None = None, temperature: float = 1.0,
                        voice_leading: bool = False) -> list[Piece]:
         """The first `opening_bars` bars of `opening` (a MIDI/MusicXML file, heldout:N, or a Piece) and `bars`
         more."""
         piece = self._piece(opening, "--opening")
         self._check_range(piece, "--opening")
-        seed = self._seed(seed)
+        seed = self.draw_seed(seed)
         out = []
         for i in range(num_samples):
             result = compose(self.model, self.encoding, self.voices, bars, seed + i, temperature,
@@ -105,12 +105,12 @@ class MusicModel(Seeded):
             out.append(result)
         return out
 
-    def harmonize(self, melody: str | Path | Piece, num_samples: int = 1, seed: int | None = None,
+    def harmonize(self, melody: str | Path | Piece, *, num_samples: int = 1, seed: int | None = None,
                   temperature: float = 1.0, voice_leading: bool = False) -> list[Piece]:
         """Alto, tenor and bass under a soprano melody (the top voice of a file, heldout:N, or a Piece)."""
         piece = self._piece(melody, "--melody")
         self._check_range(Piece(piece.name, piece.voice(0)), "--melody")
-        seed = self._seed(seed)
+        seed = self.draw_seed(seed)
         out = []
         for i in range(num_samples):
             result = compose(self.model, self.encoding, self.voices, seed=seed + i, temperature=temperature,
@@ -119,11 +119,11 @@ class MusicModel(Seeded):
             out.append(result)
         return out
 
-    def write(self, piece: Piece, stem: str | Path, formats: Sequence[str] = ("mid", "musicxml", "wav", "png"),
+    def write(self, piece: Piece, stem: str | Path, *, formats: Sequence[str] = ("mid", "musicxml", "wav", "png"),
               synth: str = "genloom", tempo: float = 80.0) -> list[Path]:
         return write_piece(piece, Path(stem), formats, synth, tempo)
 
-    def evaluate(self, num_samples: int = 20, temperature: float = 1.0, seed: int = 0,
+    def evaluate(self, *, num_samples: int = 20, temperature: float = 1.0, seed: int = 0,
                  harmonise: int = 20, voice_leading: bool = False, progress: bool = True) -> MusicEvalResult:
         """Held-out NLL per note and per sixteenth frame; statistics of `num_samples` composed pieces (each in the
         key and of the length of a held-out piece) beside the held-out pieces; and the in-key share of the
@@ -158,3 +158,16 @@ class MusicModel(Seeded):
         if not math.isfinite(result.nll_per_note):
             raise GenloomError("the held-out score is not finite")
         return result
+
+
+def open_checkpoint(checkpoint) -> MusicModel:
+    return MusicModel(checkpoint.path, checkpoint.config, checkpoint.model)
+
+
+def score(handle: MusicModel, request: EvalRequest) -> MusicEvalResult:
+    """`genloom eval` of a music model: held-out NLL and statistics of composed pieces beside the held-out ones."""
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: music models have no named tasks")
+    request.check({"num_samples", "seed"}, "a music model")
+    return handle.evaluate(num_samples=request.get("num_samples", 20), seed=request.get("seed", 0),
+                           progress=request.progress)

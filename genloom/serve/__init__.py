@@ -42,7 +42,7 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
     models = {}
     for name, path in paths.items():
         models[name] = api.load(path, device=device, adapters=adapters[name] or None)
-        if not isinstance(models[name], (api.TextModel, api.ImageModel)):
+        if not getattr(models[name], "serves", ""):
             raise GenloomError(f"--model {name}={path}: a {type(models[name]).__name__} cannot be served yet (the "
                                "server has text and image endpoints); use `genloom generate` for it")
         if adapters[name]:

@@ -1,0 +1,20 @@
+"""Text: plain text, chat conversations and preference pairs; language models that write, chat and are
+scored on held-out text. See README.md in this folder."""
+
+from ..core.registry import Modality, register_modality
+
+MODALITY = register_modality(Modality(
+    name="text",
+    title="text",
+    summary="language models of text: pretraining, chat and preference tuning, sampling, scoring",
+    data_kinds=("text", "chat", "preference"),
+    components=("genloom.text.data", "genloom.text.chat"),
+    open="genloom.text.handle:open_checkpoint",
+    evaluate="genloom.text.handle:score",
+    assets=("tokenizer.json", "chat_template.json"),
+    finetune_assets="genloom.text.handle:finetune_assets",
+    cli="genloom.text.cli",
+    serve="text",
+    adapters=True,
+    handles=("genloom.text.handle:TextModel",),
+))

@@ -62,11 +62,9 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
-def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write a genloom text model as a Hugging Face directory that `from_pretrained` loads."""
-    from ..api import load
-
-    handle = load(checkpoint, device="cpu")
+def export_hf(handle, out: str | Path) -> Path:
+    """Write a loaded genloom text model (a TextModel on the CPU) as a Hugging Face directory that
+    `from_pretrained` loads."""
     out = Path(out)
     if (out / "model.safetensors").exists():
         raise CheckpointError(f"{out} already holds a model.safetensors; choose another --out")

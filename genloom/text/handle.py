@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The handle of a language model (`genloom.load` of a checkpoint trained on text, chat or preference data):
+generate, stream and score text, chat, beam search and speculative decoding; `open_checkpoint` makes it."""
 
 from __future__ import annotations
 
@@ -9,23 +10,19 @@ from typing import Iterator, Sequence
 import torch
 
 from ..core.config import RunConfig
-from ..core.errors import GenloomError
-from ..handle import AdapterChoice, Seeded
-from ..lm.decoding import (
-    Sampling,
-    StopMatcher,
-    TextStream,
-    encode_prompt,
-    generate_tokens,
-    stream_text,
-)
+from ..core.errors import CheckpointError, GenloomError
+from ..handle import EvalRequest, Handle
+from ..lm.decoding import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
 from ..lm.search import beam_search, speculative_tokens
 from ..lm.tokenizers import END_OF_TEXT, TextTokenizer
 from .chat import ChatTemplate
 from .eval import TextEvalResult, evaluate_text
 from .safety import SafetyEvalResult
 
-_CURRENT = object()    # "the adapter chosen with use_adapter" (the default of per-call `adapter=`)
+__all__ = ["TextModel", "Completion", "open_checkpoint", "score", "CURRENT_ADAPTER", "TEXT_OBJECTIVES"]
+
+TEXT_OBJECTIVES = ("lm", "dpo")    # objectives whose checkpoints are language models
+CURRENT_ADAPTER = object()    # "the adapter chosen with use_adapter" (the default of per-call `adapter=`)
 
 
 @dataclass(frozen=True)
@@ -39,44 +36,39 @@ class Completion:
     seed: int                 # the seed that reproduces this sample alone
 
 
-class TextModel(AdapterChoice, Seeded):
+class TextModel(Handle):
     """A trained language model with its tokenizer: generate text, stream it, score it."""
 
     serves = "text"        # what `genloom serve` offers for it: completions and chat completions
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
                  chat_template: "ChatTemplate | None" = None):
-        from .chat import ChatTemplate
-
-        self.path, self.config, self.model, self.tokenizer = path, config, model, tokenizer
+        super().__init__(path, config, model)
+        self.tokenizer = tokenizer
         self.chat_template = chat_template or ChatTemplate.default(tokenizer)
 
     def chat_prompt(self, messages: Sequence[dict]) -> str:
         """The prompt that asks the model for the assistant's next turn (the model's chat template)."""
         return self.chat_template.prompt(messages)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def _route(self, adapter) -> None:
-        if adapter is not _CURRENT:
+        if adapter is not CURRENT_ADAPTER:
             self.use_adapter(adapter)
 
-    def stream(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
+    def stream(self, prompt: str = "", *, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
-               stop: Sequence[str] = (), use_cache: bool = True, adapter=_CURRENT) -> Iterator[str]:
+               stop: Sequence[str] = (), use_cache: bool = True, adapter=CURRENT_ADAPTER) -> Iterator[str]:
         """Yield pieces of the continuation of `prompt` as they are sampled. `adapter` names a loaded LoRA
         adapter (None: the base model); by default the one chosen with `use_adapter` applies."""
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
         self._route(adapter)
-        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self._seed(seed), sampling, stop,
+        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self.draw_seed(seed), sampling, stop,
                            use_cache)
 
-    def complete(self, prompts: str | Sequence[str] = "", max_new_tokens: int = 256, temperature: float = 1.0,
+    def complete(self, prompts: str | Sequence[str] = "", *, max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
                  min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
-                 use_cache: bool = True, adapter=_CURRENT) -> list[Completion]:
+                 use_cache: bool = True, adapter=CURRENT_ADAPTER) -> list[Completion]:
         """Continue each prompt `num_samples` times, all in one batch (prompt-major order).
 
         Sample j of every prompt uses seed + j, so it is the text that prompt alone with that seed
@@ -85,18 +77,19 @@ class TextModel(AdapterChoice, Seeded):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
         return self._complete_rows([encode_prompt(self.tokenizer, prompt) for prompt, _ in rows],
-                                   [StopMatcher(stop) for _ in rows], [j for _, j in rows], max_new_tokens,
-                                   Sampling(temperature, top_k, top_p, min_p, repetition_penalty), seed, use_cache,
-                                   adapter)
+                                   [StopMatcher(stop) for _ in rows], [j for _, j in rows],
+                                   max_new_tokens=max_new_tokens,
+                                   sampling=Sampling(temperature, top_k, top_p, min_p, repetition_penalty), seed=seed,
+                                   use_cache=use_cache, adapter=adapter)
 
-    def _complete_rows(self, encoded: list[list[int]], matchers: list, offsets: list[int], max_new_tokens: int,
-                       sampling: Sampling, seed: int | None, use_cache: bool = True, adapter=_CURRENT,
+    def _complete_rows(self, encoded: list[list[int]], matchers: list, offsets: list[int], *, max_new_tokens: int,
+                       sampling: Sampling, seed: int | None, use_cache: bool = True, adapter=CURRENT_ADAPTER,
                        first_allowed: torch.Tensor | None = None, skips: Sequence[str] = ()) -> list[Completion]:
         """Decode token prompts together; row i draws from seed + offsets[i] and ends where matchers[i]
         (a StopMatcher or anything with its push/flush/stopped) says. Token healing: `first_allowed` (B, V)
         limits the first tokens, and skips[i] (text the prompt already has) is cut from row i's start."""
         skips = list(skips) or [""] * len(encoded)
-        seed = self._seed(seed)
+        seed = self.draw_seed(seed)
         self._route(adapter)
         generators = [torch.Generator(device=self.device).manual_seed(seed + j) for j in offsets]
         streams = [TextStream(self.tokenizer) for _ in encoded]
@@ -121,13 +114,11 @@ class TextModel(AdapterChoice, Seeded):
                            "stop" if matchers[i].stopped else "length", seed + j)
                 for i, j in enumerate(offsets)]
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, num_samples: int = 1, **options) -> list[str]:
-        """`num_samples` continuations of `prompt` as strings (see `complete` for the details)."""
-        return [c.text for c in self.complete(prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
-                                              **options)]
+    def generate(self, prompt: str = "", *, num_samples: int = 1, **options) -> list[str]:
+        """`num_samples` continuations of `prompt` as strings (the options of `complete`)."""
+        return [c.text for c in self.complete(prompt, num_samples=num_samples, **options)]
 
-    def beam_search(self, prompt: str, max_new_tokens: int = 64, num_beams: int = 4,
+    def beam_search(self, prompt: str, *, max_new_tokens: int = 64, num_beams: int = 4,
                     length_penalty: float = 1.0) -> list[tuple[str, float]]:
         """The most likely continuations found by beam search: (text, total log-probability), best first."""
         eos = self.tokenizer.token_id(END_OF_TEXT)
@@ -135,18 +126,18 @@ class TextModel(AdapterChoice, Seeded):
                             length_penalty, eos)
         return [(self.tokenizer.decode([t for t in b.tokens if t != eos]), b.logprob) for b in beams]
 
-    def speculative(self, draft: "TextModel", prompt: str = "", max_new_tokens: int = 256, temperature: float = 1.0,
+    def speculative(self, draft: "TextModel", prompt: str = "", *, max_new_tokens: int = 256, temperature: float = 1.0,
                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None, lookahead: int = 4,
                     stats: dict | None = None) -> str:
         """Sample as this model would, with a small `draft` model proposing tokens (same tokenizer)."""
         if draft.tokenizer.hf.to_str() != self.tokenizer.hf.to_str():
             raise GenloomError(f"the draft model {draft.path} uses another tokenizer than {self.path}")
-        generator = torch.Generator(device=self.device).manual_seed(self._seed(seed))
+        generator = torch.Generator(device=self.device).manual_seed(self.draw_seed(seed))
         tokens = speculative_tokens(self.model, draft.model, encode_prompt(self.tokenizer, prompt), max_new_tokens,
                                     generator, Sampling(temperature, top_k, top_p), lookahead, stats)
         return self.tokenizer.decode(list(tokens))
 
-    def evaluate(self, data_path: str | None = None, progress: bool = True) -> TextEvalResult:
+    def evaluate(self, data_path: str | None = None, *, progress: bool = True) -> TextEvalResult:
         """Loss on the validation split of the training data, or of `data_path` split the same way."""
         data_config = self.config.data
         if data_config.kind != "text":
@@ -157,16 +148,16 @@ class TextModel(AdapterChoice, Seeded):
             data_config = TextDataConfig(path=data_path)
         return evaluate_text(self.model, self.tokenizer, data_config, data_path, progress=progress)
 
-    def reply(self, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 80, temperature: float = 0.0,
+    def reply(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 80, temperature: float = 0.0,
               seed: int | None = 0, **options) -> list[str]:
         """The assistant's next turn for each conversation (lists of {"role", "content"} messages), in one
         batch, ending where the chat template closes a turn. Greedy by default."""
         prompts = [self.chat_prompt(list(messages)) for messages in conversations]
-        completions = self.complete(prompts, max_new_tokens, temperature, seed=seed,
+        completions = self.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                     stop=self.chat_template.stop, **options)
         return [c.text.strip() for c in completions]
 
-    def evaluate_safety(self, progress: bool = True) -> "SafetyEvalResult":
+    def evaluate_safety(self, *, progress: bool = True) -> SafetyEvalResult:
         """Refusal rate on the held-out harmful requests of builtin:safety and answer rate on the others."""
         from .safety import evaluate_safety
 
@@ -174,4 +165,44 @@ class TextModel(AdapterChoice, Seeded):
                                progress=progress)
 
 
-TEXT_OBJECTIVES = ("lm", "dpo")
+def open_checkpoint(checkpoint, handle_class: type[TextModel] = TextModel) -> TextModel:
+    """The handle of an opened text checkpoint: its tokenizer, and the chat template of the first adapter that
+    brings one (instruction tuning), else the checkpoint's own."""
+    path, config = checkpoint.path, checkpoint.config
+    if checkpoint.base_config.objective.kind not in TEXT_OBJECTIVES:
+        raise CheckpointError(f"{path}: objective {checkpoint.base_config.objective.kind!r} has no text handle")
+    tokenizer = TextTokenizer.load(path / "tokenizer.json")
+    if tokenizer.vocab_size > checkpoint.base_config.model.vocab_size:
+        raise CheckpointError(f"{path}/tokenizer.json has {tokenizer.vocab_size} tokens but the model only "
+                              f"{checkpoint.base_config.model.vocab_size}")
+    template = None
+    for folder in [*checkpoint.adapter_dirs.values(), path]:
+        template = ChatTemplate.find(folder)
+        if template is not None:
+            break
+    return handle_class(path, config, checkpoint.model, tokenizer, template)
+
+
+def score(handle: TextModel, request: EvalRequest):
+    """`genloom eval` of a text model: the validation loss, or `--task safety`."""
+    if request.task == "safety":
+        request.check({"task"}, "--task safety")
+        return handle.evaluate_safety(progress=request.progress)
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: text models have the task 'safety'")
+    request.check({"data"}, "a text model")
+    return handle.evaluate(request.data, progress=request.progress)
+
+
+def finetune_assets(base: Path, data_config, finetune=None) -> dict:
+    """What text data needs from the base checkpoint to read new data the way the base does: its tokenizer
+    (and, for chat and preference data, the chat template a model tuned before keeps)."""
+    base = Path(base)
+    kind = data_config.kind
+    if not (base / "tokenizer.json").is_file():
+        raise CheckpointError(f"finetune.base: {base} has no tokenizer.json, so it is not a text model and cannot "
+                              f"learn from data.kind = {kind!r}")
+    assets: dict = {"tokenizer": TextTokenizer.load(base / "tokenizer.json")}
+    if kind != "text":
+        assets["template"] = ChatTemplate.find(base)
+    return assets

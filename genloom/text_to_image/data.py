@@ -29,7 +29,7 @@ from ..core.config import require, validate
 from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, _image_files
-from ..media.image import _conform, _conform_array
+from ..media.image import conform_image, conform_array
 from ..train.data import split_examples
 from .scenes import (
     Scene,
@@ -40,7 +40,7 @@ from .scenes import (
     render_scenes,
 )
 
-__all__ = ["CaptionedImageDataConfig", "CaptionedImageData", "CaptionTokenizer", "load_caption_tokenizer", "CAPTION_TOKENIZER_FILE"]
+__all__ = ["CaptionedImageDataConfig", "CaptionedImageData", "CaptionTokenizer", "load_caption_tokenizer", "CAPTION_TOKENIZER_FILE", "finetune_assets"]
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class CaptionedSource:
 def _scenes(config: CaptionedImageDataConfig) -> CaptionedSource:
     scenes = random_scenes(config.scenes_count, config.seed, config.two_object_fraction,
                            holdout=False if config.holdout else None)
-    pixels = _conform_array(render_scenes(scenes), config.image_size, config.channels or 3)
+    pixels = conform_array(render_scenes(scenes), config.image_size, config.channels or 3)
     captions = [[caption_scene(s, np.random.default_rng([config.seed, i, v])) for v in range(config.caption_variants)]
                 for i, s in enumerate(scenes)]
     return CaptionedSource(pixels, captions, config.path, scenes)
@@ -221,7 +221,7 @@ def _stars(config: CaptionedImageDataConfig) -> CaptionedSource:
     # of the examples, as DreamBooth balances its instance and prior-preservation images.
     repeats = max(1, len(prior) // len(stars))
     scenes = stars * repeats + prior
-    pixels = _conform_array(render_scenes(scenes), config.image_size, config.channels or 3)
+    pixels = conform_array(render_scenes(scenes), config.image_size, config.channels or 3)
     captions = [[caption_scene(s, np.random.default_rng([config.seed, i, v]), concept=concept)
                  for v in range(config.caption_variants)] for i, s in enumerate(scenes)]
     return CaptionedSource(pixels, captions, f"{config.path} ({len(stars)} stars called {config.concept_word!r}, "
@@ -255,7 +255,7 @@ def _read_images(paths: list[Path], config: CaptionedImageDataConfig, where: str
             raise DataError(f"data.path: the images in {where} are not all square and of one size "
                             f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:4])}); set data.image_size=N")
         size = next(iter(sizes))[0]
-    return np.stack([_conform(p, size, channels) for p in pictures])
+    return np.stack([conform_image(p, size, channels) for p in pictures])
 
 
 def _folder(config: CaptionedImageDataConfig, root: Path) -> CaptionedSource:
@@ -419,3 +419,12 @@ def build_captioned_data(config: CaptionedImageDataConfig, run=None,
                          tokenizer: CaptionTokenizer | None = None) -> CaptionedImageData:
     encoder = getattr(getattr(run, "model", None), "text_encoder", "joint")
     return CaptionedImageData(config, "minilm" if encoder == "minilm" else "words", tokenizer)
+
+
+def finetune_assets(base: Path, data_config, finetune=None) -> dict:
+    """New captions are read with the base model's caption tokenizer, grown by the words a run teaches
+    (finetune.new_words)."""
+    tokenizer = load_caption_tokenizer(base)
+    if finetune is not None and finetune.new_words:
+        tokenizer = tokenizer.with_words(finetune.new_words)
+    return {"tokenizer": tokenizer}

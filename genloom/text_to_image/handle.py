@@ -1,7 +1,9 @@
-"""TODO docstring."""
+"""The handle of a text-to-image diffusion model: images from a written prompt (classifier-free guidance,
+negative prompts, image-to-image, inpainting), GenEval-style scores, and a personalised concept's score."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -10,8 +12,12 @@ import torch
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
 from ..images.eval import ImageEvalResult
-from ..images.handle import ImageModel, _picture
+from ..handle import EvalRequest
+from ..images.handle import ImageModel, picture, progress_bar
 from .concept import ConceptEvalResult
+from .data import load_caption_tokenizer
+
+__all__ = ["TextToImageModel", "ConceptReport", "open_checkpoint", "score"]
 from .eval import SceneEvalResult
 
 
@@ -20,7 +26,8 @@ class TextToImageModel(ImageModel):
     negative prompts, image-to-image and inpainting."""
 
     serves = "text-to-image"   # `genloom serve`: image generations from a written prompt
-
+    described = "a text-to-image model"
+    prompted = True
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer, base_words=None):
         super().__init__(path, config, model, [])
@@ -40,17 +47,17 @@ class TextToImageModel(ImageModel):
         """(C, H, W) in [-1, 1] (or (1, H, W) in {0, 1} for a mask) at the model's size; and the original size."""
         import numpy as np
 
-        from ..media.image import _conform
+        from ..media.image import conform_image
 
-        picture = _picture(source, what)
+        image = picture(source, what)
         size, channels = self.model.config.image_size, self.model.config.channels
-        pixels = _conform(picture, size, 1 if mode == "mask" else channels)           # (S, S, C) uint8
+        pixels = conform_image(image, size, 1 if mode == "mask" else channels)          # (S, S, C) uint8
         tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float()
         if mode == "mask":
-            return (tensor >= 128).float(), picture.size
-        return tensor / 127.5 - 1, picture.size
+            return (tensor >= 128).float(), image.size
+        return tensor / 127.5 - 1, image.size
 
-    def generate(self, prompts: str | Sequence[str], num_samples: int = 1, steps: int | None = None,
+    def generate(self, prompts: str | Sequence[str], *, num_samples: int = 1, steps: int | None = None,
                  sampler: str | None = None, guidance: float | None = None, seed: int | None = None,
                  spacing: str = "leading", eta: float = 0.0, progress: bool = False,
                  negative_prompt: str | None = None, init_image=None, strength: float | None = None,
@@ -95,33 +102,19 @@ class TextToImageModel(ImageModel):
             raise GenloomError(f"strength={strength}: must be between 0 (keep the init image) and 1 (redraw it)")
         if init is None and strength != 1.0:
             raise GenloomError("strength applies to image-to-image only; give an init image too")
-        objective = self.config.objective
-        steps = objective.sample_steps if steps is None else steps
-        sampler = objective.sampler if sampler is None else sampler
-        guidance = objective.guidance if guidance is None else guidance
+        steps, sampler, guidance = self.sampling(steps, sampler, guidance)
         if guidance < 0:
             raise GenloomError(f"guidance={guidance}: must be 0 (unconditional) or more (1 = no guidance)")
-        seed = self._seed(seed)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps * -(-total // 256), unit="step", desc="sampling", leave=False)
-
-        def report(i: int, n: int) -> None:
-            if bar is not None:
-                bar.update(1)
-            if callback is not None:
-                callback(i, n)
+        seed = self.draw_seed(seed)
+        report = progress_bar(steps, total, "sampling", progress, callback)
         try:
             return generate_images(self.model, self.schedule, ids, total, seed, sampler, steps, guidance, spacing,
                                    eta, callback=report, negative=negative, init=init, strength=strength,
                                    mask=mask_tensor)
         finally:
-            if bar is not None:
-                bar.close()
+            report.close()
 
-    def evaluate(self, num_samples: int = 200, steps: int | None = None, sampler: str | None = None,
+    def evaluate(self, *, num_samples: int = 200, steps: int | None = None, sampler: str | None = None,
                  guidance: float | Sequence[float] | None = None, seed: int = 0, data_path: str | None = None,
                  inception: str | Path | None = None, progress: bool = True,
                  sets: Sequence[str] | None = None) -> "SceneEvalResult":
@@ -142,11 +135,12 @@ class TextToImageModel(ImageModel):
             raise GenloomError(f"{self.path}: scene scoring needs 3x32x32 images")
 
         def generate(prompts: list[str], scale: float) -> torch.Tensor:
-            return self.generate(prompts, 1, steps, sampler, scale, seed, progress=progress)
+            return self.generate(prompts, num_samples=1, steps=steps, sampler=sampler, guidance=scale, seed=seed,
+                                 progress=progress)
 
         return evaluate_scenes(generate, num_samples, guidances, tuple(sets or PROMPT_SETS), progress=progress)
 
-    def evaluate_concept(self, word: str | None = None, num_samples: int = 100, guidance: float | None = None,
+    def evaluate_concept(self, word: str | None = None, *, num_samples: int = 100, guidance: float | None = None,
                          seed: int = 0, steps: int | None = None, progress: bool = True) -> "ConceptEvalResult":
         """How often images from prompts naming the new word (an adapter's finetune.new_words, trained on
         builtin:stars) show the concept, by a star detector trained on rendered pictures."""
@@ -157,7 +151,8 @@ class TextToImageModel(ImageModel):
             raise GenloomError(f"{self.path}: no new word is loaded; load the adapter that taught one "
                                "(--adapter DIR) or name the word")
         scale = self.config.objective.guidance if guidance is None else guidance
-        return evaluate_concept(lambda prompts, g: self.generate(prompts, 1, steps, None, g, seed, progress=progress),
+        return evaluate_concept(lambda prompts, g: self.generate(prompts, steps=steps, guidance=g, seed=seed,
+                                                                 progress=progress),
                                 words[0], num_samples, scale, progress=progress)
 
     def _evaluate_digits(self, num_samples: int, steps: int | None, sampler: str | None, guidance: float, seed: int,
@@ -183,10 +178,61 @@ class TextToImageModel(ImageModel):
         classifier = data_feature_classifier(data, (real_images, real_labels), progress=progress)
         rng = np.random.default_rng(seed)
         labels = [i % 10 for i in range(num_samples)]
-        fake = self.generate([digit_caption(d, rng) for d in labels], 1, steps, sampler, guidance, seed,
-                             progress=progress)
+        fake = self.generate([digit_caption(d, rng) for d in labels], steps=steps, sampler=sampler,
+                             guidance=guidance, seed=seed, progress=progress)
         if fake.shape[1:] != real_images.shape[1:]:
             raise GenloomError(f"{self.path} makes {tuple(fake.shape[1:])} images, the digits are "
                                f"{tuple(real_images.shape[1:])}")
         return evaluate_images(fake, torch.tensor(labels), real_images, real_labels, classifier, 10,
                                inception_network, data_name="digits")
+
+
+@dataclass
+class ConceptReport:
+    """`genloom eval --task concept`: the new word's score, and single-object scores of prompts without it, with
+    and without the adapter (does the adapter keep what the base model could do?)."""
+
+    concept: ConceptEvalResult
+    single: dict[str, SceneEvalResult]           # "with the adapter" / "base model" -> scores
+
+    def summary(self) -> str:
+        return "\n".join([self.concept.summary()] + [f"prompts without the new word, {name}:\n{result.summary()}"
+                                                      for name, result in self.single.items()])
+
+    def to_json(self) -> dict:
+        return {"concept": self.concept.to_json(), **{name: r.to_json() for name, r in self.single.items()}}
+
+
+def open_checkpoint(checkpoint) -> TextToImageModel:
+    """The handle of an opened text-to-image checkpoint: its caption tokenizer, with the new words of any adapter."""
+    tokenizer = load_caption_tokenizer(checkpoint.path)
+    base_words = list(tokenizer.vocab)
+    new_words = [w for meta in checkpoint.adapter_metas.values() for w in meta.get("new_words", [])]
+    if new_words:
+        tokenizer = tokenizer.with_words(new_words)
+    return TextToImageModel(checkpoint.path, checkpoint.config, checkpoint.model, tokenizer, base_words)
+
+
+def score(handle: TextToImageModel, request: EvalRequest):
+    """`genloom eval` of a text-to-image model: GenEval-style scores per prompt set (builtin:scenes), FID-digits
+    and the like for captioned digits, or `--task concept` for a personalisation adapter."""
+    options = dict(steps=request.steps, seed=request.get("seed", 0), progress=request.progress)
+    if request.task == "concept":
+        request.check({"task", "num_samples", "guidance", "seed", "steps"}, "--task concept")
+        count = request.get("num_samples", 100)
+        concept = handle.evaluate_concept(num_samples=count, guidance=request.guidance, **options)
+        single = {}
+        for name in [handle.adapter, None] if handle.adapter else [None]:
+            handle.use_adapter(name)
+            single["with the adapter" if name else "base model"] = handle.evaluate(
+                num_samples=count, guidance=request.guidance, sets=["single"], **options)
+        return ConceptReport(concept, single)
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: text-to-image models have the task 'concept'")
+    request.check({"num_samples", "steps", "sampler", "guidance", "guidances", "seed", "data", "inception"},
+                  "a text-to-image model")
+    if request.guidance is not None and request.guidances is not None:
+        raise GenloomError("give --guidance (one scale) or --guidances (several), not both")
+    return handle.evaluate(num_samples=request.get("num_samples", 200), sampler=request.sampler,
+                           guidance=list(request.guidances) if request.guidances else request.guidance,
+                           data_path=request.data, inception=request.inception, **options)

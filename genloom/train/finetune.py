@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..core import io as ckpt
-from ..core.config import read_json
+from ..core import registry
+from ..core.config import RunConfig, read_json
 from ..core.errors import CheckpointError, ConfigError
 from ..nn.lora import (
     adapter_tensors,
@@ -27,14 +28,12 @@ from ..nn.lora import (
     weights_fingerprint,
 )
 
-__all__ = ["ADAPTER_FILE", "ADAPTER_JSON", "ADAPTER_FORMAT", "TRAINING_ADAPTER", "base_weights_file", "start_from_base", "adapter_payload", "adapter_metadata", "read_adapter", "attach_adapter", "is_adapter_dir", "copy_assets", "fold_new_words", "ASSET_FILES"]
+__all__ = ["ADAPTER_FILE", "ADAPTER_JSON", "ADAPTER_FORMAT", "TRAINING_ADAPTER", "base_weights_file", "start_from_base", "adapter_payload", "adapter_metadata", "read_adapter", "attach_adapter", "is_adapter_dir", "copy_assets", "fold_new_words", "data_assets"]
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_JSON = "adapter.json"
 ADAPTER_FORMAT = "genloom-adapter-1"
 TRAINING_ADAPTER = "default"        # the adapter's name inside the model while it trains
-# Files other than weights that a checkpoint needs to read inputs (copied by `genloom merge`).
-ASSET_FILES = ("tokenizer.json", "caption_tokenizer.json", "labels.json", "chat_template.json")
 
 
 
@@ -186,36 +185,22 @@ def fold_new_words(model: nn.Module) -> int | None:
 
 
 def copy_assets(source: Path, target: Path, overlay: Path | None = None) -> None:
-    """Copy tokenizer and label files from a checkpoint (then from `overlay`, e.g. an adapter's chat template)."""
+    """Copy the files beside the weights that a checkpoint of this content type carries (its Modality's
+    `assets`: tokenizers, labels, helper networks) from the checkpoint `source`, then from `overlay` (e.g. an
+    adapter's chat template)."""
+    config = RunConfig.from_json_file(Path(source) / ckpt.CONFIG_FILE)
+    assets = registry.modality_for_data(config.data.kind, str(source)).assets
     for folder in (source, overlay):
         if folder is None:
             continue
-        for name in ASSET_FILES:
+        for name in assets:
             if (Path(folder) / name).is_file():
                 shutil.copyfile(Path(folder) / name, Path(target) / name)
 
 
 def data_assets(base: Path, data_config, finetune=None) -> dict[str, Any]:
-    """What the data module needs from the base checkpoint to read new data the way the base does
-    (its tokenizer, with any new words), as keyword arguments for the data builder."""
-    base = Path(base)
-    kind = getattr(data_config, "kind", "")
-    if kind in ("text", "chat", "preference"):
-        from ..lm.tokenizers import TextTokenizer
-        from ..text.chat import ChatTemplate
-
-        if not (base / "tokenizer.json").is_file():
-            raise CheckpointError(f"finetune.base: {base} has no tokenizer.json, so it is not a text model and cannot "
-                                  f"learn from data.kind = {kind!r}")
-        assets: dict[str, Any] = {"tokenizer": TextTokenizer.load(base / "tokenizer.json")}
-        if kind != "text":
-            assets["template"] = ChatTemplate.find(base)     # a model tuned before keeps its template
-        return assets
-    if kind == "captioned_images":
-        from ..text_to_image.data import load_caption_tokenizer
-
-        tokenizer = load_caption_tokenizer(base)
-        if finetune is not None and finetune.new_words:
-            tokenizer = tokenizer.with_words(finetune.new_words)
-        return {"tokenizer": tokenizer}
-    return {}
+    """What the data module needs from the base checkpoint to read new data the way the base does (its
+    tokenizer, with any new words), as keyword arguments for the data builder: the content type's
+    `finetune_assets`."""
+    record = registry.modality_for_data(data_config.kind)
+    return registry.resolve(record.finetune_assets)(Path(base), data_config, finetune) if record.finetune_assets else {}

@@ -12,22 +12,24 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import Seeded
+from ..handle import EvalRequest, Handle
+from ..images.data import load_labels
 from ..media.video import read_clip, save_clip
 from .data import VideoData, parse_video_prompt
 from .eval import VideoEvalResult, digit_in_frames, motion_directions, score_clips
 from .objective import generate_videos
 
-__all__ = ["VideoModel", "save_clip"]
+__all__ = ["VideoModel", "open_checkpoint", "score"]
 
 
 
 
-class VideoModel(Seeded):
+class VideoModel(Handle):
     """A video denoiser with its noise schedule and class names."""
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, classes: list[str]):
-        self.path, self.config, self.model, self.classes = path, config, model, classes
+        super().__init__(path, config, model)
+        self.classes = classes
         self.schedule = config.objective.noise_schedule()
 
     @property
@@ -53,7 +55,7 @@ class VideoModel(Seeded):
                                f"channel(s); this model makes {cfg.image_size}x{cfg.image_size} with {cfg.channels}")
         return clip
 
-    def generate(self, prompts: str | Sequence[str], num_samples: int = 1, seed: int | None = None,
+    def generate(self, prompts: str | Sequence[str], *, num_samples: int = 1, seed: int | None = None,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  frames: int | None = None, init_video: str | Path | torch.Tensor | None = None,
                  context_frames: int = 0, end_video: str | Path | torch.Tensor | None = None,
@@ -66,7 +68,7 @@ class VideoModel(Seeded):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         labels = [self.label(p) for p in prompts for _ in range(num_samples)] if self.classes else None
         count = len(prompts) * num_samples
-        seed = self._seed(seed)
+        seed = self.draw_seed(seed)
         T = self.frames
         frames = frames or T
         objective = self.config.objective
@@ -110,7 +112,7 @@ class VideoModel(Seeded):
             made = torch.cat([made, more[:, :, keep:]], dim=2)
         return made[:, :, :frames]
 
-    def evaluate(self, num_samples: int = 200, steps: int | None = None, guidance: float | None = None,
+    def evaluate(self, *, num_samples: int = 200, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, context_frames: int = 2, progress: bool = True) -> VideoEvalResult:
         """Identity, motion and FVD-digits of `num_samples` clips (the classes in turn), and the continuation
         of as many held-out clips from their first `context_frames` frames (moving-digits models)."""
@@ -146,8 +148,21 @@ class VideoModel(Seeded):
             result.between_mse = float((made[:, :, 2:T - 1] - real[:, :, 2:T - 1]).pow(2).mean())
         return result
 
-    def save(self, clips: torch.Tensor, folder: str | Path, prefix: str = "clip", scale: int = 4) -> list[Path]:
+    def save(self, clips: torch.Tensor, folder: str | Path, *, prefix: str = "clip", scale: int = 4) -> list[Path]:
         paths = []
         for i, clip in enumerate(clips):
             paths += save_clip(clip, Path(folder) / f"{prefix}_{i:03d}", scale)
         return paths
+
+
+def open_checkpoint(checkpoint) -> VideoModel:
+    return VideoModel(checkpoint.path, checkpoint.config, checkpoint.model, load_labels(checkpoint.path))
+
+
+def score(handle: VideoModel, request: EvalRequest) -> VideoEvalResult:
+    """`genloom eval` of a video model: the digit in every frame, motion, FVD-digits, continuation, frames between."""
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: video models have no named tasks")
+    request.check({"num_samples", "steps", "guidance", "seed"}, "a video model")
+    return handle.evaluate(num_samples=request.get("num_samples", 200), steps=request.steps, guidance=request.guidance,
+                           seed=request.get("seed", 0), progress=request.progress)

