@@ -36,7 +36,7 @@ def images_per_second(model, labels, batch: int = 256, repeats: int = 3) -> floa
 
     def once():
         return model.generate(requests, num_samples=1, seed=0, **options) if requests else \
-            model.generate(None, batch, seed=0, **options)
+            model.generate(None, num_samples=batch, seed=0, **options)
 
     once()                                                                      # warm up
     times = []
@@ -48,7 +48,7 @@ def images_per_second(model, labels, batch: int = 256, repeats: int = 3) -> floa
 
 
 def _is_gan(model) -> bool:
-    from genloom.api import GANModel
+    from genloom import GANModel
 
     return isinstance(model, GANModel)
 

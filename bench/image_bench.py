@@ -74,7 +74,7 @@ def main() -> None:
         if labels:
             model.generate(labels, num_samples=1, steps=20, seed=0, guidance=args.guidance)
         else:
-            model.generate(None, 64, 20, seed=0, guidance=args.guidance)
+            model.generate(None, num_samples=64, steps=20, seed=0, guidance=args.guidance)
         times.append(time.perf_counter() - start)
     results["sampling speed"] = [{"images": 64, "steps": 20, "sampler": model.config.objective.sampler,
                                   "guidance": guidance,

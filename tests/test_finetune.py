@@ -124,10 +124,10 @@ def test_generate_with_adapter_on_the_command_line_is_greedy_and_matches_the_api
     result = run_cli("generate", "text", "--checkpoint", str(base), "--adapter", str(out), "--prompt", "KING",
                      "--max-new-tokens", "30", "--temperature", "0")
     assert result.returncode == 0, result.stderr
-    expected = genloom.load(base, adapters=[out]).generate("KING", 30, temperature=0.0)[0]
+    expected = genloom.load(base, adapters=[out]).generate("KING", max_new_tokens=30, temperature=0.0)[0]
     assert result.stdout == "KING" + expected + "\n"
-    adapted = genloom.load(base, adapters=[out]).complete("KING", 30, temperature=0.0)[0].logprobs
-    plain = genloom.load(base).complete("KING", 30, temperature=0.0)[0].logprobs
+    adapted = genloom.load(base, adapters=[out]).complete("KING", max_new_tokens=30, temperature=0.0)[0].logprobs
+    plain = genloom.load(base).complete("KING", max_new_tokens=30, temperature=0.0)[0].logprobs
     assert adapted != plain                                             # the adapter was applied
 
 
@@ -314,7 +314,7 @@ def test_dpo_starts_at_log_two_and_learns_the_preferences(chat_base, tmp_path):
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4)           # policy == reference at the start
     assert losses[-1] < 0.5 * math.log(2)
     model = genloom.load(out)                                          # a DPO run loads as a text model
-    assert isinstance(model, api.TextModel) and (out / "chat_template.json").is_file()
+    assert isinstance(model, genloom.TextModel) and (out / "chat_template.json").is_file()
 
 
 # -- the safety data set -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+import genloom
 from genloom import api, load
 from genloom.core import io as ckpt
 from genloom.gan.model import GAN, GANConfig
@@ -183,7 +184,7 @@ def test_resume_continues_both_networks_and_optimizers_exactly(tmp_path):
 
 def test_generation_honours_labels_and_seeds(gan_run):
     model = load(gan_run)
-    assert isinstance(model, api.GANModel) and model.labels == [str(d) for d in range(10)]
+    assert isinstance(model, genloom.GANModel) and model.labels == [str(d) for d in range(10)]
     images = model.generate(["3", "7"], num_samples=2, seed=5)
     assert images.shape == (4, 1, 8, 8) and images.min() >= -1 and images.max() <= 1
     z = model.model.latents(4, 5)                                     # sample i (label-major) uses seed + i
@@ -219,7 +220,7 @@ def test_cli_generate_and_variations(gan_run, tmp_path):
 
     animation = Image.open(gif)
     assert animation.n_frames == 10 and animation.size == (64, 64)  # 6 frames there and 4 back
-    frames = load(gan_run).interpolate("4", 0, 9, frames=6)
+    frames = load(gan_run).interpolate("4", seed=0, to_seed=9, frames=6)
     ends = load(gan_run).generate("4", num_samples=1, seed=0)[0], load(gan_run).generate("4", num_samples=1, seed=9)[0]
     torch.testing.assert_close(frames[0], ends[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(frames[-1], ends[1], atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
+import genloom
 from genloom import api, load
 from genloom.core.errors import ConfigError, DataError, GenloomError
 from genloom.diffusion.dit import DiT, DiTConfig
@@ -303,7 +304,7 @@ def test_scoring_needs_every_prompted_attribute():
 
 def test_trained_model_generates_from_prompts_with_every_variation(t2i_run, tmp_path, caplog):
     model = load(t2i_run)
-    assert isinstance(model, api.TextToImageModel)
+    assert isinstance(model, genloom.TextToImageModel)
     images = model.generate(["a red letter A on the left on a white background", "a blue circle"], num_samples=2,
                             seed=5, steps=3)
     assert images.shape == (4, 3, 32, 32)
@@ -311,7 +312,7 @@ def test_trained_model_generates_from_prompts_with_every_variation(t2i_run, tmp_
     assert torch.allclose(again[0], images[2], atol=1e-5)                  # sample i comes from seed + i
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64), (245, 245, 245)).save(init)
-    kept = model.generate("a red square", 1, steps=3, seed=0, init_image=init, strength=0.0)
+    kept = model.generate("a red square", num_samples=1, steps=3, seed=0, init_image=init, strength=0.0)
     assert torch.allclose(kept, torch.full_like(kept, 245 / 127.5 - 1))
     mask = tmp_path / "mask.png"
     Image.new("L", (64, 64), 0).save(mask)
@@ -325,7 +326,7 @@ def test_trained_model_generates_from_prompts_with_every_variation(t2i_run, tmp_
     with caplog.at_level(logging.WARNING):
         model.generate("a red square " * 20, steps=2)
     assert "it was cut to" in caplog.text
-    same = model.generate("a green triangle", 1, steps=3, seed=0, init_image=init, mask=mask)   # keep everything
+    same = model.generate("a green triangle", num_samples=1, steps=3, seed=0, init_image=init, mask=mask)   # keep everything
     assert torch.allclose(same, torch.full_like(same, 245 / 127.5 - 1))
 
 

@@ -35,8 +35,7 @@ def run_training(recipe: str, out: Optional[Path], overrides: list[str], max_tim
         else:
             result = api.train(recipe, out=out, overrides=overrides, max_time=max_time, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-        typer.echo(f"genloom: {result.step} steps in {result.elapsed:.0f} s{val}; checkpoint: {result.out_dir}", err=True)
+        typer.echo(f"genloom: {result.summary()}", err=True)
     if result.stopped_early:
         raise typer.Exit(130)
     return result

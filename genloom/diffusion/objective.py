@@ -105,7 +105,7 @@ class DiffusionObjective:
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
         """A grid of samples_per_class rows x one column per class (or 8 x 8 unconditional samples)."""
-        from ..images.data import save_image_grid
+        from ..media.image import save_image_grid
 
         if not length:
             return ""
@@ -128,7 +128,7 @@ class DiffusionObjective:
 
     def _write_prompt_samples(self, model: nn.Module, data, folder: Path, step: int) -> str:
         """Two images each for 16 validation captions; the captions go beside the grid in a .txt file."""
-        from ..images.data import save_image_grid
+        from ..media.image import save_image_grid
 
         prompts = data.sample_prompts(16)
         ids = torch.stack([data.tokenizer.encode(p, warn=False) for p in prompts for _ in range(2)])

@@ -198,7 +198,7 @@ class GANObjective:
 
     def write_samples(self, model: nn.Module, data, folder: Path, step: int, length: int, prompt: str) -> str:
         """A grid (samples_per_class rows x one column per class), and the collapse watch."""
-        from ..images.data import save_image_grid
+        from ..media.image import save_image_grid
 
         if not length:
             return ""
@@ -217,14 +217,14 @@ class GANObjective:
         return text
 
     def _watch_collapse(self, gan: nn.Module, data, folder: Path, step: int) -> str:
-        from ..images.eval import data_feature_classifier, training_images
-
+        """The data module supplies the reference: `training_images()` and the `feature_classifier(reference)`
+        its content type scores images with (the images package's cached digits/glyphs classifier)."""
         classes = len(data.classes)
         if classes < 2:
             return "class coverage: not measured (the data has no classes)"
         if self._classifier is None:
-            real, real_labels = training_images(data)
-            self._classifier = data_feature_classifier(data, (real, real_labels), progress=False)
+            real, real_labels = data.training_images()
+            self._classifier = data.feature_classifier((real, real_labels), progress=False)
             with torch.no_grad():
                 real_features = torch.cat([self._classifier.features(chunk).cpu() for chunk in real.split(512)])
             self._real_spread = class_diversity(real_features, real_labels, classes)

@@ -210,7 +210,7 @@ def _glyphs(config: ImageDataConfig) -> ImageSource:
     return ImageSource(pixels, labels, list(GLYPH_CHARACTERS), config.path, attributes)
 
 
-def _image_files(root: Path) -> list[Path]:
+def image_files(root: Path) -> list[Path]:
     """Image files under `root`, recursively and in a fixed order, skipping hidden files and folders."""
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
@@ -223,7 +223,7 @@ def _folder(config: ImageDataConfig) -> ImageSource:
                         f"{', '.join(BUILTIN_SOURCES)})")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is not a folder; put the images in a folder (one subfolder per class)")
-    files = _image_files(root)
+    files = image_files(root)
     if not files:
         raise DataError(f"data.path: no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)}, in "
                         "subfolders too)")
@@ -333,6 +333,16 @@ class ImageData:
     def num_examples(self, split: str) -> int:
         self.prepare()
         return len(self._splits[split])
+
+    def training_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every training image and its label: the reference generated images are compared with."""
+        return self.batch(torch.arange(self.num_examples("train")), "train")
+
+    def feature_classifier(self, reference: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True):
+        """The cached classifier whose features FID-<data>, KID and class accuracy are computed on (see eval.py)."""
+        from .eval import data_feature_classifier
+
+        return data_feature_classifier(self, reference, progress=progress)
 
     def model_settings(self) -> dict:
         self.prepare()

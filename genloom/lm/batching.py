@@ -19,7 +19,7 @@ from torch import nn
 
 from ..nn.attention import KVCache
 from ..nn.lora import lora_modules, route_rows
-from .decoding import Sampling, _left_pad, sample_next
+from .decoding import Sampling, left_pad, sample_next
 
 __all__ = ["Sequence", "ContinuousBatch"]
 
@@ -114,7 +114,7 @@ class ContinuousBatch:
         the cache is being refilled, keeps its most recent half context."""
         half = self.block // 2
         windows = [r.tokens[-half:] if refill or len(r.tokens) > self.block else r.tokens for r in rows]
-        tokens, valid = _left_pad(windows, self.device)                                  # (B, T)
+        tokens, valid = left_pad(windows, self.device)                                  # (B, T)
         self._route(rows)
         cache = self.model.new_cache(len(rows), self.block)
         if not valid.all():

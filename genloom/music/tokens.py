@@ -93,7 +93,7 @@ def encode(piece: Piece, encoding: str) -> list[int]:
         raise DataError(f"{piece.name}: pitches outside MIDI's 0-127")
     tokens = _header(piece)
     if encoding == "grid":
-        tokens += _grid_tokens(piece)
+        tokens += grid_tokens(piece)
     elif encoding == "remi":
         tokens += _remi_tokens(piece)
     else:
@@ -101,7 +101,7 @@ def encode(piece: Piece, encoding: str) -> list[int]:
     return [TOKEN_ID[t] for t in tokens + ["<end>"]]
 
 
-def _grid_tokens(piece: Piece) -> list[str]:
+def grid_tokens(piece: Piece) -> list[str]:
     steps = -(-piece.length // piece.bar) * piece.bar              # whole bars
     grid = [["REST"] * piece.voices for _ in range(steps)]
     for n in piece.notes:

@@ -33,6 +33,9 @@ class TextEvalResult:
                 + (f"bits per byte: {self.bits_per_byte:.4f}\n" if self.bits_per_byte is not None else "")
                 + f"perplexity: {self.perplexity:.3f}")
 
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
 
 @torch.no_grad()
 def evaluate_text(model: nn.Module, tokenizer: TextTokenizer, data_config: TextDataConfig,

@@ -28,7 +28,7 @@ from PIL import Image
 from ..core.config import require, validate
 from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
-from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, _image_files
+from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, image_files
 from ..media.image import conform_image, conform_array
 from ..train.data import split_examples
 from .scenes import (
@@ -259,7 +259,7 @@ def _read_images(paths: list[Path], config: CaptionedImageDataConfig, where: str
 
 
 def _folder(config: CaptionedImageDataConfig, root: Path) -> CaptionedSource:
-    files = _image_files(root)
+    files = image_files(root)
     if not files:
         raise DataError(f"data.path: no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     missing = [f for f in files if not f.with_suffix(".txt").is_file()]
