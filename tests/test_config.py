@@ -1,13 +1,12 @@
 import json
 import tomllib
-from pathlib import Path
 
 import pytest
 
-import genloom
 from genloom.core.config import (
     RunConfig,
     TrainConfig,
+    builtin_recipe_files,
     builtin_recipes,
     load_recipe,
     parse_override,
@@ -87,7 +86,7 @@ def test_every_builtin_recipe_is_valid(tmp_path):
             load_recipe(name)
         except ConfigError as error:            # a fine-tuning recipe: valid on top of a base model
             assert "genloom finetune" in str(error)
-            raw = tomllib.loads((Path(genloom.__file__).parent / "recipes" / f"{name}.toml").read_text())
+            raw = tomllib.loads(builtin_recipe_files()[name].read_text())
             kind = "image" if raw["data"]["kind"] == "captioned_images" else "text"
             config = load_recipe(name, base=bases[kind])
             assert config.finetune is not None and config.finetune.base == str(bases[kind].resolve())

@@ -66,7 +66,7 @@ def quickstart(
 
 def recipes() -> None:
     """List the built-in recipes (use a name, or a path to your own .toml file, with `genloom train`)."""
-    from .core.config import builtin_recipes
+    from ..core.config import builtin_recipes
 
     items = builtin_recipes()
     width = max(map(len, items))
