@@ -2,6 +2,8 @@
 
 import itertools
 import math
+import random
+import time
 
 import torch
 
@@ -58,6 +60,42 @@ def test_stop_strings_cut_streamed_text():
     m = StopMatcher(["END"])
     assert m.push("abcE") == "abc" and m.push("N") == "" and m.push("x") == "ENx"
     assert m.flush() == ""
+
+
+def _reference_cut(text: str, stops: list[str]) -> str:
+    """The text before the stop string that completes first (the longest one, when several end together)."""
+    ends = [(text.find(s) + len(s), -len(s)) for s in stops if s and s in text]
+    if not ends:
+        return text
+    end, minus_length = min(ends)
+    return text[:end + minus_length]
+
+
+def test_stop_strings_cut_where_a_plain_search_does_for_any_split_of_the_text():
+    rng = random.Random(0)
+    for _ in range(400):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 3))]
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+        cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 6))))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        m = StopMatcher(stops)
+        out = "".join(m.push(p) for p in pieces) + m.flush()
+        assert out == _reference_cut(text, stops), (stops, pieces)
+        assert m.stopped == (out != text or any(s in text for s in stops))
+
+
+def test_long_stop_strings_are_matched_in_linear_time():
+    # 4 stop strings of 60,000 characters that the text keeps almost matching: the old matcher took seconds
+    # per token here (it compared every prefix of every stop with the end of the text at every piece).
+    stops = ["a" * 59_999 + end for end in "bcde"]
+    start = time.perf_counter()
+    m = StopMatcher(stops)
+    emitted = "".join(m.push("a" * 8) for _ in range(2_000))          # 16,000 characters, all held back
+    assert emitted == "" and not m.stopped
+    assert m.push("a" * 44_000 + "dzz") == "a" and m.stopped           # stops[2] completes after one "a"
+    m = StopMatcher(stops)
+    assert m.push("x" + "a" * 70_000) == "x" + "a" * 10_001 and m.flush() == "a" * 59_999
+    assert time.perf_counter() - start < 2.0
 
 
 def _peaked_model(vocab=50, seed=0, **kw):

@@ -7,6 +7,7 @@ lengths are left-padded and masked, so each row continues as if it were alone.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -16,7 +17,7 @@ from torch import nn
 from .tokenizers import END_OF_TEXT, TextTokenizer
 
 __all__ = ["Sampling", "process_logits", "sample_next", "generate_tokens", "start_token", "encode_prompt",
-           "TextStream", "StopMatcher"]
+           "TextStream", "StopMatcher", "failure_table", "advance"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator],
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (B, T) padded on the left with 0, and a mask (B, T) that is False on the padding."""
     length = max(len(p) for p in prompts)
     tokens = torch.zeros(len(prompts), length, dtype=torch.long, device=device)
@@ -105,7 +106,7 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     """
     device = next(model.parameters()).device
     block = model.config.block_size
-    tokens, valid = _left_pad(prompts, device)                               # (B, T) each
+    tokens, valid = left_pad(prompts, device)                               # (B, T) each
     B = tokens.shape[0]
     vocab = model.config.vocab_size
     seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
@@ -164,26 +165,66 @@ class TextStream:
         return new
 
 
+@functools.lru_cache(maxsize=256)
+def failure_table(pattern: str) -> tuple[int, ...]:
+    """Knuth-Morris-Pratt's table: entry k is the length of the longest proper prefix of pattern[:k + 1] that
+    is also its suffix (how much of a partial match survives a mismatch). O(len(pattern)); cached, so the
+    rows of a batch that share stop strings build it once."""
+    table, length = [0] * len(pattern), 0
+    for k in range(1, len(pattern)):
+        while length and pattern[k] != pattern[length]:
+            length = table[length - 1]
+        if pattern[k] == pattern[length]:
+            length += 1
+        table[k] = length
+    return tuple(table)
+
+
+def advance(pattern: str, table: Sequence[int], state: int, char: str) -> int:
+    """The state after `char` of a Knuth-Morris-Pratt matcher for `pattern` (state = how many of the pattern's
+    first characters the text ends with; len(pattern) = a match ends here)."""
+    if state == len(pattern):
+        state = table[state - 1]
+    while state and pattern[state] != char:
+        state = table[state - 1]
+    return state + 1 if pattern[state] == char else 0
+
+
 class StopMatcher:
-    """Cuts streamed text at the first stop string, holding back text that may begin one."""
+    """Cuts streamed text at the first stop string, holding back text that may begin one.
+
+    Linear time: each stop string has a Knuth-Morris-Pratt matcher whose state is the longest beginning of
+    that stop the text ends with, so a character costs O(number of stops) amortised, whatever their length,
+    and the text held back is the longest such beginning. The cut is before the stop that completes first
+    (the longest, if several complete on the same character), so the result does not depend on how the
+    text is split into pieces.
+    """
 
     def __init__(self, stops: Sequence[str]):
         self.stops = [s for s in stops if s]
-        self.buffer = ""
+        self._tables = [failure_table(s) for s in self.stops]
+        self._states = [0] * len(self.stops)
+        self.buffer = ""                       # text held back: it may begin a stop string
         self.stopped = False
 
     def push(self, piece: str) -> str:
         """Text that is safe to emit now (never part of a stop string)."""
         if self.stopped:
             return ""
-        self.buffer += piece
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self.buffer = self.buffer[:min(hits)], ""
-            return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
-        out, self.buffer = self.buffer[:len(self.buffer) - hold], self.buffer[len(self.buffer) - hold:]
+        states, stops, tables = self._states, self.stops, self._tables
+        for at, char in enumerate(piece):
+            found = 0
+            for k, stop in enumerate(stops):
+                states[k] = advance(stop, tables[k], states[k], char)
+                if states[k] == len(stop):
+                    found = max(found, len(stop))
+            if found:
+                text = self.buffer + piece[:at + 1]
+                self.stopped, self.buffer = True, ""
+                return text[:len(text) - found]
+        text = self.buffer + piece
+        hold = max(states, default=0)
+        out, self.buffer = text[:len(text) - hold], text[len(text) - hold:]
         return out
 
     def flush(self) -> str:
