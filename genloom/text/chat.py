@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from ..core.config import require, validate
 from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..core.sources import jsonl_records
+from ..lm.decoding import advance, failure_table
 from ..lm.tokenizers import TextTokenizer
 from ..train.data import split_examples
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 IGNORE = -100                 # target of tokens that are not trained (cross-entropy's ignore_index)
 TEMPLATE_FILE = "chat_template.json"
 ROLES = ("system", "user", "assistant")
+MAX_FIELD_LENGTH = 1000      # characters in a template's prefixes and end marker
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,38 @@ class ChatTemplate:
         return cls()
 
     def clean(self, content: str) -> str:
-        """Message text with the end marker made impossible inside it (e.g. blank lines become single ones)."""
-        shorter = self.end[:-1] or " "
-        while self.end in content:
-            content = content.replace(self.end, shorter)
-        return content.strip()
+        """Message text with the end marker made impossible inside it: each character that would complete
+        the marker is left out (under the default "\n\n", blank lines become single newlines), and a
+        one-character marker becomes a space (or is dropped, if it is a space). One pass over the text,
+        for any template: an empty marker leaves the text as it is."""
+        end = self.end
+        if not end or end not in content:
+            return content.strip()
+        if len(end) == 1:
+            return content.replace(end, "" if end == " " else " ").strip()
+        if end == end[0] * len(end):                       # "\n\n": runs of the character are cut short
+            return re.sub(f"{re.escape(end[0])}{{{len(end)},}}", lambda _: end[:-1], content).strip()
+        table, state, kept = failure_table(end), 0, []
+        for char in content:
+            after = advance(end, table, state, char)
+            if after < len(end):
+                state = after
+                kept.append(char)
+        return "".join(kept).strip()
+
+    def problems(self) -> list[str]:
+        """What makes this template unusable (empty when it is fine)."""
+        out = [f"{name} must be text (got {type(getattr(self, name)).__name__})"
+               for name in ("system", "user", "assistant", "end") if not isinstance(getattr(self, name), str)]
+        if out:
+            return out
+        if not self.end.strip(" \t"):
+            out.append(f"end is {self.end!r}: the end marker closes every turn and stops every reply, so it must "
+                       "hold a character other than spaces and tabs (the default is \"\\n\\n\")")
+        out += [f"{name} has {len(getattr(self, name))} characters; a template field may have at most "
+                f"{MAX_FIELD_LENGTH}" for name in ("system", "user", "assistant", "end")
+                if len(getattr(self, name)) > MAX_FIELD_LENGTH]
+        return out
 
     def spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans of assistant content (with its end marker)."""
@@ -85,14 +115,20 @@ class ChatTemplate:
 
     @classmethod
     def find(cls, folder: Path) -> "ChatTemplate | None":
+        """The template saved in `folder` (None if there is none); a clear CheckpointError if it is not a
+        usable genloom chat template."""
         path = Path(folder) / TEMPLATE_FILE
         if not path.is_file():
             return None
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**{k: str(raw[k]) for k in ("system", "user", "assistant", "end")})
+            template = cls(**{k: raw[k] for k in ("system", "user", "assistant", "end")})
         except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{path}: not a genloom chat template ({error})") from None
+            raise CheckpointError(f"{path}: not a genloom chat template ({type(error).__name__}: {error})") from None
+        problems = template.problems()
+        if problems:
+            raise CheckpointError(f"{path}: not a usable chat template: {'; '.join(problems)}")
+        return template
 
 
 def check_messages(messages: Any, where: str, final_assistant: bool = True) -> None:
