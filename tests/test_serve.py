@@ -6,12 +6,14 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import tiny
@@ -35,12 +37,12 @@ def _free_port() -> int:
 
 
 class Server:
-    """uvicorn in a background thread, serving `create_app(models, limits, api_key)`."""
+    """uvicorn in a background thread, serving `create_app(models, limits, api_key, allowed_hosts)`."""
 
-    def __init__(self, models: dict, limits: Limits = Limits(), api_key: str | None = None):
+    def __init__(self, models: dict, limits: Limits = Limits(), api_key: str | None = None, allowed_hosts=None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(models, limits, api_key), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(models, limits, api_key, allowed_hosts), host="127.0.0.1", port=self.port,
                                 log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -48,7 +50,7 @@ class Server:
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code < 500:     # 403 for a host list
                     return
             except httpx.HTTPError:
                 time.sleep(0.05)
@@ -261,7 +263,8 @@ def test_schema_fuzzing_finds_no_server_errors(models):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings
 
-    app = create_app(models, Limits(max_tokens=8, max_steps=2, max_n=2, max_images=2, max_batch=4))
+    app = create_app(models, Limits(max_tokens=8, max_steps=2, max_n=2, max_images=2, max_batch=4),
+                     allowed_hosts=["testserver"])                      # schemathesis's ASGI host name
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/completions", "/v1/chat/completions", "/v1/images/generations"}
@@ -313,3 +316,212 @@ def test_web_page_streams_text_and_shows_images(server):
     finally:
         driver.quit()
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Hardening (issue 29): what a hostile client or a hostile checkpoint must not be able to do
+# ----------------------------------------------------------------------------------------------
+
+SAMPLE_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? '
+                         r'[-+0-9.eEInfa]+$')
+
+
+def _well_formed(metrics: str) -> None:
+    for line in metrics.splitlines():
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or SAMPLE_LINE.match(line), line
+
+
+def test_metrics_labels_are_route_templates_escaped_and_do_not_grow_per_unknown_path(server):
+    injection = '/v1/x"} 1e9\ngenloom_injected_total{path="pwn"} 42\n#'
+    with httpx.Client(timeout=10) as http:
+        assert http.get(server.url + quote(injection)).status_code == 404
+        assert http.get(f"{server.url}/v1/models/shakes").status_code == 200
+        http.get(f"{server.url}/metrics")
+        before = http.get(f"{server.url}/metrics").text
+        for i in range(300):
+            http.get(f"{server.url}/v1/unknown-{i}")
+        after = http.get(f"{server.url}/metrics").text
+    for text in (before, after):
+        _well_formed(text)
+        assert "genloom_injected" not in text and "pwn" not in text and "unknown-" not in text
+    assert 'path="/v1/models/{name}",status="200"' in after and 'path="unmatched",status="404"' in after
+    assert len(after.splitlines()) == len(before.splitlines())               # counts grew, series did not
+
+
+def _slow_checkpoint(checkpoints, tmp_path, end: str) -> Path:
+    folder = tmp_path / f"end-{len(end)}"
+    shutil.copytree(checkpoints / "text", folder)
+    (folder / "chat_template.json").write_text(json.dumps({"format": "genloom-chat-1", "system": "System: ",
+                                                           "user": "User: ", "assistant": "Assistant: ",
+                                                           "end": end}))
+    return folder
+
+
+@pytest.mark.parametrize("end", [" ", ""])
+def test_a_chat_template_that_froze_the_server_is_refused_at_load_and_cannot_freeze_it(checkpoints, tmp_path, end):
+    from genloom.core.errors import CheckpointError
+    from genloom.text.chat import ChatTemplate
+
+    folder = _slow_checkpoint(checkpoints, tmp_path, end)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="not a usable chat template: end is"):
+        load(folder)
+    assert time.perf_counter() - start < 10
+    # Served anyway (the template forced onto a handle): replies come back and /health stays fast.
+    handle = load(checkpoints / "text")
+    handle.chat_template = ChatTemplate(end=end)
+    s = Server({"odd": handle}, Limits(timeout=20))
+    try:
+        with httpx.Client(timeout=30) as http:
+            body = {"model": "odd", "messages": [{"role": "user", "content": "a b  c\n\nd " * 100}], "max_tokens": 4}
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                reply = pool.submit(http.post, f"{s.url}/v1/chat/completions", json=body)
+                health = [_timed_health(s.url) for _ in range(5)]
+                assert reply.result().status_code == 200, reply.result().text
+            assert max(health) < 1.0, health
+    finally:
+        s.stop()
+
+
+def test_chat_template_clean_ends_for_any_end_marker_and_keeps_the_default_behaviour():
+    from genloom.text.chat import ChatTemplate
+
+    def old_clean(end: str, content: str) -> str:               # the loop that froze on "" and " "
+        while end in content:
+            content = content.replace(end, end[:-1] or " ")
+        return content.strip()
+
+    samples = ["a\n\n\n\nb\n\nc\n", "x\ny", "<|end|>> <|end|", "aab ab abab", "\\\\\\"]
+    for end in ["\n\n", "\n", "<|end|>", "ab", "\\\\"]:
+        for content in samples:
+            assert ChatTemplate(end=end).clean(content) == old_clean(end, content), (end, content)
+    hostile = "a b  c\n\n\nd <|end|>>ab" * 40_000                   # about 1 MB
+    for end in ["", " ", "\t", "\n", "\n\n", "ab", "<|end|>", "aaa", "\\"]:
+        start = time.perf_counter()
+        cleaned = ChatTemplate(end=end).clean(hostile)
+        assert time.perf_counter() - start < 2.0 and (not end or end not in cleaned), end
+
+
+def _timed_health(url: str) -> float:
+    start = time.perf_counter()
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    return time.perf_counter() - start
+
+
+def test_an_endless_chat_template_times_out_while_health_stays_fast_and_frees_its_thread(models, checkpoints):
+    stuck = load(checkpoints / "text")
+
+    def endless(messages):                              # what ChatTemplate.clean did with "end": " "
+        content = messages[-1]["content"]
+        while " " in content:
+            content = content.replace(" ", " ")
+        return content
+
+    stuck.chat_prompt = endless
+    s = Server({"stuck": stuck, "shakes": models["shakes"]}, Limits(timeout=2))
+    try:
+        with httpx.Client(timeout=30) as http:
+            body = {"model": "stuck", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 4}
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:      # more than the preparation threads
+                replies = [pool.submit(http.post, f"{s.url}/v1/chat/completions", json=body) for _ in range(6)]
+                health = [_timed_health(s.url) for _ in range(10)]
+                statuses = [r.result().status_code for r in replies]
+            assert statuses == [503] * 6 and time.perf_counter() - start < 8
+            assert max(health) < 1.0, health
+            assert replies[0].result().json()["error"]["code"] == "timeout"
+            ok = http.post(f"{s.url}/v1/chat/completions",
+                           json={"model": "shakes", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+            assert ok.status_code == 200, ok.text                        # the threads were freed
+    finally:
+        s.stop()
+
+
+def test_a_client_that_leaves_a_non_streaming_request_frees_the_worker_within_a_second(models):
+    s = Server({"shakes": models["shakes"]}, Limits(max_tokens=1_000_000))
+    try:
+        body = {"model": "shakes", "prompt": "A", "max_tokens": 1_000_000}
+        left = []
+
+        def leave_early() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{s.url}/v1/completions", json=body, timeout=1.5)
+            left.append(time.perf_counter())
+
+        client = threading.Thread(target=leave_early)
+        client.start()
+        time.sleep(0.75)
+        assert httpx.get(f"{s.url}/health").json()["models"]["shakes"]["queue"] == 1     # decoding
+        client.join()
+        while httpx.get(f"{s.url}/health").json()["models"]["shakes"]["queue"] and time.perf_counter() < left[0] + 5:
+            time.sleep(0.02)
+        assert time.perf_counter() - left[0] < 1.0
+        assert httpx.get(f"{s.url}/health").json()["models"]["shakes"]["queue"] == 0
+    finally:
+        s.stop()
+
+
+def test_long_stop_strings_are_refused_or_matched_without_slowing_other_requests(server, models):
+    too_long = {"model": "shakes", "prompt": "x", "max_tokens": 4, "stop": ["a" * 1001]}
+    response = httpx.post(f"{server.url}/v1/completions", json=too_long, timeout=30)
+    assert response.status_code == 400 and "stop[0] has 1001 characters" in response.json()["error"]["message"]
+
+    s = Server({"shakes": models["shakes"]}, Limits(max_stop_length=60_000))
+    try:
+        def ask(body) -> float:
+            start = time.perf_counter()
+            r = httpx.post(f"{s.url}/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            return time.perf_counter() - start
+
+        short = {"model": "shakes", "prompt": "KING:", "max_tokens": 8, "seed": 1}
+        alone = min(ask(short) for _ in range(3))
+        stops = ["e" * 59_999 + end for end in "xyzq"]                      # almost matched all the time
+        long = {"model": "shakes", "prompt": "eeee", "max_tokens": 8, "seed": 1, "stop": stops}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(ask, long)
+            beside = [ask(short) for _ in range(3)]
+            assert slow.result() < 3.0
+        assert min(beside) < max(10 * alone, 0.5), (alone, beside)
+    finally:
+        s.stop()
+
+
+def test_a_keyless_server_refuses_foreign_hosts_and_origins(server, models):
+    url = f"{server.url}/v1/models"
+    rebound = httpx.get(url, headers={"Host": f"attacker.example:{server.port}"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_not_allowed"
+    assert httpx.get(f"{server.url}/health", headers={"Host": "attacker.example"}).status_code == 403
+    posted = httpx.post(f"{server.url}/v1/completions", json={"model": "shakes", "prompt": "x", "max_tokens": 1},
+                        headers={"Origin": "http://attacker.example"})
+    assert posted.status_code == 403 and "Origin" in posted.json()["error"]["message"]
+    assert httpx.get(url, headers={"Origin": "null"}).status_code == 403
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}"):
+        assert httpx.get(url, headers={"Host": host, "Origin": f"http://{host}"}).status_code == 200
+    keyed = Server(models, api_key="sesame")                             # with a key, the key is the check
+    try:
+        assert httpx.get(f"{keyed.url}/v1/models", headers={"Host": "anything.example",
+                                                             "Authorization": "Bearer sesame"}).status_code == 200
+    finally:
+        keyed.stop()
+    listed = Server(models, allowed_hosts=["genloom.lan"])
+    try:
+        assert httpx.get(f"{listed.url}/v1/models", headers={"Host": "genloom.lan:8000"}).status_code == 200
+        assert httpx.get(f"{listed.url}/v1/models", headers={"Host": "localhost"}).status_code == 403
+    finally:
+        listed.stop()
+
+
+def test_a_chunked_body_over_the_limit_gets_413(server):
+    def chunks(total: int, piece: bytes = b" " * 10_000):
+        yield b'{"model": "shakes", "prompt": "x", "max_tokens": 2'
+        for _ in range(total // len(piece)):
+            yield piece
+        yield b"}"
+
+    big = httpx.post(f"{server.url}/v1/completions", content=chunks(250_000), timeout=30,
+                     headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "larger than" in big.json()["error"]["message"], big.text
+    small = httpx.post(f"{server.url}/v1/completions", content=chunks(20_000), timeout=30,
+                       headers={"content-type": "application/json"})
+    assert small.status_code == 200, small.text

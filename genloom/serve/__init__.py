@@ -52,11 +52,17 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
     return models
 
 
-def serve(models: dict, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, **limits) -> None:
-    """Serve `models` until interrupted."""
+def serve(models: dict, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          allowed_hosts: list[str] | None = None, **limits) -> None:
+    """Serve `models` until interrupted. `allowed_hosts`: the host names the server answers to (Host and
+    Origin headers; see `create_app`); the address it listens on is added when it is a specific one."""
     import uvicorn
 
-    from .app import Limits, create_app
+    from .app import LOOPBACK_HOSTS, Limits, create_app
 
-    app = create_app(models, Limits(**limits), api_key)
+    if allowed_hosts is None and not api_key:
+        allowed_hosts = list(LOOPBACK_HOSTS)
+    if allowed_hosts is not None and host not in ("0.0.0.0", "::", ""):
+        allowed_hosts = [*allowed_hosts, host]
+    app = create_app(models, Limits(**limits), api_key, allowed_hosts)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,15 +1,21 @@
 """The server's workers: one thread per model that owns the network and serves a bounded queue of jobs.
 
-Text jobs are decoded by continuous batching (`generate.batching`): between decoding steps, waiting jobs
-join the running batch (up to `max_batch` rows) and finished rows leave it; each row keeps its own
-sampling settings, seed, stop strings and token budget, and its text streams back as it is sampled. A
-job whose client has gone away is dropped at the next step. Image jobs run one at a time and report the
-sampler's progress.
+Text jobs are decoded by continuous batching (`lm.batching`): between decoding steps, waiting jobs join
+the running batch (up to `max_batch` rows) and finished rows leave it; each row keeps its own sampling
+settings, seed, stop strings and token budget, and its text streams back as it is sampled. Image jobs
+run one at a time and report the sampler's progress.
+
+Every job carries its deadline (the request's start + the server's timeout). The worker drops a job at its
+next step once its client has gone (`cancelled`) or its deadline has passed, so neither a client that leaves
+nor one that waits forever keeps a model busy. Work done before a job reaches a worker (chat templates,
+tokenizing) runs through `call_with_deadline`, which stops it at the deadline even in an endless loop.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
 import queue
 import threading
 import time
@@ -21,13 +27,17 @@ import torch
 from ..lm.batching import ContinuousBatch, Sequence
 from ..lm.decoding import Sampling, StopMatcher, TextStream
 
-__all__ = ["QueueFull", "TextJob", "ImageJob", "TextWorker", "ImageWorker"]
+__all__ = ["QueueFull", "Overrun", "TextJob", "ImageJob", "TextWorker", "ImageWorker", "call_with_deadline"]
 
 log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
     """The model's queue holds `queue_size` jobs already."""
+
+
+class Overrun(Exception):
+    """A job ran past its deadline (the server's timeout)."""
 
 
 @dataclass
@@ -40,10 +50,11 @@ class TextJob:
     sampling: Sampling
     stop: list[str]
     emit: Callable[[dict], None]          # called from the worker thread with {"row", "text", "token", ...}
+    deadline: float = math.inf            # time.monotonic() after which the worker drops the job (Overrun)
+    adapter: str | None = None            # the LoRA adapter to decode with (None: the base model)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     remaining: int = 0                    # rows not finished yet
-    adapter: str | None = None            # the LoRA adapter to decode with (None: the base model)
 
     def __post_init__(self) -> None:
         self.remaining = len(self.prompts)
@@ -53,8 +64,18 @@ class TextJob:
 class ImageJob:
     run: Callable[[Callable[[int, int], None]], Any]   # does the work, given a progress callback
     emit: Callable[[dict], None]
+    deadline: float = math.inf
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
+
+
+def _overrun(job) -> bool:
+    """True (and the job told, once) when `job` has passed its deadline."""
+    if time.monotonic() <= job.deadline or job.cancelled.is_set():
+        return False
+    job.cancelled.set()
+    job.emit({"error": Overrun("the job ran past the server's timeout")})
+    return True
 
 
 class _Worker:
@@ -79,25 +100,25 @@ class _Worker:
     def _loop(self) -> None:
         while True:
             job = self.jobs.get()
-            batch = [] if job.cancelled.is_set() else [job]
-            self.busy = len(batch)
+            if job.cancelled.is_set() or _overrun(job):
+                continue
+            self.busy = 1
             try:
-                if batch:
-                    self._work(batch)
-            except Exception as error:  # a failure answers the jobs; the worker keeps serving
-                log.exception("model %s failed", self.name)
-                for job in batch:
-                    job.emit({"error": f"{type(error).__name__}: {error}"})
+                self._work(job)
+            except Exception as error:  # a failure answers the job; the worker keeps serving
+                if not isinstance(error, Overrun):
+                    log.exception("model %s failed", self.name)
+                job.emit({"error": error})
             finally:
                 self.busy = 0
 
-    def _work(self, batch: list) -> None:
+    def _work(self, job) -> None:
         raise NotImplementedError
 
 
 class TextWorker(_Worker):
     """Continuous batching: waiting jobs join the running batch between decoding steps (up to `max_batch`
-    rows), finished and abandoned rows leave it."""
+    rows), finished, abandoned and overdue rows leave it."""
 
     def __init__(self, name: str, handle, queue_size: int, max_batch: int):
         self.handle, self.max_batch = handle, max_batch
@@ -108,7 +129,7 @@ class TextWorker(_Worker):
         joining: list[Sequence] = []
         if block and not len(batch):
             job = self.jobs.get()
-            if not job.cancelled.is_set():
+            if not job.cancelled.is_set() and not _overrun(job):
                 joining += self._rows(job)
             time.sleep(0.003)                           # let requests sent together start together
         while True:
@@ -118,7 +139,7 @@ class TextWorker(_Worker):
                                and (len(batch) or joining)):
                 break
             job = self.jobs.get_nowait()
-            if not job.cancelled.is_set():
+            if not job.cancelled.is_set() and not _overrun(job):
                 joining += self._rows(job)
         batch.add(joining)
         self.busy = len({id(r.owner[0]) for r in batch.rows})
@@ -135,22 +156,25 @@ class TextWorker(_Worker):
         while True:
             try:
                 self._admit(batch, block=True)
-                tokens, logprobs = batch.step()
-                keep = [self._deliver(row, token, logprob) for row, token, logprob in zip(batch.rows, tokens, logprobs)]
-                batch.remove(keep)
+                if len(batch):
+                    tokens, logprobs = batch.step()
+                    keep = [self._deliver(row, token, logprob)
+                            for row, token, logprob in zip(batch.rows, tokens, logprobs)]
+                    batch.remove(keep)
             except Exception as error:  # a failure answers the jobs; the worker keeps serving
                 log.exception("model %s failed", self.name)
                 for job in {id(r.owner[0]): r.owner[0] for r in batch.rows}.values():
-                    job.emit({"error": f"{type(error).__name__}: {error}"})
+                    job.emit({"error": error})
                 batch = ContinuousBatch(self.handle.model)
             if not len(batch):
                 self.busy = 0
 
     @staticmethod
     def _deliver(row: Sequence, token: int, logprob: float) -> bool:
-        """Send one token's text to its job; False when the row is finished (or its client gone)."""
+        """Send one token's text to its job; False when the row is finished (or its client gone, or its
+        deadline passed)."""
         job, i, stream, matcher, count = row.owner
-        if job.cancelled.is_set():
+        if job.cancelled.is_set() or _overrun(job):
             return False
         piece = matcher.push(stream.push(token))
         if not matcher.stopped:
@@ -168,17 +192,67 @@ class TextWorker(_Worker):
 
 
 class ImageWorker(_Worker):
-    def _work(self, batch: list[ImageJob]) -> None:
-        for job in batch:
-            def progress(i: int, n: int, job=job) -> None:
-                if job.cancelled.is_set():
-                    raise _Cancelled()
-                job.emit({"progress": i, "total": n})
-            try:
-                job.emit({"result": job.run(progress)})
-            except _Cancelled:
-                pass
+    def _work(self, job: ImageJob) -> None:
+        def progress(i: int, n: int) -> None:
+            if job.cancelled.is_set():
+                raise _Cancelled()
+            if time.monotonic() > job.deadline:
+                raise Overrun("the job ran past the server's timeout")
+            job.emit({"progress": i, "total": n})
+        try:
+            job.emit({"result": job.run(progress)})
+        except _Cancelled:
+            pass
 
 
 class _Cancelled(Exception):
     pass
+
+
+# ----------------------------------------------------------------------------------------------
+# A deadline for work that may never end (a checkpoint's chat template, a tokenizer)
+# ----------------------------------------------------------------------------------------------
+
+class _Interrupt(BaseException):
+    """Raised inside a thread by `call_with_deadline`'s timer (a BaseException: `except Exception` in the
+    interrupted code does not swallow it)."""
+
+
+def _raise_in(thread: int, exception: type[BaseException] | None) -> None:
+    """Make `thread` raise `exception` at its next Python instruction (None: forget one not raised yet)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread),
+                                               None if exception is None else ctypes.py_object(exception))
+
+
+def call_with_deadline(fn: Callable[[], Any], deadline: float) -> Any:
+    """`fn()` on this thread, raising Overrun if it has not returned by `deadline` (time.monotonic()).
+
+    A timer interrupts the thread at the deadline; the exception lands between two Python instructions, so
+    an endless Python loop stops there and a long call into C stops when it returns. The timer is disarmed
+    (and an exception it raised but that has not landed yet is withdrawn) before this returns, so nothing
+    reaches the caller's later code."""
+    if deadline - time.monotonic() < 0.01:
+        raise Overrun("the request ran past the server's timeout before its text was prepared")
+    thread, lock, state = threading.get_ident(), threading.Lock(), {"armed": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if state["armed"]:
+                state["fired"] = True
+                _raise_in(thread, _Interrupt)
+
+    timer = threading.Timer(deadline - time.monotonic(), fire)
+    timer.daemon = True
+    try:
+        try:
+            timer.start()
+            return fn()
+        finally:
+            with lock:
+                state["armed"] = False
+                if state["fired"]:
+                    _raise_in(thread, None)
+            timer.cancel()
+    except _Interrupt:
+        raise Overrun("preparing the request (its chat template, its tokens) took longer than the server's "
+                      "timeout") from None

@@ -1,0 +1,50 @@
+"""Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}, for every failure the server
+answers, including FastAPI's own (validation, 404, 405) and unexpected exceptions (500)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = ["APIError", "install_error_handlers"]
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError):
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        problem = error.errors()[0] if error.errors() else {}
+        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
+        if problem.get("type") == "json_invalid":
+            return APIError(400, f"the request body is not valid JSON ({problem.get('msg', '')})",
+                            code="invalid_json").response()
+        param = ".".join(location) or None
+        message = f"{param}: {problem.get('msg', 'invalid value')}" if param else problem.get("msg", "invalid request")
+        return APIError(422, message, param=param, code="invalid_value").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(error.status_code, "invalid_request_error")
+        return APIError(error.status_code, str(error.detail), kind).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        return APIError(500, f"internal error: {type(error).__name__}: {error}", "server_error").response()

@@ -1,0 +1,250 @@
+"""Text routes: POST /v1/completions and POST /v1/chat/completions (OpenAI's shapes; `stream: true` gives
+server-sent events ending in `data: [DONE]`), decoded by the model's TextWorker in continuous batches.
+
+A request is checked against the server's limits, then prepared off the event loop and within its deadline
+(the chat template rendered, the prompts tokenized), then decoded; its text is gathered or streamed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from fastapi import APIRouter, Request
+
+from ..core.errors import GenloomError
+from ..lm.decoding import Sampling, encode_prompt
+from .errors import APIError
+from .events import collect, event_stream, failure, sse
+from .limits import Limits
+from .schemas import ChatRequest, CompletionRequest, Message, SamplingRequest
+from .state import Served, ServerState
+from .workers import QueueFull, TextJob, TextWorker
+
+__all__ = ["router", "KINDS", "ADAPTERS", "worker", "card"]
+
+router = APIRouter()
+KINDS = ("text",)            # the handles' `serves` values these routes answer for
+ADAPTERS = True              # each LoRA adapter loaded with a model is served as "MODEL:ADAPTER"
+MAX_STOPS = 4
+
+
+def worker(name: str, handle, limits: Limits) -> TextWorker:
+    return TextWorker(name, handle, limits.queue_size, limits.max_batch)
+
+
+def card(handle, kind: str) -> dict:
+    return {"context_length": handle.model.config.block_size}
+
+
+def _stops(stop, limits: Limits) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS:
+        raise APIError(400, f"stop takes at most {MAX_STOPS} strings", param="stop")
+    for i, text in enumerate(stops):
+        if len(text) > limits.max_stop_length:
+            raise APIError(400, f"stop[{i}] has {len(text)} characters; the server's limit is "
+                           f"{limits.max_stop_length} per stop string", param="stop", code="stop_too_long")
+    return stops
+
+
+def _encode(entry: Served, prompt: str, param: str, limits: Limits) -> list[int]:
+    ids = encode_prompt(entry.handle.tokenizer, prompt)
+    if len(ids) > limits.max_prompt_tokens:
+        raise APIError(400, f"{param} has {len(ids)} tokens; the server's limit is {limits.max_prompt_tokens}",
+                       param=param, code="context_length_exceeded")
+    return ids
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class _Run:
+    """One text request on its way through the worker: the job, its events and deadline."""
+
+    def __init__(self, server: ServerState, request: Request, entry: Served, body: SamplingRequest):
+        self.server, self.request, self.entry, self.body = server, request, entry, body
+        self.deadline = time.monotonic() + server.limits.timeout
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.job: TextJob | None = None
+        self.seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+
+    async def start(self, render, count: int, max_tokens: int | None, param: str, stops: list[str]) -> None:
+        """Check the request, prepare its `count` prompts (`render()` gives their text) and queue it."""
+        limits, body, entry = self.server.limits, self.body, self.entry
+        if body.n > limits.max_n:
+            raise APIError(400, f"n={body.n} is more than the server's limit of {limits.max_n}", param="n")
+        if count * body.n > limits.max_batch:
+            raise APIError(400, f"{count} prompt(s) x n={body.n} is more than the server's limit of "
+                           f"{limits.max_batch} completions per request", param="n")
+        max_tokens = 16 if max_tokens is None else max_tokens
+        if max_tokens > limits.max_tokens:
+            raise APIError(400, f"max_tokens={max_tokens} is more than the server's limit of {limits.max_tokens}",
+                           param="max_tokens")
+        try:
+            sampling = Sampling(body.temperature, body.top_k, body.top_p, body.min_p, body.repetition_penalty)
+        except GenloomError as error:
+            raise APIError(400, str(error)) from None
+        try:
+            encoded = await self.server.prepare(lambda: [_encode(entry, p, param, limits) for p in render()],
+                                                self.deadline)
+        except Exception as error:
+            raise failure(error, limits.timeout) from None
+        loop, events = asyncio.get_running_loop(), self.events
+        self.job = TextJob([ids for ids in encoded for _ in range(body.n)],
+                           [self.seed + j for _ in encoded for j in range(body.n)], max_tokens, sampling, stops,
+                           lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                           deadline=self.deadline, adapter=entry.adapter)
+        try:
+            entry.worker.submit(self.job)
+        except QueueFull:
+            raise APIError(429, f"the model {entry.name!r} is busy ({limits.queue_size} requests waiting); retry "
+                           "shortly", "rate_limit_exceeded", code="queue_full") from None
+
+    def events_until_done(self):
+        return collect(self.request, self.job, self.events, self.deadline, self.server.limits.timeout)
+
+    async def gather(self) -> tuple[list[str], list[list[int]], list[list[float]], list[str | None]]:
+        """The finished job's (texts, token ids, log-probabilities, finish reasons) per row."""
+        n = len(self.job.prompts)
+        texts, tokens, logprobs, reasons = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)], [None] * n
+        async for event in self.events_until_done():
+            if event.get("done"):
+                break
+            row = event["row"]
+            texts[row] += event["text"]
+            if event["token"] is not None:
+                tokens[row].append(event["token"])
+                logprobs[row].append(event["logprob"])
+                self.server.metrics.tokens(self.entry.name, True)
+            reasons[row] = event["finish_reason"] or reasons[row]
+        return texts, tokens, logprobs, reasons
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    server: ServerState = request.app.state.genloom
+    entry = server.model(body.model, KINDS, "/v1/completions")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not prompts:
+        raise APIError(400, "prompt is an empty list; give a string or a list of strings", param="prompt")
+    run = _Run(server, request, entry, body)
+    await run.start(lambda: prompts, len(prompts), body.max_tokens, "prompt", _stops(body.stop, server.limits))
+    job, metrics, seed = run.job, server.metrics, run.seed
+    ident, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+    prompt_tokens = sum(len(r) for r in job.prompts)
+    n = len(job.prompts)
+    echo = [prompts[i // body.n] if body.echo else "" for i in range(n)]
+
+    def logprob_entry(tokens, logprobs) -> dict:
+        pieces = [entry.handle.tokenizer.decode([t]) for t in tokens]
+        offsets = [sum(len(p) for p in pieces[:k]) for k in range(len(pieces))]
+        return {"tokens": pieces, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
+
+    if body.stream:
+        async def chunks():
+            completion_tokens = 0
+            first = [True] * n
+            async for event in run.events_until_done():
+                if event.get("done"):
+                    break
+                completion_tokens += event["token"] is not None
+                metrics.tokens(entry.name, event["token"] is not None)
+                if first[event["row"]]:
+                    metrics.first_token(time.perf_counter() - job.submitted)
+                text = (echo[event["row"]] if first[event["row"]] else "") + event["text"]
+                first[event["row"]] = False
+                if not text and event["finish_reason"] is None:
+                    continue
+                choice = {"text": text, "index": event["row"], "finish_reason": event["finish_reason"],
+                          "logprobs": logprob_entry([event["token"]], [event["logprob"]])
+                          if body.logprobs is not None and event["token"] is not None else None}
+                yield sse({"id": ident, "object": "text_completion", "created": created, "model": entry.name,
+                           "choices": [choice], "seed": seed})
+            if body.stream_options and body.stream_options.include_usage:
+                yield sse({"id": ident, "object": "text_completion", "created": created, "model": entry.name,
+                           "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+        return event_stream(chunks())
+
+    texts, tokens, logprobs, reasons = await run.gather()
+    choices = [{"text": echo[i] + texts[i], "index": i, "finish_reason": reasons[i] or "length",
+                "logprobs": logprob_entry(tokens[i], logprobs[i]) if body.logprobs is not None else None}
+               for i in range(n)]
+    return {"id": ident, "object": "text_completion", "created": created, "model": entry.name,
+            "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))), "seed": seed}
+
+
+def _plain(messages: list[Message]) -> list[dict]:
+    """OpenAI messages as the {"role", "content"} dicts of a chat template ("developer" is "system")."""
+    roles = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+    return [{"role": roles[m.role],
+             "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
+            for m in messages]
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    server: ServerState = request.app.state.genloom
+    entry = server.model(body.model, KINDS, "/v1/chat/completions")
+    messages = _plain(body.messages)
+
+    def render() -> list[str]:
+        """The messages in the model's chat template (its chat_template.json, or the plain default: "User: ..."
+        turns closed by a blank line), ending with the assistant's prefix for the model to continue."""
+        try:
+            return [entry.handle.chat_prompt(messages)]
+        except GenloomError as error:
+            raise APIError(400, str(error), param="messages") from None
+
+    run = _Run(server, request, entry, body)
+    stops = _stops(body.stop, server.limits) + list(entry.handle.chat_template.stop)
+    await run.start(render, 1, body.max_completion_tokens or body.max_tokens, "messages", stops)
+    job, metrics, n = run.job, server.metrics, body.n
+    ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+    prompt_tokens = len(job.prompts[0]) * n
+
+    def logprob_content(tokens, logprobs) -> list[dict]:
+        out = []
+        for token, logprob in zip(tokens, logprobs):
+            piece = entry.handle.tokenizer.decode([token])
+            out.append({"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": []})
+        return out
+
+    if body.stream:
+        async def chunks():
+            completion_tokens = 0
+            base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": entry.name,
+                    "system_fingerprint": None}
+            for i in range(n):
+                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                "logprobs": None, "finish_reason": None}]})
+            first = [True] * n
+            async for event in run.events_until_done():
+                if event.get("done"):
+                    break
+                if first[event["row"]]:
+                    metrics.first_token(time.perf_counter() - job.submitted)
+                    first[event["row"]] = False
+                completion_tokens += event["token"] is not None
+                metrics.tokens(entry.name, event["token"] is not None)
+                if not event["text"] and event["finish_reason"] is None:
+                    continue
+                delta = {"content": event["text"]} if event["text"] else {}
+                logprobs = ({"content": logprob_content([event["token"]], [event["logprob"]])}
+                            if body.logprobs and event["token"] is not None else None)
+                yield sse({**base, "choices": [{"index": event["row"], "delta": delta, "logprobs": logprobs,
+                                                "finish_reason": event["finish_reason"]}]})
+            if body.stream_options and body.stream_options.include_usage:
+                yield sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+        return event_stream(chunks())
+
+    texts, tokens, logprobs, reasons = await run.gather()
+    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i].strip(), "refusal": None},
+                "logprobs": {"content": logprob_content(tokens[i], logprobs[i])} if body.logprobs else None,
+                "finish_reason": reasons[i] or "length"} for i in range(n)]
+    return {"id": ident, "object": "chat.completion", "created": created, "model": entry.name,
+            "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))),
+            "system_fingerprint": None, "seed": run.seed}
