@@ -152,7 +152,7 @@ def evaluate(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the generated samples (and, for --task "
                                                 "code, of the held-out gaps); 0 by default.")] = None,
     inception: Annotated[Optional[Path], typer.Option("--inception", help="Image models: FID Inception weights "
-                                                      "as .safetensors (see genloom/eval/inception.py) to also "
+                                                      "as .safetensors (see genloom/images/inception.py) to also "
                                                       "report the standard FID.")] = None,
     guidance_list: Annotated[Optional[str], typer.Option("--guidances", help="Text-to-image models: several "
                                                          "guidance scales to compare, e.g. 1,3,5.")] = None,
@@ -222,6 +222,14 @@ def serve(
                                             "the server answers 429.")] = _LIMITS.queue_size,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Text completions decoded together in "
                                            "one batch.")] = _LIMITS.max_batch,
+    max_stop_length: Annotated[int, typer.Option("--max-stop-length", min=1, help="The longest stop string a "
+                                                 "request may give, in characters (longer ones get "
+                                                 "400).")] = _LIMITS.max_stop_length,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="A host name the server answers "
+                                                            "to (Host and Origin headers); repeatable; '*' turns the "
+                                                            "check off. Default without --api-key: loopback names "
+                                                            "only (a guard against DNS rebinding), plus the --host "
+                                                            "address when it is a specific one.")] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions,
     /v1/images/generations), with /health, /metrics and a web page at / to try every model."""
@@ -236,7 +244,8 @@ def serve(
     typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
     run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
                max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,
-               queue_size=queue_size, max_batch=max_batch)
+               queue_size=queue_size, max_batch=max_batch, max_stop_length=max_stop_length,
+               allowed_hosts=allow_host or None)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,7 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
     as the model "NAME:ADAPTER" (one base model in memory, any number of small adapters).
     """
     from .. import api
+    from ..core import registry
     from ..core.errors import GenloomError
 
     paths: dict[str, Path] = {}
@@ -42,7 +43,7 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
     models = {}
     for name, path in paths.items():
         models[name] = api.load(path, device=device, adapters=adapters[name] or None)
-        if not getattr(models[name], "serves", ""):
+        if not registry.modality_of(models[name]).serve:             # the content type says whether it is served
             raise GenloomError(f"--model {name}={path}: a {type(models[name]).__name__} cannot be served yet (the "
                                "server has text and image endpoints); use `genloom generate` for it")
         if adapters[name]:
