@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Log-mel spectrograms: the pictures genloom's audio models draw, and Griffin-Lim to turn them back into sound."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import torch
+
+__all__ = ["mel_filters", "MelSpectrogram", "griffin_lim"]
 
 
 # -- log-mel spectrograms and Griffin-Lim --------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Token windows: a flat token array per split, read in context-length windows for training, and scored once
+over a whole split (what text, code and music data share)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tqdm.auto import tqdm
 from ..core.errors import DataError
 from ..train.data import SPLITS
 from .tokenizers import TextTokenizer
+
+__all__ = ["TokenWindows", "score_split"]
 
 
 class TokenWindows:

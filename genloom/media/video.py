@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Video files: a clip read from a GIF, a video file, a folder of frames or one picture; a clip written as a GIF,
+a frame strip PNG and (with imageio) an MP4."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 from PIL import Image, ImageSequence
 
 from ..core.errors import DataError
+
+__all__ = ["read_clip", "save_clip", "FRAME_SUFFIXES"]
 
 
 def save_clip(clip: torch.Tensor, stem: Path, scale: int = 4, seconds: float = 1.0) -> list[Path]:

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Music as tokens: notes and pieces, the two encodings (a four-voice sixteenth-note grid, REMI-style events)
+and the tokenizer a music model reads and writes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..core.errors import DataError
+
+__all__ = ["Note", "Piece", "encode", "decode", "grid_tokens", "MusicTokenizer", "VOCAB", "TOKEN_ID", "PITCH_CLASSES", "MAX_DURATION", "MAX_BAR"]
 
 PITCH_CLASSES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 

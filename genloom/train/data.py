@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The data side of the training loop: the DataModule protocol every content type's data implements, and the
+deterministic train/validation split they share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+__all__ = ["DataModule", "split_examples", "SPLITS"]
 
 SPLITS = ("train", "val")
 
