@@ -230,8 +230,8 @@ def test_cli_generate_and_variations(gan_run, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["image", "--label", "Z"], "label 'Z' is not one the model was trained on"),
-    (["image", "--steps", "20"], "is a GAN: it makes each image in one pass, so steps"),
-    (["image", "--sampler", "ddim"], "so sampler do(es) not apply"),
+    (["image", "--steps", "20"], "is a GAN: it makes each image in one pass, so --steps"),
+    (["image", "--sampler", "ddim"], "so --sampler do(es) not apply"),
     (["image", "--truncation", "0"], "truncation=0.0: must be in (0, 2]"),
     (["variations", "--label", "Z"], "label 'Z' is not one the model was trained on"),
     (["variations"], "is class-conditional: give the label"),

@@ -222,6 +222,9 @@ def open_text_source(spec: str) -> TextSource:
     if not path.exists():
         raise DataError(f"data.path: {spec} does not exist (expected a text file, a folder of text files, "
                         "a .jsonl file with a \"text\" field, or builtin:shakespeare)")
+    if not (path.is_file() or path.is_dir()):
+        raise DataError(f"data.path: {spec} is not a regular file or a folder (a FIFO, socket or device cannot be "
+                        "read as training data)")
     for f in source._files():
         if f.stat().st_size == 0 and path.is_file():
             raise DataError(f"data.path: {f} is empty")

@@ -54,7 +54,15 @@ def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: 
     try:
         if path.is_dir():
             files = sorted(f for f in path.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
-            pictures = [Image.open(f) for f in files]
+            pictures = []
+            for f in files:                              # read each frame now: a truncated file fails here
+                try:
+                    with Image.open(f) as frame:
+                        frame.load()
+                        pictures.append(frame.copy())
+                except Exception as e:
+                    raise DataError(f"{f}: a frame of {path} that cannot be read ({type(e).__name__}: "
+                                    f"{str(e)[:120]})") from None
         elif path.suffix.lower() == ".gif":
             with Image.open(path) as gif:
                 pictures = [frame.copy() for frame in ImageSequence.Iterator(gif)]
