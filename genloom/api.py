@@ -16,6 +16,7 @@ from .core.config import RunConfig, load_recipe
 from .core.errors import CheckpointError, GenloomError
 from .handle import EvalRequest, Handle
 from .nn.quantize import quantize_int8
+from .train.memory import check_weights_fit
 from .train.trainer import Trainer, TrainResult
 
 __all__ = ["train", "finetune", "merge", "load", "evaluate", "default_run_dir", "OpenedCheckpoint", "EvalRequest"]
@@ -176,7 +177,9 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
                            "(genloom merge --base BASE --adapter DIR --out MERGED) and quantize the result")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = registry.lookup("model", config.model.kind).build(config.model, config)
+    build = registry.lookup("model", config.model.kind).build
+    check_weights_fit(config, lambda: build(config.model, config), str(path / ckpt.CONFIG_FILE), device)
+    model = build(config.model, config)
     weights = path / ckpt.EMA_FILE if ema and (path / ckpt.EMA_FILE).is_file() else path / ckpt.MODEL_FILE
     metas = {name: read_adapter(folder) for name, folder in adapter_dirs.items()}
     wanted = {meta.get("base_weights") for meta in metas.values()}

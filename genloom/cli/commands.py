@@ -12,11 +12,15 @@ import typer
 
 from ..core.errors import GenloomError
 from ..serve.limits import Limits
-from .options import Device, MaxTime, Out, SetOption, friendly, log
+from .options import Device, MaxMemory, MaxTime, Out, SetOption, friendly, log
 
 __all__ = ["register", "run_training"]
 
 _LIMITS = Limits()          # the defaults of `genloom serve`'s limit flags
+
+
+def _memory(max_memory: Optional[float]) -> list[str]:
+    return [] if max_memory is None else [f"train.max_memory={max_memory}"]
 
 
 def run_training(recipe: str, out: Optional[Path], overrides: list[str], max_time: Optional[float], resume: bool,
@@ -79,11 +83,12 @@ def train(
     out: Out = None,
     set_: SetOption = None,
     max_time: MaxTime = None,
+    max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the checkpoint in --out exactly where it "
                                          "stopped (model, optimizer, schedule, random state, data position).")] = False,
 ) -> None:
     """Train a model from a recipe. Runs unchanged under `torchrun --nproc-per-node N`."""
-    run_training(recipe, out, set_ or [], max_time, resume)
+    run_training(recipe, out, (set_ or []) + _memory(max_memory), max_time, resume)
 
 
 def finetune(
@@ -94,13 +99,14 @@ def finetune(
     out: Out = None,
     set_: SetOption = None,
     max_time: MaxTime = None,
+    max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the fine-tuning run in --out exactly where "
                                          "it stopped.")] = False,
 ) -> None:
     """Fine-tune a trained model with a recipe: in full, with parts frozen (finetune.freeze), or with LoRA
     adapters (finetune.method=lora), which leaves only the small adapter in --out. The model comes from
     --from; the recipe gives the data, objective (lm, or dpo for preference pairs) and training settings."""
-    run_training(recipe, out, set_ or [], max_time, resume, base=base)
+    run_training(recipe, out, (set_ or []) + _memory(max_memory), max_time, resume, base=base)
 
 
 def merge(

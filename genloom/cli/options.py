@@ -18,7 +18,7 @@ import typer
 from ..core.errors import GenloomError
 
 __all__ = ["friendly", "setup_logging", "checkpoint_option", "Device", "Adapter", "Seed", "num_samples_option",
-           "Steps", "Sampler", "Guidance", "Out", "SetOption", "MaxTime", "sub_app", "log", "announce_seed",
+           "Steps", "Sampler", "Guidance", "Out", "SetOption", "MaxTime", "MaxMemory", "sub_app", "log", "announce_seed",
            "load_handle", "group"]
 
 log = logging.getLogger("genloom")
@@ -50,6 +50,9 @@ Out = Annotated[Optional[Path], typer.Option("--out", help="Run folder for the c
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a recipe value: section.key=value (sections: data, model, objective, train, finetune). "
                   "Repeat for several, e.g. --set model.n_layer=4 --set train.lr=3e-4.")]
+MaxMemory = Annotated[Optional[float], typer.Option(
+    "--max-memory", min=0.0, help="GB of memory the run may use; it is refused before allocating anything when "
+                                  "its model and batch need more (default: the memory available at start).")]
 MaxTime = Annotated[Optional[float], typer.Option(
     "--max-time", help="Stop after this many seconds of wall time; the learning-rate schedule is fitted to it.")]
 

@@ -182,6 +182,7 @@ class TrainConfig:
     sample_prompt: str = ""          # prompt for those samples
     tensorboard: bool = False        # also log to TensorBoard (needs the `tensorboard` extra)
     progress: bool = True            # show a progress bar
+    max_memory: float = 0.0          # GB the run may use, checked before allocating; 0 = what is available at start
 
     def __post_init__(self) -> None:
         validate(self, "train")
@@ -196,6 +197,7 @@ class TrainConfig:
         require(self.eval_interval >= 1, "train.eval_interval", "must be at least 1")
         require(self.eval_batches >= 1, "train.eval_batches", "must be at least 1")
         require(self.log_interval >= 1, "train.log_interval", "must be at least 1")
+        require(self.max_memory >= 0, "train.max_memory", "must be 0 (what is available) or a number of GB")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 "train.device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -267,6 +269,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "RunConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a table of sections (data, model, objective, train), got "
+                              f"{type(raw).__name__} {str(raw)[:40]}")
         raw = dict(raw)
         recipe = raw.pop("recipe", "")
         description = raw.pop("description", "")

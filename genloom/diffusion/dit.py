@@ -51,10 +51,11 @@ class DiTConfig:
 
     def __post_init__(self) -> None:
         validate(self, "model")
+        require(0 <= self.text_layers <= 64, "model.text_layers", "must be from 0 to 64")
         require(self.patch_size >= 1, "model.patch_size", "must be at least 1")
         require(self.image_size % self.patch_size == 0, "model.image_size",
                 f"{self.image_size} is not divisible by model.patch_size={self.patch_size}")
-        require(self.n_layer >= 1, "model.n_layer", "must be at least 1")
+        require(1 <= self.n_layer <= 1024, "model.n_layer", "must be from 1 to 1024 (the deepest open models have ~126; a larger value is a typo)")
         require(self.n_head >= 1 and self.d_model % self.n_head == 0, "model.d_model",
                 f"{self.d_model} is not divisible by model.n_head={self.n_head}")
         require(self.vector_tokens >= 0, "model.vector_tokens", "must be >= 0")

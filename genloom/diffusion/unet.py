@@ -47,10 +47,11 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         validate(self, "model")
+        require(0 <= self.text_layers <= 64, "model.text_layers", "must be from 0 to 64")
         require(self.base_channels >= 8, "model.base_channels", "must be at least 8")
         require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults), "model.channel_mults",
                 "must be a non-empty list of positive integers, e.g. [1, 2, 2]")
-        require(self.blocks_per_level >= 1, "model.blocks_per_level", "must be at least 1")
+        require(1 <= self.blocks_per_level <= 64, "model.blocks_per_level", "must be from 1 to 64")
         require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
         require(self.patch_size >= 1, "model.patch_size", "must be at least 1")
         require(self.text_vocab_size == 0 or self.num_classes == 0, "model.num_classes",

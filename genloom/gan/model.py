@@ -56,7 +56,7 @@ class GANConfig:
                     f"{self.patch_size} leaves less than 4x4 patches of {self.image_size}-pixel images")
         require(self.latent_dim >= 1, "model.latent_dim", "must be at least 1")
         require(self.style_dim >= 1, "model.style_dim", "must be at least 1")
-        require(self.mapping_layers >= 0, "model.mapping_layers", "must be 0 (off) or more")
+        require(0 <= self.mapping_layers <= 64, "model.mapping_layers", "must be 0 (off) to 64")
         require(self.generator_channels >= 8, "model.generator_channels", "must be at least 8")
         require(self.discriminator_channels >= 8, "model.discriminator_channels", "must be at least 8")
 

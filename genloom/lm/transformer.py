@@ -48,7 +48,7 @@ class TransformerConfig:
         validate(self, "model")
         require(self.vocab_size >= 0, "model.vocab_size", "must be 0 (from the tokenizer) or positive")
         require(self.block_size >= 1, "model.block_size", "must be at least 1")
-        require(self.n_layer >= 1, "model.n_layer", "must be at least 1")
+        require(1 <= self.n_layer <= 1024, "model.n_layer", "must be from 1 to 1024 (the deepest open models have ~126; a larger value is a typo)")
         require(self.n_head >= 1, "model.n_head", "must be at least 1")
         require(self.d_model % self.n_head == 0, "model.d_model",
                 f"{self.d_model} is not divisible by model.n_head={self.n_head}")

@@ -52,6 +52,7 @@ class VideoDiTConfig:
     def __post_init__(self) -> None:
         validate(self, "model")
         require(self.patch_size >= 1, "model.patch_size", "must be at least 1")
+        require(1 <= self.n_layer <= 1024, "model.n_layer", "must be from 1 to 1024")
         require(self.image_size % self.patch_size == 0, "model.image_size",
                 f"{self.image_size} is not divisible by model.patch_size={self.patch_size}")
         require(self.n_head >= 1 and self.d_model % self.n_head == 0, "model.d_model",
