@@ -189,6 +189,12 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
     if wanted and (path / next(iter(wanted))).is_file():
         weights = path / next(iter(wanted))
     ckpt.load_weights(model, weights)
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise CheckpointError(f"{weights} holds weights that are not finite numbers (NaN or infinity) in "
+                              f"{len(broken)} tensor(s), e.g. {broken[0]}; the run that wrote it diverged or the file "
+                              "was damaged")
     if adapter_dirs:
         from .nn.lora import use_adapter, weights_fingerprint
 

@@ -28,6 +28,7 @@ from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..media.image import (
     GRAY_MODES,
+    require_image_memory,
     conform_image,
     conform_array,
     save_image_grid,
@@ -253,6 +254,7 @@ def _folder(config: ImageDataConfig) -> ImageSource:
         size = first_size[0]
 
     log.info("loading %d images from %s", len(headers), root)
+    require_image_memory(len(headers), size, channels)
     pixels = np.empty((len(headers), size, size, channels), dtype=np.uint8)
     kept: list[Path] = []
     for path in headers:  # second pass: decode (a truncated file only fails here)

@@ -1,7 +1,8 @@
-"""Tensors in [-1, 1] to PNG files: one image per file, or a grid of many.
+"""Image files: tensors in [-1, 1] to PNG files (one image per file, a grid of many, an animated GIF), and
+pictures conformed to a model's size and channels (resized, centre-cropped, grey or RGB).
 
-Samplers, the trainer and the command line all write images through these two functions, so a
-sample looks the same wherever it was made.
+Samplers, the trainer and the command line all write images through these functions, so a sample looks
+the same wherever it was made.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["to_pil_image", "save_image_grid", "save_images"]
+from ..core.memory import require
+
+__all__ = ["to_pil_image", "save_image_grid", "save_images", "save_gif", "conform_image", "conform_array",
+           "require_image_memory", "GRAY_MODES"]
 
 GRID_PADDING_GREY = 128  # the lines between grid cells, visible on black and on white backgrounds
 
@@ -110,9 +114,17 @@ def conform_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
+def require_image_memory(count: int, size: int, channels: int) -> None:
+    """Refuse, before allocating, `count` images of size x size x channels that cannot fit in memory (the
+    uint8 pixels and the tensor copy the data module keeps)."""
+    require(2 * count * size * size * channels, f"data.image_size = {size}: {count:,} images of {size}x{size}x"
+            f"{channels}", "choose a smaller data.image_size")
+
+
 def conform_array(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     """(N, H, W, C) uint8 -> (N, size, size, channels) through `conform_image` (untouched when it fits)."""
     if size in (0, pixels.shape[1]) and channels == pixels.shape[3]:  # the built-in images are square
         return pixels
+    require_image_memory(len(pixels), size, channels)
     return np.stack([conform_image(Image.fromarray(p[:, :, 0] if p.shape[2] == 1 else p), size, channels)
                      for p in pixels])

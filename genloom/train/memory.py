@@ -80,6 +80,11 @@ def training_bytes(parameters: int, trainable: int, activations: int | None, ema
 def check_training_fits(config, data, build_model: Callable[[], nn.Module], build_objective: Callable[[], Any],
                         micro_batch: int, device: str) -> None:
     """Refuse, in one line, a run whose model and micro-batch cannot fit in memory (before building them)."""
+    with torch.random.fork_rng(devices=[]):        # the estimate must not change what the run draws
+        _check_training_fits(config, data, build_model, build_objective, micro_batch, device)
+
+
+def _check_training_fits(config, data, build_model, build_objective, micro_batch: int, device: str) -> None:
     t = config.train
     model = meta_model(build_model)
     if model is None:

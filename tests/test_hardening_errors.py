@@ -1,0 +1,132 @@
+"""Issue 29, point 6: bad checkpoints, bad data and absurd sizes give one clear line, fast, not a traceback
+or gigabytes of allocation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import genloom
+from genloom.core.errors import GenloomError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pre-layout"
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genloom", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("genloom: error:")]
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+@pytest.fixture()
+def text_run(tmp_path):
+    shutil.copytree(FIXTURES / "text", tmp_path / "text")
+    return tmp_path / "text"
+
+
+@pytest.fixture()
+def digits_run(tmp_path):
+    shutil.copytree(FIXTURES / "digits", tmp_path / "digits")
+    return tmp_path / "digits"
+
+
+@pytest.mark.parametrize("content", ["[1]", "null", "{\"data\": ", "\"text\""])
+def test_a_config_json_that_is_not_a_table_is_one_line(text_run, content):
+    (text_run / "config.json").write_text(content)
+    one_line_error(run_cli("generate", "text", "--checkpoint", str(text_run), "--max-new-tokens", "2"),
+                   "config.json")
+
+
+def test_generate_text_on_an_image_checkpoint_is_one_line(digits_run):
+    one_line_error(run_cli("generate", "text", "--checkpoint", str(digits_run)), "is not a text model",
+                   "ImageModel")
+
+
+def test_weights_that_are_not_finite_are_refused(text_run):
+    tensors = load_file(text_run / "model.safetensors")
+    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(tensors, text_run / "model.safetensors")
+    with pytest.raises(GenloomError, match="not finite numbers"):
+        genloom.load(text_run)
+
+
+@pytest.mark.parametrize("key, value", [("d_model", 1_000_000), ("vocab_size", 10**12)])
+def test_a_checkpoint_describing_an_enormous_model_is_refused_before_allocating(text_run, key, value):
+    config = json.loads((text_run / "config.json").read_text())
+    config["model"][key] = value
+    if key == "d_model":
+        config["model"]["n_head"] = 8
+    (text_run / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    with pytest.raises(GenloomError, match="parameters") as error:
+        genloom.load(text_run)
+    assert time.perf_counter() - start < 20 and "GB" in str(error.value)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.n_layer=1000000", "model.n_layer: must be from 1 to 1024"),
+    ("model.d_model=1000000", "needs about"),
+    ("train.batch_size=1000000000", "needs about"),
+])
+def test_absurd_sizes_fail_fast_with_the_key_named(tmp_path, override, expected):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 200)
+    extra = ["--set", "model.n_head=8"] if "d_model" in override else []
+    start = time.perf_counter()
+    result = run_cli("train", "shakespeare-char", "--out", str(tmp_path / "run"), "--set", f"data.path={corpus}",
+                     "--set", "train.compile=false", "--set", override, *extra)
+    one_line_error(result, expected)
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_max_memory_refuses_a_run_that_would_fit_the_machine(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 200)
+    result = run_cli("train", "shakespeare-char", "--out", str(tmp_path / "run"), "--set", f"data.path={corpus}",
+                     "--set", "train.compile=false", "--max-memory", "0.001")
+    one_line_error(result, "--max-memory 0.001 GB")
+
+
+def test_image_data_too_large_for_memory_is_refused(tmp_path):
+    result = run_cli("train", "digits-diffusion", "--out", str(tmp_path / "run"), "--set", "data.image_size=100000")
+    one_line_error(result, "data.image_size")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_as_data_path_is_refused_not_read(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    one_line_error(run_cli("train", "shakespeare-char", "--out", str(tmp_path / "run"), "--set",
+                           f"data.path={fifo}", timeout=60), "not a regular file")
+
+
+def test_a_truncated_frame_in_a_clip_folder_names_the_frame(tmp_path):
+    from genloom.media.video import read_clip
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((16, 16, 3)) * 255).astype("uint8")).save(folder / f"{i}.png")
+    data = (folder / "1.png").read_bytes()
+    (folder / "1.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(GenloomError, match="1.png: a frame of"):
+        read_clip(folder, 3, 16, 3)
