@@ -130,3 +130,31 @@ def test_a_truncated_frame_in_a_clip_folder_names_the_frame(tmp_path):
     (folder / "1.png").write_bytes(data[:len(data) // 2])
     with pytest.raises(GenloomError, match="1.png: a frame of"):
         read_clip(folder, 3, 16, 3)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    corpus = root / "tiny.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 200)
+    overrides = [f"data.path={corpus}", "train.compile=false", "train.max_steps=2", "model.n_layer=1",
+                 "model.d_model=32", "train.batch_size=4", "train.sample_length=0", "train.progress=false"]
+    genloom.train("shakespeare-char", out=root / "run", overrides=overrides)
+    return root / "run", overrides
+
+
+@pytest.mark.parametrize("name, damage, expected", [
+    ("config.json", lambda text: text[: len(text) // 2], "config.json: not valid JSON"),
+    ("train_state.json", lambda text: text[: len(text) // 2], "train_state.json: not valid JSON"),
+    ("train_state.json", lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "optimizers"}),
+     "missing or wrong: optimizers"),
+    ("train_state.json", lambda text: json.dumps({**json.loads(text), "optimizers": {"model": {"param_groups": 3}}}),
+     "do not hold this run's optimizer"),
+])
+def test_resume_of_a_damaged_checkpoint_is_one_line(finished_run, tmp_path, name, damage, expected):
+    run, overrides = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / name).write_text(damage((copy / name).read_text()))
+    args = [a for o in overrides + ["train.max_steps=3"] for a in ("--set", o)]
+    one_line_error(run_cli("train", "shakespeare-char", "--out", str(copy), "--resume", *args), expected)
