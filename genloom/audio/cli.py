@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import Device, Sampler, Seed, Steps, announce_seed, friendly, group, load_handle
+from ..cli.options import (
+    Device,
+    Sampler,
+    Seed,
+    Steps,
+    announce_seed,
+    checkpoint_option,
+    friendly,
+    group,
+    load_handle,
+)
 from ..core.errors import GenloomError
 from .handle import AudioModel, save_sound
 
@@ -15,8 +25,8 @@ __all__ = ["register"]
 
 
 def generate_audio(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of an audio model (trained with "
-                                             "the spoken-digits or sound-effects recipe).")],
+    checkpoint: checkpoint_option("A run folder of an audio model (trained with "
+                                  "the spoken-digits or sound-effects recipe)."),
     prompt: Annotated[list[str], typer.Option("--prompt", help="What to say or sound: a word (\"seven\") or a "
                                               "sound (\"a plucked string, high pitch\"); repeatable.")] = [],
     voice: Annotated[Optional[Path], typer.Option("--voice", help="Speak in this voice: a WAV/FLAC/OGG clip of "

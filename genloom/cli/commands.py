@@ -12,7 +12,16 @@ import typer
 
 from ..core.errors import GenloomError
 from ..serve.limits import Limits
-from .options import Device, MaxMemory, MaxTime, Out, SetOption, friendly, log
+from .options import (
+    Device,
+    MaxMemory,
+    MaxTime,
+    Out,
+    SetOption,
+    checkpoint_option,
+    friendly,
+    log,
+)
 
 __all__ = ["register", "run_training"]
 
@@ -122,8 +131,8 @@ def merge(
 
 
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder written by `genloom train` (or a "
-                                             "LoRA folder written by `genloom finetune`).")],
+    checkpoint: checkpoint_option("A run folder written by `genloom train` (or a "
+                                  "LoRA folder written by `genloom finetune`)."),
     adapter: Annotated[Optional[Path], typer.Option("--adapter", help="A LoRA adapter folder to apply to the "
                                                     "model in --checkpoint.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="safety (text models): refusal rate on held-out "

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import Device, Seed, announce_seed, friendly, group, load_handle
+from ..cli.options import (
+    Device,
+    Seed,
+    announce_seed,
+    checkpoint_option,
+    friendly,
+    group,
+    load_handle,
+)
 from ..core.errors import GenloomError
 from .handle import STOP_RULES, CodeModel
 
@@ -15,8 +22,8 @@ __all__ = ["register"]
 
 
 def generate_code(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of a code model (e.g. trained with "
-                                             "the python-code recipe).")],
+    checkpoint: checkpoint_option("A run folder of a code model (e.g. trained with "
+                                  "the python-code recipe)."),
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Code to continue, e.g. \"def mean(xs):\". "
                                                   "The completion ends where the function or block ends.")] = None,
     prefix: Annotated[Optional[str], typer.Option("--prefix", help="Fill in the middle: the code before the gap "

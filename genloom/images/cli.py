@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import Adapter, Device, Seed, checkpoint_option, friendly, group, load_handle
+from ..cli.options import (
+    Adapter,
+    Device,
+    Seed,
+    checkpoint_option,
+    friendly,
+    group,
+    load_handle,
+)
 from ..core.errors import GenloomError
 from ..media.image import save_gif, save_image_grid, to_pil_image
 from .handle import GANModel, ImageHandle

@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import Device, Seed, announce_seed, friendly, group, load_handle
+from ..cli.options import (
+    Device,
+    Seed,
+    announce_seed,
+    checkpoint_option,
+    friendly,
+    group,
+    load_handle,
+)
 from ..core.errors import GenloomError
 from .handle import MusicModel
 
@@ -15,8 +23,8 @@ __all__ = ["register"]
 
 
 def generate_music(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of a music model (e.g. trained "
-                                             "with the bach-chorales recipe).")],
+    checkpoint: checkpoint_option("A run folder of a music model (e.g. trained "
+                                  "with the bach-chorales recipe)."),
     out: Annotated[Path, typer.Option("--out", help="Folder for the pieces: NAME.mid, .musicxml, .wav and a "
                                       "piano-roll .png each.")] = Path("music"),
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="How many pieces to write.")] = 1,

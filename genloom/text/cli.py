@@ -8,7 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import Adapter, Device, Seed, announce_seed, checkpoint_option, friendly, group, load_handle
+from ..cli.options import (
+    Adapter,
+    Device,
+    Seed,
+    announce_seed,
+    checkpoint_option,
+    friendly,
+    group,
+    load_handle,
+)
 from .convert import export_hf, import_hf
 from .handle import TextModel
 

@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import Device, Sampler, Seed, Steps, announce_seed, friendly, group, load_handle
+from ..cli.options import (
+    Device,
+    Sampler,
+    Seed,
+    Steps,
+    announce_seed,
+    checkpoint_option,
+    friendly,
+    group,
+    load_handle,
+)
 from ..core.errors import GenloomError
 from ..media.video import save_clip
 from .handle import VideoModel
@@ -16,8 +26,8 @@ __all__ = ["register"]
 
 
 def generate_video(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A run folder of a video model (e.g. trained "
-                                             "with the moving-digits recipe).")],
+    checkpoint: checkpoint_option("A run folder of a video model (e.g. trained "
+                                  "with the moving-digits recipe)."),
     prompt: Annotated[list[str], typer.Option("--prompt", help="What to show, e.g. \"the digit 3 moving right\" "
                                               "(repeatable).")] = [],
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Clips per prompt.")] = 1,
