@@ -5,8 +5,8 @@
     model = genloom.load("runs/shakes")            # the handle of the checkpoint's content type
     print(model.generate("ROMEO:", max_new_tokens=100, seed=0)[0])
 
-The handle classes (TextModel, CodeModel, MusicModel, ImageModel, GANModel, TextToImageModel, VideoModel,
-AudioModel) are named by each content package's registration and imported when first used.
+The handle classes (genloom.TextModel, genloom.ImageModel, ...) are named by each content package's
+registration (its Modality record) and imported when first used.
 """
 
 from .api import evaluate, finetune, load, merge, train

@@ -134,10 +134,9 @@ class OpenedCheckpoint:
 
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
          ema: bool = True, adapters=None) -> Handle:
-    """Open a checkpoint directory written by `genloom train` as the handle of its content type: a TextModel
-    (a CodeModel for code models), a MusicModel, an ImageModel (diffusion), a GANModel, a TextToImageModel, a
-    VideoModel or an AudioModel (each content package's `open`, found through the registry by the data the
-    checkpoint was trained on).
+    """Open a checkpoint directory written by `genloom train` as the handle of its content type (a TextModel,
+    an ImageModel, ...: the `open` of the content package whose data the checkpoint was trained on, found
+    through the registry).
 
     `quantize="int8"` stores the linear weights of a text model as int8 for faster CPU decoding (a
     small rounding error). `ema=True` uses the averaged weights where the run kept them.

@@ -6,6 +6,7 @@ from ..core.registry import Modality, register_modality
 MODALITY = register_modality(Modality(
     name="audio",
     title="audio and voices",
+    evaluation=('the share of generated words or sounds a classifier recognises, FAD-genloom, and for voices the speaker similarity of speech made in held-out voices from reference clips (--num-samples clips, 200 by default).'),
     summary="spoken words and sound effects from a prompt, speech in the voice of a reference clip",
     data_kinds=("audio",),
     components=("genloom.audio.data", "genloom.audio.objective"),

@@ -1,8 +1,8 @@
 """The `genloom` command line: a thin layer over `genloom.api`.
 
 The commands every content type shares (quickstart, recipes, train, finetune, merge, eval, serve) are in
-`commands.py`; each content package adds its own (`genloom generate text|code|music|image|video|audio`,
-`genloom chat`, `genloom convert`) from its `cli.py`, found through the registry.
+`commands.py`; each content package adds its own (its `genloom generate ...` command, and e.g. `genloom
+chat` and `genloom convert` for text) from its `cli.py`, found through the registry.
 """
 
 from __future__ import annotations

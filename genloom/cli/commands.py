@@ -155,9 +155,8 @@ def evaluate(
                                                 "training splits).")] = None,
     device: Device = "auto",
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", min=1, help="How many samples to make and "
-                                                       "score: image models 1000 by default, text-to-image 200 "
-                                                       "prompts per set, video and audio 200, music 20, --task "
-                                                       "concept 100, --task code 10 per task (for pass@10).")] = None,
+                                                       "score (each content type's default is given "
+                                                       "below).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Image models: sampler steps (default: the "
                                                  "recipe's).")] = None,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="Image models: ddpm, ddim, dpmpp_2m, euler "
@@ -177,17 +176,7 @@ def evaluate(
                                                  "where the operating system cannot isolate it (no namespaces, no "
                                                  "unprivileged user); only for code you trust.")] = False,
 ) -> None:
-    """Score a checkpoint. Text: validation loss (nats per token), bits per character and perplexity.
-    Code: the same on the held-out files, with bits per byte (--task code runs the generated code). Music:
-    held-out NLL per note and per sixteenth frame, and statistics of composed pieces (--num-samples, 20 by
-    default) beside the held-out ones (in key, voice ranges, crossings, parallel fifths/octaves, pitch-class
-    distance), and the in-key share of harmonised held-out sopranos. Video (moving digits): the requested
-    digit in every frame, motion direction, FVD-digits, and continuation of held-out clips. Audio: the share
-    of generated words/sounds a classifier recognises, FAD-genloom, and (voices) speaker similarity of speech
-    made in held-out voices from reference clips (--num-samples, 200 by default). Images: FID and KID on features of a classifier trained on the data (named e.g. FID-digits),
-    precision/recall, and how often the requested class is recognised. Text-to-image (builtin:scenes):
-    GenEval-style shares of images whose every prompted attribute is right, per prompt set (single
-    objects, two objects, held-out combinations, paraphrases; --num-samples prompts each, 200 by default)."""
+    """Score a checkpoint with its content type's evaluation (listed below)."""
     from .. import api
 
     if guidance_list is not None and guidance is not None:
@@ -263,8 +252,16 @@ def serve(
                allowed_hosts=allow_host or None)
 
 
+def _eval_help() -> str:
+    """`genloom eval --help`: one paragraph per content type, from its Modality record."""
+    from ..core import registry
+
+    parts = [f"{record.title.capitalize()}: {record.evaluation}" for record in registry.modalities() if record.evaluation]
+    return "Score a checkpoint with its content type's evaluation.\n\n" + "\n\n".join(parts)
+
+
 def register(app: typer.Typer) -> None:
     for command in (quickstart, recipes, train, finetune, merge):
         app.command()(friendly(command))
-    app.command("eval")(friendly(evaluate))
+    app.command("eval", help=_eval_help())(friendly(evaluate))
     app.command("serve")(friendly(serve))

@@ -6,6 +6,7 @@ from ..core.registry import Modality, register_modality
 MODALITY = register_modality(Modality(
     name="code",
     title="code",
+    evaluation=('the same on the held-out files, with bits per byte; --task code: syntax validity of sampled functions, infilling exact match on held-out lines and expressions, pass@1/pass@10 on --tasks (10 samples per task by default), the generated code run in a sandbox.'),
     summary="language models of source code: completion, infilling, syntax and pass@k in a sandbox",
     data_kinds=("code",),
     components=("genloom.code.data",),

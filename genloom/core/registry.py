@@ -96,6 +96,7 @@ class Modality:
     adapters: bool = False
     handles: tuple[str, ...] = ()      # "module:Class" of the handles `genloom` exports at the top level
     summary: str = ""                  # one line for docs and `genloom recipes`
+    evaluation: str = ""               # what `genloom eval` reports for it (its paragraph of `genloom eval --help`)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -6,6 +6,7 @@ from ..core.registry import Modality, register_modality
 MODALITY = register_modality(Modality(
     name="images",
     title="images",
+    evaluation=('FID and KID on features of a classifier trained on the data (named e.g. FID-digits), precision/recall, and how often the requested class is recognised (--num-samples images, 1000 by default); the standard FID with --inception.'),
     summary="images of a class by diffusion or a GAN: samples, latent walks, FID-style scores",
     data_kinds=("images",),
     components=("genloom.images.data",),

@@ -6,6 +6,7 @@ from ..core.registry import Modality, register_modality
 MODALITY = register_modality(Modality(
     name="music",
     title="music",
+    evaluation=('held-out NLL per note and per sixteenth frame, statistics of composed pieces (--num-samples, 20 by default) beside the held-out ones (in key, voice ranges, crossings, parallel fifths/octaves, pitch-class distance), and the in-key share of harmonised held-out sopranos.'),
     summary="symbolic music: compose, continue an opening, harmonise a melody",
     data_kinds=("music",),
     components=("genloom.music.data",),

@@ -6,6 +6,7 @@ from ..core.registry import Modality, register_modality
 MODALITY = register_modality(Modality(
     name="text",
     title="text",
+    evaluation=('validation loss (nats per token), bits per character and perplexity on the validation split (of the training data, or of --data); --task safety: refusal rate on held-out harmful requests of builtin:safety and answer rate on the others.'),
     summary="language models of text: pretraining, chat and preference tuning, sampling, scoring",
     data_kinds=("text", "chat", "preference"),
     components=("genloom.text.data", "genloom.text.chat"),

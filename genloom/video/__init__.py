@@ -6,6 +6,7 @@ from ..core.registry import Modality, register_modality
 MODALITY = register_modality(Modality(
     name="video",
     title="video",
+    evaluation=('the requested digit in every frame, motion direction, FVD-digits, continuation of held-out clips and the frames between two given ones (moving digits; --num-samples clips, 200 by default).'),
     summary="short clips from a prompt, continued footage, frames between two given ones",
     data_kinds=("video",),
     components=("genloom.video.data", "genloom.video.model", "genloom.video.objective"),
