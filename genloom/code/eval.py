@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import DataError
 from .passk import CodeTask, pass_at_k, read_tasks, task_program
-from .sandbox import run_many
+from .sandbox import require_isolation, run_many
 
 __all__ = ["CodeEvalResult", "function_prompts", "infill_cases", "builtin_tasks_path", "humaneval_path",
            "resolve_tasks", "syntax_score", "infill_score", "functional_score"]
@@ -161,6 +161,7 @@ class CodeEvalResult:
     statuses: dict[str, dict[str, int]] = field(default_factory=dict)    # temperature -> passed/failed/timeout/crashed
     samples_per_task: int = 0
     sandbox_samples_per_s: float | None = None
+    sandbox: str = ""                                                    # what isolated the samples (or did not)
     examples: dict[str, list] = field(default_factory=dict)
 
     def best_pass_at(self, k: int) -> float | None:
@@ -181,7 +182,8 @@ class CodeEvalResult:
                          + ", ".join(f"pass@{k} {v:.1%}" for k, v in sorted(scores.items()))
                          + f" (outcomes {self.statuses[t]})")
         if self.sandbox_samples_per_s:
-            lines.append(f"sandbox: {self.sandbox_samples_per_s:.1f} samples/s")
+            lines.append(f"sandbox: {self.sandbox_samples_per_s:.1f} samples/s"
+                         + (f" ({self.sandbox})" if self.sandbox else ""))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -232,14 +234,19 @@ def infill_score(fill: Callable[[list[InfillCase]], list[str]], cases: dict[str,
 
 def functional_score(complete: Callable[[list[str], int], list[list[str]]], tasks: Sequence[CodeTask], name: str,
                      samples: int, ks: Sequence[int], result: CodeEvalResult, key: str = "", progress: bool = True,
-                     workers: int | None = None) -> None:
-    """`complete(prompts, samples)` -> `samples` bodies per prompt; each program runs in the sandbox."""
+                     workers: int | None = None, unsafe_sandbox: bool = False) -> None:
+    """`complete(prompts, samples)` -> `samples` bodies per prompt; each program runs in the sandbox.
+
+    Raises `genloom.code.sandbox.SandboxUnavailable` (before generating anything) where the operating system
+    cannot isolate the programs, unless `unsafe_sandbox` allows running them with in-process limits only."""
+    found = require_isolation(unsafe_sandbox)                    # refuse before generating anything
+    result.sandbox = found.how if found.available else f"NOT isolated: {found.missing}"
     bodies: list[list[str]] = []
     for task in tqdm(tasks, desc=f"writing solutions {key}", disable=not progress, leave=False):
         bodies.append(complete([task.prompt], samples)[0])
     programs = [task_program(task, body) for task, task_bodies in zip(tasks, bodies) for body in task_bodies]
     started = time.perf_counter()
-    outcomes = run_many(programs, workers=workers)
+    outcomes = run_many(programs, workers=workers, unsafe_sandbox=unsafe_sandbox)
     seconds = time.perf_counter() - started
     result.statuses[key] = {status: sum(o.status == status for o in outcomes) for status in
                             ("passed", "failed", "timeout", "crashed")}
