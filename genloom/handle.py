@@ -19,7 +19,7 @@ import torch
 from .core.errors import GenloomError
 from .nn.lora import use_adapter
 
-__all__ = ["Handle", "EvalRequest"]
+__all__ = ["Handle", "EvalRequest", "score_with"]
 
 
 class Handle:
@@ -95,3 +95,15 @@ class EvalRequest:
     def get(self, name: str, default: Any) -> Any:
         value = getattr(self, name)
         return default if value is None else value
+
+
+def score_with(handle: Handle, request: EvalRequest, what: str, defaults: dict[str, Any]):
+    """`genloom eval` of a content type without named tasks: the options in `defaults` (their default where
+    not given; None leaves the handle's own) go to `handle.evaluate`; any other option is refused by name."""
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: {what}s have no named tasks (the tasks are safety, concept "
+                           "and code)")
+    request.check(set(defaults), what)
+    options = {name: request.get(name, default) for name, default in defaults.items()}
+    options = {("data_path" if name == "data" else name): value for name, value in options.items() if value is not None}
+    return handle.evaluate(**options, progress=request.progress)

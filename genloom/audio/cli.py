@@ -17,6 +17,7 @@ from ..cli.options import (
     friendly,
     group,
     load_handle,
+    sample_files,
 )
 from ..core.errors import GenloomError
 from .handle import AudioModel, save_sound
@@ -60,10 +61,8 @@ def generate_audio(
     waves, pictures = model.generate(prompt, num_samples=num_samples, seed=seed, steps=steps, sampler=sampler,
                                      guidance=guidance, voice=voice, vocoder_iterations=vocoder_iterations,
                                      voice_guidance=voice_guidance, vocoder=vocoder)
-    for i, (wave, picture) in enumerate(zip(waves, pictures)):
-        name = "-".join(prompt[i // num_samples].lower().replace(",", "").split())[:60]
-        paths = save_sound(wave, picture, out / f"{name}-{seed + i % num_samples}", model.sample_rate)
-        typer.echo(" ".join(str(p) for p in paths))
+    for wave, picture, stem in zip(waves, pictures, sample_files(prompt, num_samples, seed, out)):
+        typer.echo(" ".join(str(p) for p in save_sound(wave, picture, stem, model.sample_rate)))
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import EvalRequest, Handle
+from ..handle import EvalRequest, Handle, score_with
 from ..media.audio import check_clip, read_audio, write_wav
 from .data import parse_audio_prompt
 from .eval import AudioEvalResult
@@ -280,8 +280,5 @@ def open_checkpoint(checkpoint) -> AudioModel:
 
 def score(handle: AudioModel, request: EvalRequest) -> AudioEvalResult:
     """`genloom eval` of an audio model: recognition, FAD-genloom and (voices) speaker similarity."""
-    if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: audio models have no named tasks")
-    request.check({"num_samples", "steps", "guidance", "seed"}, "an audio model")
-    return handle.evaluate(num_samples=request.get("num_samples", 200), steps=request.steps, guidance=request.guidance,
-                           seed=request.get("seed", 0), progress=request.progress)
+    return score_with(handle, request, "an audio model", {"num_samples": 200, "steps": None, "guidance": None,
+                                                         "seed": 0})

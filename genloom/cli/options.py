@@ -19,7 +19,7 @@ from ..core.errors import GenloomError
 
 __all__ = ["friendly", "setup_logging", "checkpoint_option", "Device", "Adapter", "Seed", "num_samples_option",
            "Steps", "Sampler", "Guidance", "Out", "SetOption", "MaxTime", "MaxMemory", "sub_app", "log", "announce_seed",
-           "load_handle", "group"]
+           "load_handle", "group", "sample_files"]
 
 log = logging.getLogger("genloom")
 
@@ -103,6 +103,12 @@ def load_handle(checkpoint: Path, device: str, wanted: type | tuple[type, ...], 
     if not isinstance(handle, wanted):
         raise GenloomError(f"{checkpoint} is not {hint} (it holds a {type(handle).__name__})")
     return handle
+
+
+def sample_files(prompts: list[str], num_samples: int, seed: int, out: Path) -> list[Path]:
+    """OUT/<prompt in words>-<seed> for each sample, prompt-major (sample j of a prompt uses seed + j)."""
+    return [out / f"{'-'.join(prompts[i // num_samples].lower().replace(',', '').split())[:60]}-{seed + i % num_samples}"
+            for i in range(len(prompts) * num_samples)]
 
 
 def group(app: typer.Typer, name: str, help: str = "") -> typer.Typer:

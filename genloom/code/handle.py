@@ -38,7 +38,7 @@ from .generate import (
     infill_prompt_ids,
 )
 
-__all__ = ["CodeModel", "STOP_RULES", "open_checkpoint", "score", "finetune_assets"]
+__all__ = ["CodeModel", "STOP_RULES", "open_checkpoint", "score"]
 
 
 def _special_only(prompt: str) -> StopMatcher:
@@ -204,12 +204,3 @@ def score(handle: CodeModel, request: EvalRequest):
     request.check({"data"}, "a code model")
     return handle.evaluate(request.data, progress=request.progress)
 
-
-def finetune_assets(base: Path, data_config, finetune=None) -> dict:
-    """More code is read with the base model's own tokenizer (its vocabulary is the model's)."""
-    from ..lm.tokenizers import TextTokenizer
-
-    if not (Path(base) / "tokenizer.json").is_file():
-        raise GenloomError(f"finetune.base: {base} has no tokenizer.json, so it is not a code model and cannot learn "
-                           "from data.kind = 'code'")
-    return {"tokenizer": TextTokenizer.load(Path(base) / "tokenizer.json")}

@@ -10,7 +10,7 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import EvalRequest, Handle
+from ..handle import EvalRequest, Handle, score_with
 from .data import load_labels
 
 if TYPE_CHECKING:
@@ -273,11 +273,4 @@ def open_checkpoint(checkpoint) -> ImageHandle:
 
 def score(handle: ImageHandle, request: EvalRequest) -> "ImageEvalResult":
     """`genloom eval` of an image model: FID-<data>, KID, precision/recall and class accuracy of generated images."""
-    if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: image models have no named tasks (the tasks are safety, "
-                           "concept and code)")
-    request.check(handle.eval_options, handle.described)
-    options = {name: getattr(request, name) for name in handle.eval_options if getattr(request, name) is not None}
-    if "data" in options:
-        options["data_path"] = options.pop("data")
-    return handle.evaluate(**options, progress=request.progress)
+    return score_with(handle, request, handle.described, {name: None for name in handle.eval_options})

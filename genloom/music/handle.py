@@ -14,7 +14,7 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import EvalRequest, Handle
+from ..handle import EvalRequest, Handle, score_with
 from ..lm.windows import score_split
 from .data import MusicData, parse_music_file
 from .eval import MusicEvalResult, in_key_share, music_stats, pitch_class_distance
@@ -166,8 +166,4 @@ def open_checkpoint(checkpoint) -> MusicModel:
 
 def score(handle: MusicModel, request: EvalRequest) -> MusicEvalResult:
     """`genloom eval` of a music model: held-out NLL and statistics of composed pieces beside the held-out ones."""
-    if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: music models have no named tasks")
-    request.check({"num_samples", "seed"}, "a music model")
-    return handle.evaluate(num_samples=request.get("num_samples", 20), seed=request.get("seed", 0),
-                           progress=request.progress)
+    return score_with(handle, request, "a music model", {"num_samples": 20, "seed": 0})

@@ -203,6 +203,6 @@ def finetune_assets(base: Path, data_config, finetune=None) -> dict:
         raise CheckpointError(f"finetune.base: {base} has no tokenizer.json, so it is not a text model and cannot "
                               f"learn from data.kind = {kind!r}")
     assets: dict = {"tokenizer": TextTokenizer.load(base / "tokenizer.json")}
-    if kind != "text":
+    if kind in ("chat", "preference"):
         assets["template"] = ChatTemplate.find(base)
     return assets

@@ -17,6 +17,7 @@ from ..cli.options import (
     friendly,
     group,
     load_handle,
+    sample_files,
 )
 from ..core.errors import GenloomError
 from ..media.video import save_clip
@@ -61,10 +62,8 @@ def generate_video(
     clips = model.generate(prompt, num_samples=num_samples, seed=seed, steps=steps, sampler=sampler, guidance=guidance,
                            frames=frames, init_video=init_video, context_frames=context_frames, end_video=end_video,
                            end_frames=end_frames)
-    for i, clip in enumerate(clips):
-        name = "-".join(prompt[i // num_samples].lower().split())[:60]
-        paths = save_clip(clip, out / f"{name}-{seed + i % num_samples}", scale)
-        typer.echo(" ".join(str(p) for p in paths))
+    for clip, stem in zip(clips, sample_files(prompt, num_samples, seed, out)):
+        typer.echo(" ".join(str(p) for p in save_clip(clip, stem, scale)))
 
 
 def register(app: typer.Typer) -> None:

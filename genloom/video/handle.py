@@ -12,7 +12,7 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..handle import EvalRequest, Handle
+from ..handle import EvalRequest, Handle, score_with
 from ..images.data import load_labels
 from ..media.video import read_clip, save_clip
 from .data import VideoData, parse_video_prompt
@@ -161,8 +161,5 @@ def open_checkpoint(checkpoint) -> VideoModel:
 
 def score(handle: VideoModel, request: EvalRequest) -> VideoEvalResult:
     """`genloom eval` of a video model: the digit in every frame, motion, FVD-digits, continuation, frames between."""
-    if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: video models have no named tasks")
-    request.check({"num_samples", "steps", "guidance", "seed"}, "a video model")
-    return handle.evaluate(num_samples=request.get("num_samples", 200), steps=request.steps, guidance=request.guidance,
-                           seed=request.get("seed", 0), progress=request.progress)
+    return score_with(handle, request, "a video model", {"num_samples": 200, "steps": None, "guidance": None,
+                                                        "seed": 0})
