@@ -85,14 +85,64 @@ def _root(path: str) -> Path:
     return root
 
 
+# `git ls-files` in a folder of someone else's code must not run their commands. Git runs programs named in
+# its configuration, and the folder's own .git/config is read whatever we do, so every key that can name a
+# program git might start here is overridden on the command line (which wins over every config file), the
+# system and global config files are not read, no hook can run, nothing comes from the caller's GIT_*
+# variables (GIT_DIR, GIT_CONFIG_PARAMETERS, GIT_EXTERNAL_DIFF, ...), and nothing prompts or pages.
+# `ls-files` without options only reads the index: no filters, no diff, no network.
+_GIT_SAFE_CONFIG = (
+    "core.fsmonitor=false",           # the fsmonitor hook: an arbitrary command run on every index read
+    "core.hooksPath=/dev/null",       # no hooks at all
+    "core.pager=cat", "pager.ls-files=false", "core.editor=false", "sequence.editor=false",
+    "core.sshCommand=false", "core.askPass=false", "credential.helper=", "protocol.allow=never",
+    "diff.external=", "core.gitProxy=false", "gpg.program=false", "core.alternateRefsCommand=false",
+)
+
+
+def _git_ls_files(root: Path) -> list[str] | None:
+    """The files git tracks under `root` (relative names), or None when git cannot say; git runs so that
+    nothing in the folder's configuration can make it execute a program (see _GIT_SAFE_CONFIG)."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_SYSTEM=os.devnull,
+               GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", GIT_ASKPASS="false", SSH_ASKPASS="false",
+               GIT_PAGER="cat", PAGER="cat", GIT_EDITOR="false")
+    command = [git, "--no-pager"]
+    for setting in _GIT_SAFE_CONFIG:
+        command += ["-c", setting]
+    command += ["-C", str(root), "ls-files", "-z"]
+    try:
+        listed = subprocess.run(command, capture_output=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0:
+        return None
+    return [name for name in listed.stdout.decode(errors="replace").split("\0") if name]
+
+
 def _listing(root: Path) -> list[Path]:
     """Every file under `root`, sorted; in a git checkout, the files git tracks (so ignored build output and
-    virtual environments stay out)."""
-    if (root / ".git").exists() and shutil.which("git"):
-        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True)
-        if listed.returncode == 0:
-            return sorted(root / name for name in listed.stdout.decode(errors="replace").split("\0") if name)
-    return sorted(root.rglob("*"))
+    virtual environments stay out), listed by a git that cannot run the checkout's commands. A link to a file
+    outside the folder is left out (a folder of code must not bring, say, ~/.ssh/id_rsa into the data)."""
+    files = None
+    if (root / ".git").exists():
+        names = _git_ls_files(root)
+        if names is not None:
+            files = [root / name for name in names]
+    if files is None:
+        files = list(root.rglob("*"))
+    inside = root.resolve()
+    return sorted(f for f in files if _within(f, inside))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):          # a loop of links
+        return False
 
 
 def code_files(path: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -78,6 +78,16 @@ def _music21():
     return music21
 
 
+def _parse_source(path: str | Path):
+    """A music file parsed from the file itself. music21's own `converter.parse` and `corpus.parse` look in
+    its scratch folder (`<tmp>/music21/m21-<version>-<python>-<md5 of the path>.p.gz`, a name anyone can
+    work out) for a pickle newer than the file and unpickle it, and write one after parsing: a pickle
+    planted there would run code. `forceSource=True` skips the lookup and, with `storePickle=False`,
+    nothing is written; `parseFile` (not `parse`) takes the path as a path, never as data or a URL. The
+    parsed pieces are kept as JSON in genloom's own cache (`load_pieces`)."""
+    return _music21().converter.parseFile(str(path), forceSource=True, storePickle=False)
+
+
 def score_to_piece(score, name: str, max_voices: int = 4) -> Piece:
     """A music21 score as a Piece: its top `max_voices` parts, quantised to sixteenth notes, chords reduced to
     their highest note, a pickup bar aligned to the bar lines, overlaps within a part cut."""
@@ -123,9 +133,9 @@ def parse_music_file(path: str | Path, max_voices: int = 4) -> Piece:
         raise DataError(f"{path}: the file is empty (expected MIDI or MusicXML)")
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: not a music file (expected one of {', '.join(SUFFIXES)})")
-    m21 = _music21()
+    _music21()                                # a missing package is its own error, not an unreadable file
     try:
-        score = m21.converter.parse(str(path))
+        score = _parse_source(path)
     except Exception as e:                    # music21 raises many kinds for a corrupt file
         raise DataError(f"{path}: cannot be read as {path.suffix.lstrip('.').upper()} ({type(e).__name__}: "
                         f"{str(e)[:120]})") from None
@@ -135,7 +145,8 @@ def parse_music_file(path: str | Path, max_voices: int = 4) -> Piece:
 def _chorales() -> Iterable[tuple[str, object]]:
     m21 = _music21()
     for name in m21.corpus.chorales.Iterator(numberingSystem="riemenschneider", returnType="filename"):
-        score = m21.corpus.parse(name)
+        found = m21.corpus.getWork(name)         # the file's path (corpus.parse would go through the pickle cache)
+        score = _parse_source(found[0] if isinstance(found, list) else found)
         if len(score.parts) == 4:             # the four sung parts (a few chorales add instruments)
             yield name, score
 
@@ -143,7 +154,7 @@ def _chorales() -> Iterable[tuple[str, object]]:
 def _essen() -> Iterable[tuple[str, object]]:
     m21 = _music21()
     for path in m21.corpus.getComposer("essenFolksong"):
-        opus = m21.corpus.parse(path)
+        opus = _parse_source(path)
         for i, score in enumerate(getattr(opus, "scores", [opus])):
             yield f"{Path(path).stem}/{i}", score
 

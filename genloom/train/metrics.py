@@ -3,28 +3,60 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["MetricsLog", "plot_losses", "COLUMNS"]
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ("step", "time_s", "tokens", "lr", "loss", "val_loss", "tokens_per_s")
 
 
 class MetricsLog:
-    """Append-only CSV. On resume, rows after the resumed step are dropped so the curve stays exact."""
+    """Append-only CSV of one run. A fresh run starts it empty (rows left by an earlier run that was killed
+    before its first checkpoint are dropped); a resumed run keeps the rows up to the resumed step and drops
+    the rest, so the curve has each step once and stays exact. Rows that cannot be read back (a damaged
+    file) are dropped with a warning, never a traceback."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = Path(path)
-        rows = self.read(self.path) if self.path.is_file() else []
-        if resume_step is not None:
-            rows = [r for r in rows if int(r["step"]) <= resume_step]
-        with open(self.path, "w", newline="") as f:
+        rows = self._rows_up_to(resume_step) if resume_step is not None else []
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(tmp, self.path)          # (a link named metrics.csv is replaced, not written through)
+
+    def _rows_up_to(self, step: int) -> list[dict[str, str]]:
+        """The readable rows of the existing file whose step is at most `step`."""
+        if not self.path.is_file():
+            return []
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                table = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            log.warning("%s cannot be read (%s); it starts again from step %d", self.path, e, step)
+            return []
+        if not table or tuple(table[0]) != COLUMNS:
+            log.warning("%s does not start with genloom's header (%s); it starts again from step %d", self.path,
+                        ",".join(COLUMNS), step)
+            return []
+        rows, unreadable = [], 0
+        for values in table[1:]:
+            row = dict(zip(COLUMNS, values)) if len(values) == len(COLUMNS) else None
+            if row is None or not _readable(row):
+                unreadable += 1
+            elif int(row["step"]) <= step:
+                rows.append(row)
+        if unreadable:
+            log.warning("%s: %d unreadable row(s) left out", self.path, unreadable)
+        return rows
 
     def write(self, **values: float | int | None) -> None:
         row = {k: ("" if values.get(k) is None else _format(values[k])) for k in COLUMNS}
@@ -35,6 +67,19 @@ class MetricsLog:
     def read(path: Path) -> list[dict[str, str]]:
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
+
+
+def _readable(row: dict[str, str]) -> bool:
+    """A row as `write` writes it: a whole step number, every other field empty or a number."""
+    try:
+        if int(row["step"]) < 0:
+            return False
+        for column in COLUMNS[1:]:
+            if row[column] != "":
+                float(row[column])
+    except ValueError:
+        return False
+    return True
 
 
 def _format(value: float | int) -> str:
