@@ -65,7 +65,7 @@ def finetune(recipe: str, base: str | Path, out: str | Path | None = None, overr
     return Trainer(config, out, resume=resume).fit()
 
 
-def merge(base: str | Path, adapter: str | Path, out: str | Path) -> Path:
+def merge(base: str | Path, adapter: str | Path, out: str | Path, verify: bool = True) -> Path:
     """Fold the LoRA adapter in `adapter` into the weights of `base`; write a full checkpoint to `out`."""
     from .nn.lora import merge_adapter
     from .train.finetune import ADAPTER_JSON, copy_assets, fold_new_words
@@ -73,7 +73,7 @@ def merge(base: str | Path, adapter: str | Path, out: str | Path) -> Path:
     base, adapter, out = Path(base), Path(adapter), Path(out)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"--out {out} already exists and is not empty; choose a new folder")
-    handle = load(base, adapters={"merged": adapter}, ema=True)
+    handle = load(base, adapters={"merged": adapter}, ema=True, verify=verify)
     model = handle.model
     merge_adapter(model, "merged")
     config = json.loads((base / ckpt.CONFIG_FILE).read_text())
@@ -133,7 +133,7 @@ class OpenedCheckpoint:
 
 
 def load(path: str | Path, device: str = "auto", quantize: str | None = None,
-         ema: bool = True, adapters=None) -> Handle:
+         ema: bool = True, adapters=None, verify: bool = True) -> Handle:
     """Open a checkpoint directory written by `genloom train` as the handle of its content type (a TextModel,
     an ImageModel, ...: the `open` of the content package whose data the checkpoint was trained on, found
     through the registry).
@@ -144,6 +144,7 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
     (named after their folders) or {name: folder}. One adapter is applied by default; with several, the
     base model is, and `handle.use_adapter(name)` (or `adapter=` per call) picks one. A LoRA run's
     folder can also be opened directly: its base model is loaded from where adapter.json says.
+    `verify=False` skips checking weight files against the SHA-256 sums written with them (huge files).
     """
     from .train.finetune import attach_adapter, is_adapter_dir, read_adapter
 
@@ -187,7 +188,7 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
                               + ", ".join(f"{n}: {m.get('base_weights')}" for n, m in metas.items()))
     if wanted and (path / next(iter(wanted))).is_file():
         weights = path / next(iter(wanted))
-    ckpt.load_weights(model, weights)
+    ckpt.load_weights(model, weights, verify=verify)
     broken = [name for name, tensor in model.state_dict().items()
               if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:
@@ -205,7 +206,7 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         fingerprint = weights_fingerprint(model.state_dict())
         model_dict = json.loads(config.to_json())["model"]
         for name, folder in adapter_dirs.items():
-            attach_adapter(model, model_dict, fingerprint, folder, name, str(path))
+            attach_adapter(model, model_dict, fingerprint, folder, name, str(path), verify=verify)
         use_adapter(model, next(iter(adapter_dirs)) if len(adapter_dirs) == 1 else None)
     model.to(device).eval()
     if quantize == "int8":

@@ -9,6 +9,7 @@ import typer
 
 from ..cli.options import (
     Device,
+    NoVerify,
     Sampler,
     Seed,
     Steps,
@@ -50,11 +51,12 @@ def generate_audio(
     seed: Seed = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the clips: a WAV file and a spectrogram PNG "
                                       "each.")] = Path("sounds"),
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Generate spoken words or sound effects from a prompt, optionally in the voice of a reference clip."""
     model = load_handle(checkpoint, device, AudioModel, "an audio model; train one with the spoken-digits or "
-                        "sound-effects recipe")
+                        "sound-effects recipe", verify=not no_verify)
     if not prompt:
         raise GenloomError("give --prompt, e.g. --prompt \"seven\"")
     seed = announce_seed(model, seed)

@@ -16,6 +16,7 @@ from .options import (
     Device,
     MaxMemory,
     MaxTime,
+    NoVerify,
     Out,
     SetOption,
     checkpoint_option,
@@ -122,12 +123,13 @@ def merge(
     base: Annotated[Path, typer.Option("--base", help="The base checkpoint directory the adapter was trained on.")],
     adapter: Annotated[Path, typer.Option("--adapter", help="A LoRA run folder written by `genloom finetune`.")],
     out: Annotated[Path, typer.Option("--out", help="A new folder for the merged, full checkpoint.")],
+    no_verify: NoVerify = False,
 ) -> None:
     """Fold a LoRA adapter into its base model's weights: a full checkpoint that generates exactly as base +
     adapter does, with no adapter overhead (and can be quantized, converted or fine-tuned again)."""
     from .. import api
 
-    typer.echo(f"genloom: wrote {api.merge(base, adapter, out)}", err=True)
+    typer.echo(f"genloom: wrote {api.merge(base, adapter, out, verify=not no_verify)}", err=True)
 
 
 def evaluate(
@@ -153,6 +155,7 @@ def evaluate(
                                                 "Images: compare with this image folder instead. Code: score "
                                                 "the held-out files of this source folder (hash split as "
                                                 "training splits).")] = None,
+    no_verify: NoVerify = False,
     device: Device = "auto",
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", min=1, help="How many samples to make and "
                                                        "score (each content type's default is given "
@@ -188,7 +191,7 @@ def evaluate(
     request = api.EvalRequest(task=task, tasks=tasks, data=data, num_samples=num_samples, steps=steps, sampler=sampler,
                               guidance=guidance, guidances=scales, seed=seed,
                               inception=str(inception) if inception else None, unsafe_sandbox=unsafe_sandbox)
-    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None)
+    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None, verify=not no_verify)
     result = api.evaluate(model, request)
     typer.echo(result.summary())
     if report:
@@ -207,6 +210,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GENLOOM_API_KEY", help="Require "
                                                    "'Authorization: Bearer KEY' on /v1/ requests.")] = None,
+    no_verify: NoVerify = False,
     device: Device = "auto",
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Larger request bodies get "
                                                 "413.")] = _LIMITS.max_body_bytes,
@@ -244,7 +248,7 @@ def serve(
     from ..serve import load_models
     from ..serve import serve as run_server
 
-    models = load_models(model, device, adapter or [])
+    models = load_models(model, device, adapter or [], verify=not no_verify)
     typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
     run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
                max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,

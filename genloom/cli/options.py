@@ -17,7 +17,7 @@ import typer
 
 from ..core.errors import GenloomError
 
-__all__ = ["friendly", "setup_logging", "checkpoint_option", "Device", "Adapter", "Seed", "num_samples_option",
+__all__ = ["friendly", "setup_logging", "checkpoint_option", "Device", "NoVerify", "Adapter", "Seed", "num_samples_option",
            "Steps", "Sampler", "Guidance", "Out", "SetOption", "MaxTime", "MaxMemory", "sub_app", "log", "announce_seed",
            "load_handle", "group", "sample_files"]
 
@@ -35,6 +35,9 @@ def num_samples_option(help: str, default_help: str = "") -> type:
 
 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+NoVerify = Annotated[bool, typer.Option("--no-verify", help="Skip checking the weight files against the SHA-256 sums "
+                                        "written with them (for huge files; a damaged file then loads "
+                                        "unnoticed).")]
 Adapter = Annotated[Optional[Path], typer.Option("--adapter", help="A LoRA adapter folder (written by `genloom "
                                                  "finetune`) to apply to the model in --checkpoint.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed; sample i uses seed + i (default: a "
@@ -94,12 +97,12 @@ def announce_seed(handle, seed: int | None) -> int:
 
 
 def load_handle(checkpoint: Path, device: str, wanted: type | tuple[type, ...], hint: str, adapter: Path | None = None,
-                **options):
+                verify: bool = True, **options):
     """`genloom.load` of --checkpoint, refused in one line unless it is a `wanted` handle (`hint` says which
     model the command needs, e.g. "a music model; train one with the bach-chorales recipe")."""
     from .. import api
 
-    handle = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None, **options)
+    handle = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None, verify=verify, **options)
     if not isinstance(handle, wanted):
         raise GenloomError(f"{checkpoint} is not {hint} (it holds a {type(handle).__name__})")
     return handle

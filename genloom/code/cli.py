@@ -8,6 +8,7 @@ import typer
 
 from ..cli.options import (
     Device,
+    NoVerify,
     Seed,
     announce_seed,
     checkpoint_option,
@@ -41,6 +42,7 @@ def generate_code(
                                          "tokens holding this much probability.")] = 0.95,
     seed: Seed = None,
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="How many samples to write.")] = 1,
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Continue Python code (--prompt) or fill in a gap (--prefix and --suffix) with a code model, printing
@@ -52,7 +54,7 @@ def generate_code(
     if stop_at and stop_at not in STOP_RULES:
         raise GenloomError(f"--stop-at {stop_at!r}: expected one of {', '.join(STOP_RULES)}")
     model = load_handle(checkpoint, device, CodeModel, "a code model; use `genloom generate text`, or train one "
-                        "with the python-code recipe")
+                        "with the python-code recipe", verify=not no_verify)
     seed = announce_seed(model, seed)
     if temperature is None:
         temperature = 0.0 if infilling else 0.8

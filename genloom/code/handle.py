@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..core.errors import GenloomError
+from ..handle import EvalRequest
 from ..lm.decoding import Sampling, StopMatcher, stream_text
 from ..lm.windows import score_split
 from ..text.eval import TextEvalResult
-from ..handle import EvalRequest
 from ..text.handle import CURRENT_ADAPTER, Completion, TextModel
 from ..text.handle import open_checkpoint as open_text_checkpoint
 from .data import CodeData, CodeDataConfig, code_files, is_validation
@@ -37,6 +37,7 @@ from .generate import (
     code_prompt_ids,
     infill_prompt_ids,
 )
+from .sandbox import require_isolation
 
 __all__ = ["CodeModel", "STOP_RULES", "open_checkpoint", "score"]
 
@@ -146,11 +147,15 @@ class CodeModel(TextModel):
     def evaluate_code(self, tasks: str | Path | None = None, *, num_samples: int = 10, syntax_samples: int = 100,
                       infill_samples: int = 200, temperatures: Sequence[float] = (0.2, 0.8), seed: int = 0,
                       data_path: str | None = None, parts: Sequence[str] = ("syntax", "infill", "tasks"),
-                      max_new_tokens: int = 384, progress: bool = True) -> CodeEvalResult:
+                      max_new_tokens: int = 384, progress: bool = True,
+                      unsafe_sandbox: bool = False) -> CodeEvalResult:
         """Syntax validity of sampled function bodies, infilling exact match on held-out lines and
         expressions, and pass@1 / pass@10 on HumanEval-format `tasks` (genloom's own set by default), each
         sampled at every temperature in `temperatures` (Chen et al. 2021 report pass@1 at 0.2 and pass@10 at
-        0.8)."""
+        0.8). The generated programs run in the sandbox (genloom.code.sandbox); where the operating system cannot
+        isolate them this refuses before any work, unless `unsafe_sandbox` (in-process limits only)."""
+        if "tasks" in parts:
+            require_isolation(unsafe_sandbox)
         result = CodeEvalResult()
         files = self.held_out_files(data_path) if {"syntax", "infill"} & set(parts) else []
         for temperature in temperatures if "syntax" in parts else ():
@@ -180,7 +185,7 @@ class CodeModel(TextModel):
                 return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
             functional_score(solve, task_list, str(tasks or "genloom's task set"), num_samples, (1, 10), result,
-                             str(temperature), progress=progress)
+                             str(temperature), progress=progress, unsafe_sandbox=unsafe_sandbox)
         return result
 
 
@@ -195,7 +200,8 @@ def score(handle: CodeModel, request: EvalRequest):
     if request.task == "code":
         request.check({"task", "tasks", "num_samples", "seed", "data", "unsafe_sandbox"}, "--task code")
         return handle.evaluate_code(request.tasks, num_samples=request.get("num_samples", 10),
-                                    seed=request.get("seed", 0), data_path=request.data, progress=request.progress)
+                                    seed=request.get("seed", 0), data_path=request.data, progress=request.progress,
+                                    unsafe_sandbox=request.unsafe_sandbox)
     if request.task == "safety":
         request.check({"task"}, "--task safety")
         return handle.evaluate_safety(progress=request.progress)

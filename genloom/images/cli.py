@@ -11,6 +11,7 @@ import typer
 from ..cli.options import (
     Adapter,
     Device,
+    NoVerify,
     Seed,
     checkpoint_option,
     friendly,
@@ -61,12 +62,13 @@ def generate_image(
                                        "(nearest neighbour); 0 = to at least 64 pixels.")] = 0,
     truncation: Annotated[float, typer.Option("--truncation", help="GANs only: scale of the latents; below 1 "
                                               "gives more typical, less varied images.")] = 1.0,
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Draw images with a diffusion model, a text-to-image model or a GAN; writes OUT/LABEL_SEED.png (or
     OUT/PROMPT_SEED.png) for each sample and OUT/grid.png."""
     model = load_handle(checkpoint, device, ImageHandle, "an image model; use `genloom generate text` for text models",
-                        adapter)
+                        adapter, verify=not no_verify)
     if model.prompted:
         _from_prompts(model, checkpoint, label, prompt, negative_prompt, init_image, strength, mask, num_samples, steps,
                       sampler, guidance, eta, spacing, seed, out, scale, truncation)
@@ -140,11 +142,12 @@ def generate_variations(
                                       "written next to it.")] = Path("variations.gif"),
     scale: Annotated[int, typer.Option("--scale", min=0, help="Enlarge the frames this many times; 0 = to at "
                                        "least 64 pixels.")] = 0,
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Walk the latent space of a GAN from one seed to another: an animated GIF of smooth variations."""
     model = load_handle(checkpoint, device, GANModel, "a GAN; variations walk a GAN's latent space (train e.g. "
-                        "digits-gan)")
+                        "digits-gan)", verify=not no_verify)
     if out.suffix.lower() != ".gif":
         raise GenloomError(f"--out {out}: the variations are an animated GIF; give a name ending in .gif")
     images = model.interpolate(label, seed=seed, to_seed=to_seed, frames=frames)

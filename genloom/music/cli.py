@@ -9,6 +9,7 @@ import typer
 
 from ..cli.options import (
     Device,
+    NoVerify,
     Seed,
     announce_seed,
     checkpoint_option,
@@ -50,6 +51,7 @@ def generate_music(
                                        "fluidsynth (needs FluidSynth and a General MIDI soundfont), or auto.")] = "genloom",
     tempo: Annotated[float, typer.Option("--tempo", min=10.0, help="Quarter notes per minute in the MIDI and "
                                          "WAV files.")] = 80.0,
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Compose new pieces, continue an opening (--opening) or harmonise a melody (--melody) with a music
@@ -57,7 +59,7 @@ def generate_music(
 
     if opening and melody:
         raise GenloomError("give --opening (continue a piece) or --melody (harmonise it), not both")
-    model = load_handle(checkpoint, device, MusicModel, "a music model; train one with the bach-chorales recipe")
+    model = load_handle(checkpoint, device, MusicModel, "a music model; train one with the bach-chorales recipe", verify=not no_verify)
     if synth not in ("genloom", "fluidsynth", "auto"):
         raise GenloomError(f"--synth {synth!r}: expected genloom, fluidsynth or auto")
     seed = announce_seed(model, seed)

@@ -7,7 +7,8 @@ from pathlib import Path
 __all__ = ["serve", "load_models"]
 
 
-def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str] | None = None) -> dict:
+def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str] | None = None,
+                verify: bool = True) -> dict:
     """NAME=CHECKPOINT_DIR strings -> {name: handle}, with a clear error for a malformed spec.
 
     `adapter_specs` are NAME:ADAPTER=ADAPTER_DIR strings: LoRA adapters loaded onto the model NAME, served
@@ -42,7 +43,7 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
         adapters[base][adapter] = Path(path.strip())
     models = {}
     for name, path in paths.items():
-        models[name] = api.load(path, device=device, adapters=adapters[name] or None)
+        models[name] = api.load(path, device=device, adapters=adapters[name] or None, verify=verify)
         if not registry.modality_of(models[name]).serve:             # the content type says whether it is served
             raise GenloomError(f"--model {name}={path}: a {type(models[name]).__name__} cannot be served yet (the "
                                "server has text and image endpoints); use `genloom generate` for it")

@@ -11,6 +11,7 @@ import typer
 from ..cli.options import (
     Adapter,
     Device,
+    NoVerify,
     Seed,
     announce_seed,
     checkpoint_option,
@@ -36,12 +37,13 @@ def chat(
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling; 1 = off.")] = 0.95,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed of the first reply (the next ones "
                                                 "use seed + 1, ...).")] = None,
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Talk to a chat model in the terminal: type a message, read the streamed reply. The conversation is
     formatted with the model's chat template (chat_template.json); older turns are dropped when it no
     longer fits the context. Commands: /reset starts over, /quit (or Ctrl-D) leaves."""
-    model = load_handle(checkpoint, device, TextModel, "a text model; genloom chat talks to text models", adapter)
+    model = load_handle(checkpoint, device, TextModel, "a text model; genloom chat talks to text models", adapter, verify=not no_verify)
     seed = model.draw_seed(seed)
     interactive = sys.stdin.isatty()
     opening = [{"role": "system", "content": system}] if system else []
@@ -105,13 +107,14 @@ def generate_text(
                                            "log-probability (to stderr).")] = False,
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: store weights as int8 for faster "
                                                     "CPU decoding (small rounding error).")] = None,
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Continue a prompt with a text model, streaming tokens to stdout as they are sampled."""
     from .. import api
 
     model = load_handle(checkpoint, device, TextModel, "a text model (`genloom generate --help` lists the "
-                        "commands for the other kinds)", adapter, quantize=quantize)
+                        "commands for the other kinds)", adapter, quantize=quantize, verify=not no_verify)
     seed = announce_seed(model, seed)
     if num_beams > 1:
         for text, logprob in model.beam_search(prompt, max_new_tokens=max_new_tokens,
@@ -119,7 +122,7 @@ def generate_text(
             typer.echo(prompt + text)
             typer.echo(f"--- log-probability {logprob:.3f} ---", err=True)
         return
-    draft_model = api.load(draft, device=device, quantize=quantize) if draft is not None else None
+    draft_model = api.load(draft, device=device, quantize=quantize, verify=not no_verify) if draft is not None else None
     for i in range(num_samples):
         if num_samples > 1:
             typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)
@@ -157,9 +160,11 @@ def convert_export(
     checkpoint: checkpoint_option("A genloom text checkpoint directory."),
     out: Annotated[Path, typer.Option("--out", help="The Hugging Face directory to write (config.json, "
                                       "model.safetensors, tokenizer.json).")],
+    no_verify: NoVerify = False,
 ) -> None:
     """Export a genloom text model in Hugging Face format (loads with transformers' from_pretrained)."""
-    handle = load_handle(checkpoint, "cpu", TextModel, "a text model (only text models have a Hugging Face form)")
+    handle = load_handle(checkpoint, "cpu", TextModel, "a text model (only text models have a Hugging Face form)",
+                         verify=not no_verify)
     typer.echo(f"genloom: wrote {export_hf(handle, out)}", err=True)
 
 

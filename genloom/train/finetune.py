@@ -135,10 +135,10 @@ def read_adapter(path: Path) -> dict[str, Any]:
 
 
 def attach_adapter(model: nn.Module, model_config: dict[str, Any], fingerprint: str, path: Path, name: str,
-                   base_label: str) -> dict[str, Any]:
+                   base_label: str, verify: bool = True) -> dict[str, Any]:
     """Add the adapter saved in `path` to `model` under `name`, after checking it was trained on this base."""
     meta = read_adapter(path)
-    tensors = ckpt.load_tensors(Path(path) / ADAPTER_FILE)
+    tensors = ckpt.load_tensors(Path(path) / ADAPTER_FILE, verify=verify)
     if meta.get("model") != model_config:
         differences = [f"model.{k}: adapter's base {meta.get('model', {}).get(k)!r}, this model {v!r}"
                        for k, v in model_config.items() if meta.get("model", {}).get(k) != v]

@@ -9,6 +9,7 @@ import typer
 
 from ..cli.options import (
     Device,
+    NoVerify,
     Sampler,
     Seed,
     Steps,
@@ -51,11 +52,12 @@ def generate_video(
     out: Annotated[Path, typer.Option("--out", help="Folder for the clips: an animated GIF and a frame strip PNG "
                                       "each (and an MP4 when imageio with ffmpeg is installed).")] = Path("videos"),
     scale: Annotated[int, typer.Option("--scale", min=1, help="Enlarge the frames this many times.")] = 4,
+    no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Generate short clips from a prompt, extend footage (--init-video with --context-frames), or make the frames
     between two given ones (--init-video and --end-video)."""
-    model = load_handle(checkpoint, device, VideoModel, "a video model; train one with the moving-digits recipe")
+    model = load_handle(checkpoint, device, VideoModel, "a video model; train one with the moving-digits recipe", verify=not no_verify)
     if not prompt:
         raise GenloomError("give --prompt, e.g. --prompt \"the digit 3 moving right\"")
     seed = announce_seed(model, seed)
