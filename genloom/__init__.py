@@ -12,7 +12,13 @@ registration (its Modality record) and imported when first used.
 from .api import evaluate, finetune, load, merge, train
 from .core import registry
 from .core.config import RunConfig, load_recipe
-from .core.errors import CheckpointError, ConfigError, DataError, GenloomError, TrainingError
+from .core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    GenloomError,
+    TrainingError,
+)
 from .handle import EvalRequest, Handle
 
 __version__ = "0.1.0"

@@ -28,9 +28,9 @@ from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..media.image import (
     GRAY_MODES,
-    require_image_memory,
-    conform_image,
     conform_array,
+    conform_image,
+    require_image_memory,
     save_image_grid,
     save_images,
     to_pil_image,

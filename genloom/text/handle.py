@@ -12,7 +12,14 @@ import torch
 from ..core.config import RunConfig
 from ..core.errors import CheckpointError, GenloomError
 from ..handle import EvalRequest, Handle
-from ..lm.decoding import Sampling, StopMatcher, TextStream, encode_prompt, generate_tokens, stream_text
+from ..lm.decoding import (
+    Sampling,
+    StopMatcher,
+    TextStream,
+    encode_prompt,
+    generate_tokens,
+    stream_text,
+)
 from ..lm.search import beam_search, speculative_tokens
 from ..lm.tokenizers import END_OF_TEXT, TextTokenizer
 from .chat import ChatTemplate

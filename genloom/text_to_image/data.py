@@ -29,7 +29,7 @@ from ..core.config import require, validate
 from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, image_files
-from ..media.image import conform_image, conform_array
+from ..media.image import conform_array, conform_image
 from ..train.data import split_examples
 from .scenes import (
     Scene,

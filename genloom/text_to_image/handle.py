@@ -11,8 +11,8 @@ import torch
 
 from ..core.config import RunConfig
 from ..core.errors import GenloomError
-from ..images.eval import ImageEvalResult
 from ..handle import EvalRequest
+from ..images.eval import ImageEvalResult
 from ..images.handle import ImageModel, picture, progress_bar
 from .concept import ConceptEvalResult
 from .data import load_caption_tokenizer
