@@ -168,7 +168,7 @@ def test_feature_classifier_cache_round_trips(digits, digits_classifier, monkeyp
     images, labels = digits
     model, cache = digits_classifier
     folder = cache / "image-features" / "digits-test"
-    info = json.loads((folder / "config.json").read_text())
+    info = json.loads((folder / "model.json").read_text())
     assert info["holdout_accuracy"] == model.holdout_accuracy and "conv3x3" in info["architecture"]
     assert (folder / "model.safetensors").is_file()
 

@@ -168,18 +168,18 @@ def test_broken_checkpoints_are_named(corpus, tmp_path):
 def test_interrupted_commit_keeps_previous_or_finishes(tmp_path):
     from genloom.core import io as ckpt
 
-    (tmp_path / "a.txt").write_text("old")
-    ckpt.commit(tmp_path, {"a.txt": lambda p: p.write_text("new")})
-    assert (tmp_path / "a.txt").read_text() == "new" and not (tmp_path / ".staging").exists()
+    (tmp_path / "labels.json").write_text("old")
+    ckpt.commit(tmp_path, {"labels.json": lambda p: p.write_text("new")})
+    assert (tmp_path / "labels.json").read_text() == "new" and not (tmp_path / ".staging").exists()
     # killed before the COMMIT marker: the staged file is ignored
     (tmp_path / ".staging").mkdir()
-    (tmp_path / ".staging" / "a.txt").write_text("half")
+    (tmp_path / ".staging" / "labels.json").write_text("half")
     ckpt.recover(tmp_path)
-    assert (tmp_path / "a.txt").read_text() == "new"
+    assert (tmp_path / "labels.json").read_text() == "new"
     # killed after the marker: the next reader finishes the move
-    ckpt.write_json_atomic(tmp_path / ".staging" / "COMMIT", {"files": ["a.txt"]})
+    ckpt.write_json_atomic(tmp_path / ".staging" / "COMMIT", {"files": ["labels.json"]})
     ckpt.recover(tmp_path)
-    assert (tmp_path / "a.txt").read_text() == "half" and not (tmp_path / ".staging").exists()
+    assert (tmp_path / "labels.json").read_text() == "half" and not (tmp_path / ".staging").exists()
 
 
 def test_max_time_stops_on_budget(corpus, tmp_path):

@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.cache import cached_classifier
+from ..core.cache import cache_folder, cached_network
+from ..core.fit import fit
 
 __all__ = ["AudioClassifier", "audio_classifier", "vocoded", "voice_trials", "AudioEvalResult"]
 
-CLASSIFIER_VERSION = 1
+CLASSIFIER_VERSION = 1          # bump when the network or its training changes, so caches retrain
 
 
 class AudioClassifier(nn.Module):
@@ -75,11 +76,7 @@ def audio_classifier(data, steps: int = 800, progress: bool = True) -> AudioClas
     data.prepare()
     key = hashlib.sha1(f"{data._cache_folder().name}|{data.config.path}|{data.classes}".encode()).hexdigest()[:10]
 
-    def train(progress: bool) -> AudioClassifier:
-        from tqdm.auto import tqdm
-
-        from ..core.fit import warmup_cosine
-
+    def train() -> AudioClassifier:
         torch.manual_seed(0)
         generator = torch.Generator().manual_seed(0)
         train_ids, val_ids = data.split_ids("train"), data.split_ids("val")
@@ -88,27 +85,21 @@ def audio_classifier(data, steps: int = 800, progress: bool = True) -> AudioClas
         half = torch.randperm(len(pictures), generator=generator)[:len(pictures) // 2]
         _, through = vocoded(pictures[half], mel, iterations=32)
         pictures, labels = torch.cat([pictures, through]), torch.cat([labels, labels[half]])
-        model = AudioClassifier(len(data.classes))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-        schedule = warmup_cosine(optimizer, steps)
-        model.train()
-        with torch.enable_grad():
-            for _ in tqdm(range(steps), desc="training the audio classifier (once)", disable=not progress,
-                          leave=False):
-                batch = torch.randint(0, len(pictures), (64,), generator=generator)
-                loss = F.cross_entropy(model(_shift(pictures[batch], generator)), labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-        model.eval().requires_grad_(False)
+
+        def loss(model: AudioClassifier) -> Tensor:
+            batch = torch.randint(0, len(pictures), (64,), generator=generator)
+            return F.cross_entropy(model(_shift(pictures[batch], generator)), labels[batch])
+
+        model = fit(AudioClassifier(len(data.classes)), loss, steps, lr=2e-3, weight_decay=1e-4,
+                    desc="training the audio classifier (once)", progress=progress)
         with torch.no_grad():
             model.holdout_accuracy = float((model(data.pictures[val_ids]).argmax(-1) == data.labels[val_ids])
                                            .float().mean())
         return model
 
-    return cached_classifier(f"audio-classifier-{key}", CLASSIFIER_VERSION, lambda: AudioClassifier(len(data.classes)),
-                             train, data.config.cache_dir or None, progress)
+    return cached_network(cache_folder(f"audio-classifier-{key}", cache_dir=data.config.cache_dir or None), "model",
+                          {"version": CLASSIFIER_VERSION}, lambda saved: AudioClassifier(len(data.classes)), train,
+                          what="audio classifier")
 
 
 @torch.no_grad()

@@ -11,26 +11,20 @@ generation) and the speaker similarity of the evaluation.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..core.cache import cached_network
-from ..core.fit import warmup_cosine
-from ..core.io import load_weights
+from ..core.cache import cached_network, load_network
+from ..core.fit import fit
 
-__all__ = ["SpeakerEncoder", "ge2e_loss", "train_speaker_encoder", "cached_speaker_encoder", "load_speaker_encoder",
-           "warmup_cosine", "cached_network"]
+__all__ = ["SpeakerEncoder", "ge2e_loss", "train_speaker_encoder", "cached_speaker_encoder", "load_speaker_encoder"]
 
 log = logging.getLogger(__name__)
 ENCODER_VERSION = 1
-
-
 
 
 class SpeakerEncoder(nn.Module):
@@ -84,15 +78,12 @@ def train_speaker_encoder(pictures: Tensor, speakers: Tensor, dim: int = 64, ste
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = SpeakerEncoder(pictures.shape[2], dim)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    schedule = warmup_cosine(optimizer, steps)
     voices = speakers.unique()
     members = {int(v): torch.nonzero(speakers == v).flatten() for v in voices}
     N = min(voices_per_batch, len(voices))
     frames = pictures.shape[-1]
-    model.train()
-    bar = tqdm(range(steps), desc="speaker encoder", disable=not progress, leave=False)
-    for _ in bar:
+
+    def loss(model: SpeakerEncoder) -> Tensor:
         chosen = voices[torch.randperm(len(voices), generator=generator)[:N]]
         ids = torch.stack([members[int(v)][torch.randint(len(members[int(v)]), (clips_per_voice,),
                                                          generator=generator)] for v in chosen])
@@ -100,29 +91,24 @@ def train_speaker_encoder(pictures: Tensor, speakers: Tensor, dim: int = 64, ste
         start = int(torch.randint(0, frames - width + 1, (1,), generator=generator))
         batch = pictures[ids.flatten()][..., start:start + width]
         embeddings = model(batch).view(N, clips_per_voice, -1)
-        loss = ge2e_loss(embeddings, model.scale, model.shift)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval().requires_grad_(False)
+        return ge2e_loss(embeddings, model.scale, model.shift)
+
+    return fit(model, loss, steps, lr=2e-3, grad_clip=3.0, desc="speaker encoder", progress=progress)
+
+
+def _build(settings: dict) -> SpeakerEncoder:
+    return SpeakerEncoder(settings["n_mels"], settings["dim"], settings["width"])
 
 
 def load_speaker_encoder(folder: Path, name: str = "speaker_encoder") -> SpeakerEncoder:
-    settings = json.loads((Path(folder) / f"{name}.json").read_text())
-    model = SpeakerEncoder(settings["n_mels"], settings["dim"], settings["width"])
-    load_weights(model, Path(folder) / f"{name}.safetensors")
-    return model.eval().requires_grad_(False)
-
-
+    """The encoder kept as NAME.safetensors + NAME.json (its `settings()`) in `folder` (a checkpoint or the cache)."""
+    return load_network(folder, name, _build)
 
 
 def cached_speaker_encoder(folder: Path, pictures: Tensor, speakers: Tensor, dim: int, steps: int, seed: int,
                            progress: bool = True) -> SpeakerEncoder:
     """The encoder for one data set, trained once and kept beside its clips in `folder`."""
-    return cached_network(folder, f"speaker_encoder_d{dim}_s{steps}", {"version": ENCODER_VERSION},
-                          load_speaker_encoder,
+    return cached_network(folder, f"speaker_encoder_d{dim}_s{steps}", {"version": ENCODER_VERSION}, _build,
                           lambda: train_speaker_encoder(pictures, speakers, dim, steps, seed, progress=progress),
-                          f"speaker encoder on {len(pictures)} clips of {len(speakers.unique())} voices")
+                          what=f"speaker encoder on {len(pictures)} clips of {len(speakers.unique())} voices",
+                          describe=SpeakerEncoder.settings)

@@ -12,7 +12,6 @@ few minutes on a CPU (at some cost in crispness).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,11 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..core.cache import cached_network
-from ..core.fit import warmup_cosine
-from ..core.io import load_weights
+from ..core.cache import cached_network, load_network
+from ..core.fit import fit
 
 __all__ = ["MelVocoder", "spectral_loss", "train_vocoder", "cached_vocoder", "load_vocoder"]
 
@@ -125,37 +122,30 @@ def train_vocoder(waves: np.ndarray | Tensor, mel, steps: int = 2000, seed: int 
     generator = torch.Generator().manual_seed(seed)
     waves = torch.as_tensor(np.asarray(waves), dtype=torch.float32)
     model = MelVocoder(mel.n_mels, mel.n_fft, mel.hop_length, width, blocks, mel.sample_rate)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    schedule = warmup_cosine(optimizer, steps)
-    model.train()
-    bar = tqdm(range(steps), desc="neural vocoder", disable=not progress, leave=False)
-    for _ in bar:
+
+    def loss(model: MelVocoder) -> Tensor:
         ids = torch.randint(len(waves), (batch_size,), generator=generator)
         gain = 10 ** (torch.rand(batch_size, 1, generator=generator) * 0.6 - 0.3)      # +-6 dB
         real = (waves[ids] * gain).clamp(-1, 1)
         pictures = mel(real)
         made = model(pictures)
-        loss = spectral_loss(made, real) + F.l1_loss(mel(made), pictures)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval().requires_grad_(False)
+        return spectral_loss(made, real) + F.l1_loss(mel(made), pictures)
+
+    return fit(model, loss, steps, lr=2e-3, grad_clip=1.0, desc="neural vocoder", progress=progress)
+
+
+def _build(settings: dict) -> MelVocoder:
+    return MelVocoder(settings["n_mels"], settings["n_fft"], settings["hop_length"], settings["width"],
+                      settings["blocks"], settings["sample_rate"])
 
 
 def load_vocoder(folder: Path, name: str = "vocoder") -> MelVocoder:
-    folder = Path(folder)
-    settings = json.loads((folder / f"{name}.json").read_text())
-    model = MelVocoder(settings["n_mels"], settings["n_fft"], settings["hop_length"], settings["width"],
-                       settings["blocks"], settings["sample_rate"])
-    load_weights(model, folder / f"{name}.safetensors")
-    return model.eval().requires_grad_(False)
+    """The vocoder kept as NAME.safetensors + NAME.json (its `settings()`) in `folder` (a checkpoint or the cache)."""
+    return load_network(folder, name, _build)
 
 
 def cached_vocoder(folder: Path, waves: np.ndarray, mel, steps: int, seed: int, progress: bool = True) -> MelVocoder:
     """The vocoder for one data set, trained once and kept beside its clips in `folder`."""
-    return cached_network(folder, f"vocoder_s{steps}", {"version": VOCODER_VERSION, "n_mels": mel.n_mels},
-                          load_vocoder, lambda: train_vocoder(waves, mel, steps, seed, progress=progress),
-                          f"neural vocoder on {len(waves)} clips")
+    return cached_network(folder, f"vocoder_s{steps}", {"version": VOCODER_VERSION, "n_mels": mel.n_mels}, _build,
+                          lambda: train_vocoder(waves, mel, steps, seed, progress=progress),
+                          what=f"neural vocoder on {len(waves)} clips", describe=MelVocoder.settings)

@@ -3,7 +3,7 @@
 The standard FID needs Inception weights from the internet. genloom instead trains a small CNN
 classifier on the reference (real training) images and computes the same formulas on its penultimate
 features. The numbers are named after the data ("FID-digits") because they are comparable only with
-each other, never with a paper's FID; `genloom.eval.inception` gives the standard one where a user
+each other, never with a paper's FID; `genloom.images.inception` gives the standard one where a user
 supplies the weights. Images are float tensors (N, C, H, W) in [-1, 1]; labels are int64 (N,).
 """
 
@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -23,11 +22,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..core.cache import default_cache_dir
+from ..core.cache import cache_folder, cached_network
 from ..core.errors import CheckpointError, GenloomError
-from ..core.io import commit, load_weights, recover, save_tensors, write_json_atomic
+from ..core.fit import fit
 from ..metrics import frechet_distance, kernel_inception_distance, precision_recall
 from .inception import InceptionFeatures
 
@@ -39,9 +37,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = 1          # bump when the architecture or training changes, so caches retrain
-WEIGHTS_FILE = "model.safetensors"
-INFO_FILE = "config.json"
+CLASSIFIER_VERSION = 2          # bump when the architecture or training changes, so caches retrain
+                                # (2: the one schedule of genloom.core.fit, cosine after the warm-up)
 
 
 # -- the feature network -----------------------------------------------------------------------
@@ -165,23 +162,16 @@ def train_feature_classifier(images: Tensor, labels: Tensor, num_classes: int, s
     device = images.device
     model = FeatureClassifier(FeatureClassifierConfig.for_images(images.shape[1], images.shape[2], num_classes))
     model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    warmup = max(1, steps // 20)
-    # Linear warm-up, then cosine decay to zero.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
-        math.pi * min(s, steps) / steps))))
     max_shift = max(1, images.shape[2] // 12)                     # 1 pixel at 8x8, 2 at 32x32
-    model.train()
-    start = time.perf_counter()
-    for _ in tqdm(range(steps), desc="training feature classifier", disable=not progress, leave=False):
+
+    def loss(model: FeatureClassifier) -> Tensor:
         pick = kept[torch.randint(0, kept.numel(), (batch_size,), generator=generator)]
         batch = _random_shift(images[pick], max_shift, generator)
-        loss = F.cross_entropy(model(batch), labels[pick].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval().requires_grad_(False)
+        return F.cross_entropy(model(batch), labels[pick].to(device))
+
+    start = time.perf_counter()
+    fit(model, loss, steps, lr=lr, weight_decay=1e-4, warmup_fraction=0.05, desc="training feature classifier",
+        progress=progress)
     model.holdout_accuracy = class_accuracy(model, images[held], labels[held])
     log.info("feature classifier: %d steps in %.1f s, held-out accuracy %.4f on %d images",
              steps, time.perf_counter() - start, model.holdout_accuracy, num_holdout)
@@ -193,35 +183,25 @@ def feature_classifier(cache_key: str, images: Tensor, labels: Tensor, num_class
                        progress: bool = True) -> FeatureClassifier:
     """The feature network for a data set, trained once and cached as safetensors + JSON under
     `<cache>/image-features/<cache_key>/`; `cache_key` names the data settings (the caller hashes them)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cache_key):
-        raise GenloomError(f"cache_key must be a plain folder name (letters, digits, '.', '_', '-'), got {cache_key!r}")
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    folder = folder / "image-features" / cache_key
-    recover(folder)
+    folder = cache_folder("image-features", cache_key, cache_dir=cache_dir)
     wanted = FeatureClassifierConfig.for_images(images.shape[1], images.shape[-1], num_classes)
-    if (folder / INFO_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-        info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
-        if info.get("version") == CLASSIFIER_VERSION:
-            config = FeatureClassifierConfig(**{**info["config"], "widths": tuple(info["config"]["widths"])})
-            if config != wanted:
-                raise CheckpointError(f"{folder} holds a feature classifier for {config}, but these images need "
-                                      f"{wanted}: the cache key must change when the data settings do")
-            model = FeatureClassifier(config)
-            load_weights(model, folder / WEIGHTS_FILE)
-            model.eval().requires_grad_(False)
-            model.holdout_accuracy = info["holdout_accuracy"]
-            return model.to(images.device)
-        log.info("%s was made by an older feature classifier; training a new one", folder)
-    start = time.perf_counter()
-    model = train_feature_classifier(images, labels, num_classes, steps=steps, seed=seed, progress=progress)
-    info = {"version": CLASSIFIER_VERSION, "config": dataclasses.asdict(model.config),
-            "architecture": model.config.describe(),
-            "holdout_accuracy": model.holdout_accuracy, "train_images": images.shape[0], "steps": steps,
-            "seed": seed, "train_seconds": round(time.perf_counter() - start, 1)}
-    folder.mkdir(parents=True, exist_ok=True)
-    commit(folder, {WEIGHTS_FILE: lambda p: save_tensors(model.state_dict(), p),
-                    INFO_FILE: lambda p: write_json_atomic(p, info)})
-    return model
+
+    def build(saved: dict) -> FeatureClassifier:
+        config = FeatureClassifierConfig(**{**saved["config"], "widths": tuple(saved["config"]["widths"])})
+        if config != wanted:
+            raise CheckpointError(f"{folder} holds a feature classifier for {config}, but these images need "
+                                  f"{wanted}: the cache key must change when the data settings do")
+        return FeatureClassifier(config)
+
+    def describe(model: FeatureClassifier) -> dict:
+        return {"config": dataclasses.asdict(model.config), "architecture": model.config.describe(),
+                "train_images": images.shape[0], "steps": steps, "seed": seed}
+
+    model = cached_network(folder, "model", {"version": CLASSIFIER_VERSION}, build,
+                           lambda: train_feature_classifier(images, labels, num_classes, steps=steps, seed=seed,
+                                                            progress=progress),
+                           what="feature classifier", describe=describe)
+    return model.to(images.device)
 
 
 def data_name(data_config) -> str:
@@ -249,20 +229,6 @@ def data_feature_classifier(data, reference: tuple[Tensor, Tensor] | None = None
 
 
 # -- metrics on features -----------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 def class_accuracy(classifier: Callable[[Tensor], Tensor], images: Tensor, requested_labels: Tensor,
                    batch_size: int = 256) -> float:

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Sound files in and out, and checks on a clip, for every package that handles sound (audio, music).
+
+Samples are mono float32 in [-1, 1]. `read_audio` reads WAV (and FLAC/OGG with soundfile) at the rate asked
+for, resampling when the file's differs; `write_wav(path, wave, sample_rate)` writes 16-bit PCM, the one
+WAV writer genloom has; `check_clip` turns away silent or too short reference clips.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +66,8 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def write_wav(path: str | Path, wave: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
-    """16-bit PCM WAV (peaks above 1 are clipped)."""
+    """Mono samples (N,) in [-1, 1] as a 16-bit PCM WAV file at `path` (its folder made if needed; peaks
+    beyond +-1 are clipped); returns the path."""
     from scipy.io import wavfile
 
     path = Path(path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import wave
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from ..core.errors import GenloomError
+from ..media.audio import write_wav
 from .tokens import (
     PITCH_CLASSES,
     TOKEN_ID,
@@ -34,9 +34,10 @@ from .tokens import (
     encode,
 )
 
-__all__ = ["compose", "synthesize", "write_wav", "render_wav", "piano_roll", "write_piece", "to_music21",
+__all__ = ["compose", "synthesize", "render_wav", "piano_roll", "write_piece", "to_music21",
            "TIMBRES", "find_soundfont"]
 
+SAMPLE_RATE = 22050           # genloom's own synthesizer's rate (FluidSynth renders at 44.1 kHz)
 PITCHES = torch.tensor([t.startswith("P_") and 21 <= int(t[2:]) <= 108 for t in VOCAB])
 GRID_VOICE = PITCHES | torch.tensor([t in ("HOLD", "REST") for t in VOCAB])
 REMI_BODY = torch.tensor([t.startswith(("BAR", "POS_", "V_", "P_", "D_")) or t == "<end>" for t in VOCAB])
@@ -183,7 +184,7 @@ TIMBRES = {                     # harmonic amplitudes, attack, decay, sustain le
 VOICE_TIMBRES = ("flute", "clarinet", "strings", "organ")
 
 
-def synthesize(piece: Piece, sample_rate: int = 22050, tempo: float = 80.0,
+def synthesize(piece: Piece, sample_rate: int = SAMPLE_RATE, tempo: float = 80.0,
                timbres: Sequence[str] = VOICE_TIMBRES, peak: float = 0.89) -> np.ndarray:
     """The piece as mono float32 audio in [-peak, peak]: quarter note = 60/tempo seconds, voice v played with
     timbres[v % len(timbres)]."""
@@ -216,15 +217,6 @@ def synthesize(piece: Piece, sample_rate: int = 22050, tempo: float = 80.0,
     return out.astype(np.float32)
 
 
-def write_wav(audio: np.ndarray, path: Path, sample_rate: int = 22050) -> None:
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(pcm.tobytes())
-
-
 def find_soundfont() -> Path | None:
     for folder in ("/usr/share/sounds/sf2", "/usr/share/soundfonts", "/usr/share/sounds/sf3"):
         found = sorted(Path(folder).glob("*.sf[23]")) if Path(folder).is_dir() else []
@@ -250,7 +242,7 @@ def render_wav(piece: Piece, path: Path, synth: str = "genloom", tempo: float = 
         return "fluidsynth"
     if synth not in ("genloom", "auto"):
         raise GenloomError(f"--synth {synth!r}: expected genloom, fluidsynth or auto")
-    write_wav(synthesize(piece, tempo=tempo), path)
+    write_wav(path, synthesize(piece, tempo=tempo), SAMPLE_RATE)
     return "genloom"
 
 

@@ -19,16 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..core.cache import cached_classifier
+from ..core.cache import cache_folder, cached_network
+from ..core.fit import fit
 from .scenes import caption_scene, concept_scenes, random_scenes, render_scenes
 
 __all__ = ["ConceptClassifier", "concept_classifier", "ConceptEvalResult", "evaluate_concept", "concept_prompts"]
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = 1
+CLASSIFIER_VERSION = 2        # bump when the pictures, the network or its training change
+                              # (2: genloom.core.fit's schedule instead of OneCycleLR)
 
 
 class ConceptClassifier(nn.Module):
@@ -59,22 +60,19 @@ def _examples(count: int, seed: int) -> tuple[Tensor, Tensor]:
 
 def train_concept_classifier(count: int = 8000, steps: int = 800, batch_size: int = 128, seed: int = 4242,
                              progress: bool = True) -> ConceptClassifier:
+    """Train on `count` rendered pictures, half stars; `holdout_accuracy` is on 2,000 further ones."""
     torch.manual_seed(seed)
     images, labels = _examples(count, seed)
-    model = ConceptClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps, pct_start=0.05)
     generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="training the concept classifier", disable=not progress, leave=False):
+
+    def loss(model: ConceptClassifier) -> Tensor:
         pick = torch.randint(0, count, (batch_size,), generator=generator)
         batch = images[pick] + torch.randn(batch_size, *images.shape[1:], generator=generator) * \
             torch.rand(batch_size, 1, 1, 1, generator=generator) * 0.1
-        loss = F.binary_cross_entropy_with_logits(model(batch), labels[pick])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval().requires_grad_(False)
+        return F.binary_cross_entropy_with_logits(model(batch), labels[pick])
+
+    model = fit(ConceptClassifier(), loss, steps, lr=2e-3, weight_decay=1e-4, warmup_fraction=0.05,
+                desc="training the concept classifier", progress=progress)
     test_images, test_labels = _examples(2000, seed + 10)
     model.holdout_accuracy = float((model.recognise(test_images) == test_labels.bool()).float().mean())
     return model
@@ -82,8 +80,9 @@ def train_concept_classifier(count: int = 8000, steps: int = 800, batch_size: in
 
 def concept_classifier(cache_dir: str | Path | None = None, progress: bool = True) -> ConceptClassifier:
     """The star detector, trained once (under a minute on 2 CPU cores) and cached under `<cache>/concept-classifier/`."""
-    return cached_classifier("concept-classifier", CLASSIFIER_VERSION, ConceptClassifier, train_concept_classifier,
-                             cache_dir, progress)
+    return cached_network(cache_folder("concept-classifier", cache_dir=cache_dir), "model",
+                          {"version": CLASSIFIER_VERSION}, lambda saved: ConceptClassifier(),
+                          lambda: train_concept_classifier(progress=progress), what="concept classifier")
 
 
 def concept_prompts(word: str, count: int, seed: int = 20_000) -> list[str]:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..core.cache import cached_classifier
+from ..core.cache import cache_folder, cached_network
 from ..core.errors import GenloomError
+from ..core.fit import fit
 from .scenes import (
     BACKGROUNDS,
     IDENTITIES,
@@ -46,7 +46,8 @@ __all__ = ["SceneClassifier", "scene_classifier", "score_scenes", "prompt_sets",
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = 1        # bump when the scenes, the network or its training change
+CLASSIFIER_VERSION = 2        # bump when the scenes, the network or its training change
+                              # (2: genloom.core.fit's schedule instead of OneCycleLR)
 SLOTS = tuple(POSITIONS)
 SLOT_OUTPUTS = len(IDENTITIES) + 1 + len(OBJECT_COLOURS) + len(SIZES)   # identity (or empty), colour, size
 ATTRIBUTES = ("identity", "colour", "size", "position", "count", "background")
@@ -108,12 +109,9 @@ def train_scene_classifier(count: int = 30000, steps: int = 2000, batch_size: in
     torch.manual_seed(seed)
     scenes = random_scenes(count, seed, 0.5, holdout=None)
     images, targets = _pixels(scenes), _targets(scenes)
-    model = SceneClassifier().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
     generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in tqdm(range(steps), desc="training the scene classifier", disable=not progress, leave=False):
+
+    def loss(model: SceneClassifier) -> Tensor:
         pick = torch.randint(0, count, (batch_size,), generator=generator)
         batch = images[pick]
         # A little noise of random strength: generated images are rarely as clean as rendered ones.
@@ -121,27 +119,24 @@ def train_scene_classifier(count: int = 30000, steps: int = 2000, batch_size: in
                                                                                     generator=generator) * 0.1
         background, identity, colour, size = model(batch.contiguous(memory_format=torch.channels_last))
         occupied = targets["identity"][pick] > 0
-        loss = (F.cross_entropy(background, targets["background"][pick])
+        return (F.cross_entropy(background, targets["background"][pick])
                 + F.cross_entropy(identity.flatten(0, 1), targets["identity"][pick].flatten())
                 + F.cross_entropy(colour[occupied], targets["colour"][pick][occupied])
                 + F.cross_entropy(size[occupied], targets["size"][pick][occupied]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval().requires_grad_(False)
+
+    model = fit(SceneClassifier().to(memory_format=torch.channels_last), loss, steps, lr=lr, weight_decay=1e-4,
+                warmup_fraction=0.05, desc="training the scene classifier", progress=progress)
     test = random_scenes(2000, seed + 1, 0.5, holdout=None)
     model.holdout_accuracy = float(score_scenes(model, _pixels(test), test)["all"].float().mean())
     return model
 
 
-
-
 def scene_classifier(cache_dir: str | Path | None = None, progress: bool = True) -> SceneClassifier:
     """The scene classifier, trained once (about two minutes on 2 CPU cores) and cached under
     `<cache>/scene-classifier/` (its held-out accuracy: every attribute right on rendered scenes)."""
-    return cached_classifier("scene-classifier", CLASSIFIER_VERSION, SceneClassifier, train_scene_classifier,
-                             cache_dir, progress)
+    return cached_network(cache_folder("scene-classifier", cache_dir=cache_dir), "model",
+                          {"version": CLASSIFIER_VERSION}, lambda saved: SceneClassifier(),
+                          lambda: train_scene_classifier(progress=progress), what="scene classifier")
 
 
 def score_scenes(classifier: SceneClassifier, images: Tensor, prompts: list[Scene]) -> dict[str, Tensor]:

@@ -56,6 +56,7 @@ def activation_bytes(model: nn.Module, objective, example: Any, micro_batch: int
             if isinstance(tensor, torch.Tensor):
                 total[0] += tensor.numel() * tensor.element_size()
 
+    model.eval()               # an estimate, not a training step (objectives and tests may count those)
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         batch = _meta(example, micro_batch)

@@ -27,6 +27,7 @@ from ..core import io as ckpt
 from ..core import registry
 from ..core.config import RunConfig
 from ..core.errors import CheckpointError, ConfigError, TrainingError
+from ..core.fit import lr_schedule
 from .ema import EMA
 from .finetune import (
     ADAPTER_FILE,
@@ -56,19 +57,10 @@ class TrainResult:
 
 
 def lr_factor(cfg, step: int, time_fraction: float = 0.0) -> float:
-    """The learning rate as a fraction of its peak: linear warmup over `warmup_steps`, then decay over
-    the rest of the budget (steps, or wall time when `max_time` is set, whichever runs out first)."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, max(progress, time_fraction))
-    if cfg.schedule == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * progress))
-    elif cfg.schedule == "linear":
-        factor = 1 - progress
-    else:
-        factor = 1.0
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * factor
+    """The learning rate as a fraction of its peak: linear warmup over `warmup_steps`, then decay (`schedule`:
+    cosine, linear or constant) to `min_lr_ratio` over the rest of the budget (steps, or wall time when
+    `max_time` is set, whichever runs out first). The one schedule of genloom, `core.fit.lr_schedule`."""
+    return lr_schedule(step, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio, time_fraction, cfg.schedule)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

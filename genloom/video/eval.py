@@ -19,13 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.cache import cached_classifier
+from ..core.cache import cache_folder, cached_network
+from ..core.fit import fit
 from ..metrics import frechet_distance
 from .data import DIRECTION_NAMES, moving_digits
 
 __all__ = ["FrameClassifier", "ClipClassifier", "frame_classifier", "clip_classifier", "motion_directions",
            "digit_in_frames",
            "VideoEvalResult", "score_clips"]
+
+FRAME_CLASSIFIER_VERSION = 2    # bump when a network, its clips or its training change, so caches retrain
+CLIP_CLASSIFIER_VERSION = 3     # (frames 2, clips 3: genloom.core.fit's warm-up and cosine, not a constant rate)
 
 
 class FrameClassifier(nn.Module):
@@ -60,20 +64,15 @@ class ClipClassifier(nn.Module):
 
 
 def _train(model: nn.Module, inputs: Tensor, targets: Tensor, steps: int, progress: bool, name: str) -> nn.Module:
-    from tqdm.auto import tqdm
-
+    """Train on all but the first tenth of `inputs`, which measures `holdout_accuracy`."""
     holdout = len(inputs) // 10
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(0)
-    model.train()
-    with torch.enable_grad():                       # (callers may be scoring under no_grad)
-        for _ in tqdm(range(steps), desc=f"training the {name} (once)", disable=not progress, leave=False):
-            batch = torch.randint(holdout, len(inputs), (128,), generator=generator)
-            loss = F.cross_entropy(model(inputs[batch]), targets[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval().requires_grad_(False)
+
+    def loss(model: nn.Module) -> Tensor:
+        batch = torch.randint(holdout, len(inputs), (128,), generator=generator)
+        return F.cross_entropy(model(inputs[batch]), targets[batch])
+
+    fit(model, loss, steps, lr=2e-3, weight_decay=0.01, desc=f"training the {name} (once)", progress=progress)
     with torch.no_grad():
         model.holdout_accuracy = float((model(inputs[:holdout]).argmax(-1) == targets[:holdout]).float().mean())
     return model
@@ -85,23 +84,26 @@ def _clips(count: int, frames: int, size: int, seed: int) -> tuple[Tensor, Tenso
 
 
 def frame_classifier(size: int = 16, progress: bool = True) -> FrameClassifier:
-    def train(progress: bool) -> FrameClassifier:
+    def train() -> FrameClassifier:
         torch.manual_seed(0)
         clips, classes = _clips(4000, 4, size, seed=9001)
         frames = clips.transpose(1, 2).reshape(-1, 1, size, size)
         digits = (classes // 4).repeat_interleave(4)
         return _train(FrameClassifier(), frames, digits, 1500, progress, "frame classifier")
 
-    return cached_classifier(f"moving-digits-frames-{size}", 1, FrameClassifier, train, progress=progress)
+    return cached_network(cache_folder(f"moving-digits-frames-{size}"), "model", {"version": FRAME_CLASSIFIER_VERSION},
+                          lambda saved: FrameClassifier(), train, what="frame classifier")
 
 
 def clip_classifier(frames: int = 8, size: int = 16, progress: bool = True) -> ClipClassifier:
-    def train(progress: bool) -> ClipClassifier:
+    def train() -> ClipClassifier:
         torch.manual_seed(0)
         clips, classes = _clips(8000, frames, size, seed=9002)
         return _train(ClipClassifier(), clips, classes, 800, progress, "clip classifier")
 
-    return cached_classifier(f"moving-digits-clips-{frames}x{size}", 2, ClipClassifier, train, progress=progress)
+    return cached_network(cache_folder(f"moving-digits-clips-{frames}x{size}"), "model",
+                          {"version": CLIP_CLASSIFIER_VERSION}, lambda saved: ClipClassifier(), train,
+                          what="clip classifier")
 
 
 def motion_directions(clips: Tensor) -> list[str]:
