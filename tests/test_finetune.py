@@ -108,6 +108,7 @@ def test_adapter_of_another_base_is_refused(base, corpus, tmp_path):
     tensors = load_file(str(other / "model.safetensors"))
     tensors["blocks.0.attn.qkv.weight"] = tensors["blocks.0.attn.qkv.weight"] * 1.01
     save_file(tensors, str(other / "model.safetensors"))
+    (other / "checksums.json").unlink()          # a deliberately different base, not a damaged one
     with pytest.raises(CheckpointError, match="only works with the exact weights"):
         genloom.load(other, adapters=[out])
     wider = tmp_path / "wider"

@@ -158,3 +158,54 @@ def test_resume_of_a_damaged_checkpoint_is_one_line(finished_run, tmp_path, name
     (copy / name).write_text(damage((copy / name).read_text()))
     args = [a for o in overrides + ["train.max_steps=3"] for a in ("--set", o)]
     one_line_error(run_cli("train", "shakespeare-char", "--out", str(copy), "--resume", *args), expected)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke showpage\n"
+
+
+def test_pictures_are_opened_only_in_the_formats_genloom_reads(tmp_path):
+    """Pillow picks a decoder by content: an EPS file named .png must not reach Ghostscript."""
+    from genloom.images.handle import picture
+
+    (tmp_path / "x.png").write_bytes(EPS)
+    with pytest.raises(GenloomError, match="cannot read"):
+        picture(tmp_path / "x.png", "init image")
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "3.png").write_bytes(EPS)
+    from genloom.images.data import ImageData, ImageDataConfig
+
+    data = ImageData(ImageDataConfig(path=str(tmp_path / "images")))
+    try:
+        data.prepare()
+    except GenloomError as error:
+        assert "3.png" in str(error)
+    else:
+        assert data.num_examples("train") + data.num_examples("val") == 3     # the EPS file left out
+
+
+def test_a_shard_index_cannot_name_files_outside_the_model_folder(tmp_path):
+    from genloom.text.convert import import_hf
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    shutil.copyfile(FIXTURES / "text" / "tokenizer.json", hf / "tokenizer.json")
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": "../outside.safetensors"}}))
+    with pytest.raises(GenloomError, match="not a plain file name"):
+        import_hf(hf, tmp_path / "out")
+
+
+def test_a_playlist_named_mp4_is_refused_before_ffmpeg(tmp_path):
+    from genloom.media.video import check_container
+
+    playlist = tmp_path / "clip.mp4"
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/passwd\n")
+    with pytest.raises(GenloomError, match="not an MP4"):
+        check_container(playlist)
+    real = tmp_path / "real.mp4"
+    real.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(16))
+    check_container(real)

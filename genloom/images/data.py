@@ -28,6 +28,7 @@ from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..media.image import (
     GRAY_MODES,
+    PICTURE_FORMATS,
     conform_array,
     conform_image,
     require_image_memory,
@@ -234,7 +235,7 @@ def _folder(config: ImageDataConfig) -> ImageSource:
     headers: dict[Path, tuple[str, tuple[int, int]]] = {}  # first pass: mode and size from the header
     for path in files:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=PICTURE_FORMATS) as image:
                 headers[path] = (image.mode, image.size)
         except errors as error:
             unreadable.append((path, error))
@@ -259,7 +260,7 @@ def _folder(config: ImageDataConfig) -> ImageSource:
     kept: list[Path] = []
     for path in headers:  # second pass: decode (a truncated file only fails here)
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=PICTURE_FORMATS) as image:
                 pixels[len(kept)] = conform_image(image, size, channels)
             kept.append(path)
         except errors as error:

@@ -185,6 +185,8 @@ def picture(source, what: str) -> "Image.Image":
     import numpy as np
     from PIL import Image
 
+    from ..media.image import PICTURE_FORMATS
+
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (str, Path)):
@@ -192,7 +194,7 @@ def picture(source, what: str) -> "Image.Image":
         if not path.is_file():
             raise GenloomError(f"{what}: {path} does not exist (expected an image file such as a PNG)")
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=PICTURE_FORMATS) as image:
                 return image.copy()
         except (OSError, SyntaxError, ValueError) as error:
             raise GenloomError(f"{what}: cannot read {path} as an image ({error})") from None

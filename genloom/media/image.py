@@ -17,8 +17,11 @@ from PIL import Image
 from ..core.memory import require
 
 __all__ = ["to_pil_image", "save_image_grid", "save_images", "save_gif", "conform_image", "conform_array",
-           "require_image_memory", "GRAY_MODES"]
+           "require_image_memory", "GRAY_MODES", "PICTURE_FORMATS"]
 
+# Formats genloom opens (Pillow picks a decoder by a file's content, not its name: without this list an EPS
+# file named x.png would be handed to Ghostscript where it is installed).
+PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 GRID_PADDING_GREY = 128  # the lines between grid cells, visible on black and on white backgrounds
 
 

@@ -10,8 +10,9 @@ import torch
 from PIL import Image, ImageSequence
 
 from ..core.errors import DataError
+from .image import PICTURE_FORMATS
 
-__all__ = ["read_clip", "save_clip", "FRAME_SUFFIXES"]
+__all__ = ["read_clip", "save_clip", "check_container", "FRAME_SUFFIXES"]
 
 
 def save_clip(clip: torch.Tensor, stem: Path, scale: int = 4, seconds: float = 1.0) -> list[Path]:
@@ -43,6 +44,15 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 # -- clips from files ---------------------------------------------------------------------------------
+def check_container(path: Path) -> None:
+    """Refuse a video file whose first bytes are not an MP4/MOV, WebM or AVI container: ffmpeg decides by content,
+    and a playlist (HLS, concat) named .mp4 would make it read other files or URLs into the frames."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if not (head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")):
+        raise DataError(f"{path}: not an MP4, MOV, WebM or AVI video (its first bytes are {head[:8]!r})")
+
+
 def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: bool = False) -> np.ndarray:
     """A GIF, a video file, a folder of numbered frames or one picture, as (frames, size, size, channels) uint8: the first `frames`
     frames (`at_most`: up to that many), each resized (centre-cropped to a square). Clear errors for
@@ -57,17 +67,17 @@ def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: 
             pictures = []
             for f in files:                              # read each frame now: a truncated file fails here
                 try:
-                    with Image.open(f) as frame:
+                    with Image.open(f, formats=PICTURE_FORMATS) as frame:
                         frame.load()
                         pictures.append(frame.copy())
                 except Exception as e:
                     raise DataError(f"{f}: a frame of {path} that cannot be read ({type(e).__name__}: "
                                     f"{str(e)[:120]})") from None
         elif path.suffix.lower() == ".gif":
-            with Image.open(path) as gif:
+            with Image.open(path, formats=PICTURE_FORMATS) as gif:
                 pictures = [frame.copy() for frame in ImageSequence.Iterator(gif)]
         elif path.suffix.lower() in FRAME_SUFFIXES:      # one picture: a clip of one frame
-            with Image.open(path) as picture:
+            with Image.open(path, formats=PICTURE_FORMATS) as picture:
                 pictures = [picture.copy()]
         elif path.suffix.lower() in (".mp4", ".webm", ".mov", ".avi"):
             try:
@@ -75,6 +85,7 @@ def read_clip(path: str | Path, frames: int, size: int, channels: int, at_most: 
             except ImportError:
                 raise DataError(f"{path}: reading {path.suffix} files needs imageio with ffmpeg: "
                                 "pip install 'genloom[video]' (or convert it to a GIF)") from None
+            check_container(path)
             pictures = [Image.fromarray(frame) for frame in iio.imiter(path)]
         else:
             raise DataError(f"{path}: not a clip (expected a .gif, a video file, or a folder of frames)")

@@ -25,7 +25,14 @@ def _read_hf_weights(folder: Path) -> dict:
     if single.is_file():
         return ckpt.load_tensors(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{index}: not a Hugging Face shard index ({type(error).__name__})") from None
+        outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s.startswith(".")]
+        if outside:
+            raise CheckpointError(f"{index}: shard {outside[0]!r} is not a plain file name in {folder} (shards are "
+                                  "read from the model's own folder only)")
         state = {}
         for shard in shards:
             state.update(ckpt.load_tensors(folder / shard))

@@ -29,7 +29,7 @@ from ..core.config import require, validate
 from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
 from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, image_files
-from ..media.image import conform_array, conform_image
+from ..media.image import PICTURE_FORMATS, conform_array, conform_image
 from ..train.data import split_examples
 from .scenes import (
     Scene,
@@ -243,7 +243,7 @@ def _read_images(paths: list[Path], config: CaptionedImageDataConfig, where: str
     pictures = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=PICTURE_FORMATS) as image:
                 pictures.append(image.copy())
         except errors as error:
             raise DataError(f"data.path: cannot read the image {path} ({error})") from None
