@@ -49,27 +49,32 @@ CHECKSUMS_FORMAT = "genloom-checksums-1"
 STAGING = ".staging"
 COMMIT_MARK = "COMMIT"
 
-# The files a checkpoint folder holds (every `commit(...)` and `save_assets` in the tree, and each content
-# type's `Modality.assets`). A cache folder holds `NAME.safetensors` + `NAME.json` per network
+# The files every checkpoint folder may hold; each content type adds the assets its Modality record names
+# (`checkpoint_files()`). A cache folder holds `NAME.safetensors` + `NAME.json` per network
 # (`core.cache.cached_network`), accepted by the pattern below.
 CHECKPOINT_FILES = frozenset({
     CONFIG_FILE, MODEL_FILE, EMA_FILE, STATE_FILE, STATE_JSON, CHECKSUMS_FILE,
     "adapter.safetensors", "adapter.json",                               # LoRA runs (train.finetune)
-    "tokenizer.json", "caption_tokenizer.json", "chat_template.json", "labels.json",
-    "speaker_encoder.safetensors", "speaker_encoder.json", "vocoder.safetensors", "vocoder.json",   # audio
 })
+
+
+def checkpoint_files() -> frozenset[str]:
+    """Every name the journal may move: the files above and every content type's `Modality.assets`."""
+    from . import registry
+
+    return CHECKPOINT_FILES | {name for record in registry.modalities() for name in record.assets}
 _NETWORK_FILE = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}\.(?:safetensors|json)", re.ASCII)
 _MAX_MARKER_BYTES = 64 * 1024
 _MAX_FILES = 64
 
 
 def journal_name_problem(name: object) -> str | None:
-    """Why `name` may not be moved by the journal (None when it may): it must be one of `CHECKPOINT_FILES` or a
+    """Why `name` may not be moved by the journal (None when it may): it must be one of `checkpoint_files()` or a
     cached network's `NAME.safetensors` / `NAME.json` (NAME: lower-case ASCII letters, digits, '_', '-'), so
     never a path (no '/', '\\', '..'), never hidden, never absolute, no other characters."""
     if not isinstance(name, str):
         return f"{_shown(name)} is not a file name"
-    if name in CHECKPOINT_FILES or _NETWORK_FILE.fullmatch(name):
+    if name in checkpoint_files() or _NETWORK_FILE.fullmatch(name):
         return None
     if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         return f"{_shown(name)} is a path, not a plain file name"
