@@ -121,10 +121,10 @@ def speak(text: str, voice: dict, sample_rate: int, pitch: int | None = None, ra
         if done.returncode or not out.is_file():
             raise DataError(f"espeak-ng failed for {text!r} in voice {voice['name']}: {done.stderr.strip()[:200]}")
         wave = read_audio(out, sample_rate)
-    return _trim(wave, sample_rate)
+    return trim_silence(wave, sample_rate)
 
 
-def _trim(wave: np.ndarray, sample_rate: int, window: float = 0.01) -> np.ndarray:
+def trim_silence(wave: np.ndarray, sample_rate: int, window: float = 0.01) -> np.ndarray:
     size = int(sample_rate * window)
     n = len(wave) // size
     if n == 0:

@@ -285,6 +285,9 @@ class ImageEvalResult:
         lines.append(f"from {self.num_generated:,} generated and {self.num_real:,} real images")
         return "\n".join(lines)
 
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
 
 def evaluate_images(fake_images: Tensor, fake_labels: Tensor | None, real_images: Tensor, real_labels: Tensor | None,
                     classifier: FeatureClassifier, num_classes: int, inception: InceptionFeatures | None = None,

@@ -29,9 +29,9 @@ from .tokens import (
     VOCAB,
     Note,
     Piece,
-    _grid_tokens,
     decode,
     encode,
+    grid_tokens,
 )
 
 __all__ = ["compose", "synthesize", "render_wav", "piano_roll", "write_piece", "to_music21",
@@ -79,7 +79,7 @@ def _sample(model: nn.Module, prompt: list[int], slots: Sequence, generator: tor
 def _melody_tokens(melody: Piece, bar: int) -> list[str]:
     """The soprano's grid tokens, one per step (its first voice)."""
     solo = Piece(melody.name, [Note(n.start, 0, n.pitch, n.duration) for n in melody.voice(0)], 1, bar)
-    return [t for t in _grid_tokens(solo) if t != "BAR"]
+    return [t for t in grid_tokens(solo) if t != "BAR"]
 
 
 class _VoiceLeading:

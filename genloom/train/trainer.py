@@ -8,6 +8,7 @@ same batches, and the same losses, on one process or under `torchrun --nproc-per
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..core import io as ckpt
 from ..core import registry
-from ..core.config import RunConfig
+from ..core.config import RunConfig, read_json
 from ..core.errors import CheckpointError, ConfigError, TrainingError
 from ..core.fit import lr_schedule
 from .ema import EMA
@@ -36,6 +37,7 @@ from .finetune import (
     adapter_payload,
     start_from_base,
 )
+from .memory import check_training_fits
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer, optimizer_from_tensors, optimizer_to_tensors
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
@@ -55,12 +57,33 @@ class TrainResult:
     stopped_early: bool
     sample: str
 
+    def summary(self) -> str:
+        val = f", validation loss {self.val_loss:.4f}" if self.val_loss is not None else ""
+        stopped = " (stopped early; continue with --resume)" if self.stopped_early else ""
+        return f"{self.step} steps in {self.elapsed:.0f} s{val}{stopped}; checkpoint: {self.out_dir}"
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "out_dir": str(self.out_dir)}
+
 
 def lr_factor(cfg, step: int, time_fraction: float = 0.0) -> float:
     """The learning rate as a fraction of its peak: linear warmup over `warmup_steps`, then decay (`schedule`:
     cosine, linear or constant) to `min_lr_ratio` over the rest of the budget (steps, or wall time when
     `max_time` is set, whichever runs out first). The one schedule of genloom, `core.fit.lr_schedule`."""
     return lr_schedule(step, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio, time_fraction, cfg.schedule)
+
+
+def read_train_state(path: Path, phases: list[str]) -> dict[str, Any]:
+    """train_state.json, checked: a one-line CheckpointError for a truncated file or missing keys."""
+    state = read_json(path, "the checkpoint's train state")
+    wanted = {"step": int, "tokens": int, "elapsed": (int, float), "optimizers": dict}
+    problems = [key for key, kind in wanted.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if not problems:
+        problems = [f"optimizers.{phase}" for phase in phases if not isinstance(state["optimizers"].get(phase), dict)]
+    if problems:
+        raise CheckpointError(f"--resume: {path} is not a genloom train state (missing or wrong: "
+                              f"{', '.join(problems)}); the checkpoint cannot be continued")
+    return state
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -142,12 +165,20 @@ class Trainer:
             self.data.prepare()
         self.config = cfg = resolve_config(cfg, self.data)
         if self.resume:
-            saved = json.loads((self.out_dir / ckpt.CONFIG_FILE).read_text())
+            saved = read_json(self.out_dir / ckpt.CONFIG_FILE, "the checkpoint's config")
+            if not isinstance(saved, dict):
+                raise CheckpointError(f"--resume: {self.out_dir / ckpt.CONFIG_FILE} is not a config (a JSON table)")
             differences = _config_differences(saved, json.loads(cfg.to_json()))   # tuples as JSON lists
             if differences:
                 raise ConfigError(f"--resume: the recipe differs from the checkpoint in {self.out_dir}: "
                                   + "; ".join(differences))
-        self.model = registry.lookup("model", cfg.model.kind).build(cfg.model, cfg)
+        build_model = registry.lookup("model", cfg.model.kind).build
+        build_objective = registry.lookup("objective", cfg.objective.kind).build
+        per_rank = max(1, cfg.train.batch_size // rt.world_size)
+        check_training_fits(cfg, self.data, lambda: build_model(cfg.model, cfg),
+                            lambda: build_objective(cfg.objective, cfg), cfg.train.micro_batch_size or per_rank,
+                            str(rt.device))
+        self.model = build_model(cfg.model, cfg)
         if cfg.finetune is not None:
             self.finetune_info = start_from_base(self.model, cfg)
         self.model.to(rt.device)
@@ -218,10 +249,16 @@ class Trainer:
         if self.ema is not None:
             ckpt.load_weights(self.ema.model, self.out_dir / ckpt.EMA_FILE)
         tensors = ckpt.load_tensors(self.out_dir / ckpt.STATE_FILE)
-        state = json.loads((self.out_dir / ckpt.STATE_JSON).read_text())
-        for phase, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(optimizer_from_tensors(tensors, state["optimizers"][phase], f"optimizer.{phase}"))
-        data_rng.set_state(tensors["rng.data"])
+        state = read_train_state(self.out_dir / ckpt.STATE_JSON, list(self.optimizers))
+        try:
+            for phase, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(optimizer_from_tensors(tensors, state["optimizers"][phase],
+                                                                 f"optimizer.{phase}"))
+            data_rng.set_state(tensors["rng.data"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise CheckpointError(f"--resume: {self.out_dir / ckpt.STATE_FILE} and {ckpt.STATE_JSON} do not hold "
+                                  f"this run's optimizer and random state ({type(error).__name__}: "
+                                  f"{str(error)[:120]})") from None
         own = tensors.get(f"rng.torch.{rt.rank}")
         if own is not None:
             torch.set_rng_state(own)
