@@ -1,9 +1,9 @@
 """Distances between sets of features: Fréchet distance, KID and precision/recall.
 
-The formulas behind FID, KID and improved precision/recall, on (N, D) features from any network. Images,
-audio and video use them with a small network genloom trains on the data (so the numbers are named after
-the data: FID-digits, FAD-genloom, FVD-digits), and images also with the standard Inception where a user
-supplies its weights. Everything is computed in float64 on the CPU.
+The formulas behind FID, KID and improved precision/recall, on (N, D) features from any network. Content
+types use them with a small network genloom trains on their data (so the numbers are named after the data,
+e.g. FID-digits), or with standard feature networks where a user supplies their weights. Everything is
+computed in float64 on the CPU.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """genloom's cache folder, and the one helper that trains a small network once and keeps it there.
 
 The cache (`$GENLOOM_CACHE`, else `~/.cache/genloom`) holds what genloom makes once and reuses: rendered
-and synthesised data, tokenizers, and the small networks behind its metrics and its audio (feature
-classifiers, the speaker encoder, the neural vocoder). A network is kept as two files, never a pickle:
+and synthesised data, tokenizers, and the small networks behind its metrics and helpers (feature
+classifiers, encoders, vocoders). A network is kept as two files, never a pickle:
 `NAME.safetensors` (its weights) and `NAME.json` (the settings it was made with, what is needed to build
 it again, and metadata such as its held-out accuracy and training time). `cached_network` loads it when the
 JSON holds the settings asked for (a version number among them: bump it when a network or its training

@@ -1,8 +1,8 @@
 """The one small-network training loop, and the one learning-rate schedule.
 
-genloom trains a handful of small networks beside its models: the feature classifiers behind its
-metrics (images, audio, video, scenes, the concept detector), the speaker encoder and the neural
-vocoder. They all train the same way, through `fit`: AdamW, the schedule below, optional gradient
+genloom trains a handful of small networks beside its models: the feature classifiers behind the
+content types' metrics, and helper networks such as a speaker encoder or a neural vocoder. They all
+train the same way, through `fit`: AdamW, the schedule below, optional gradient
 clipping, a progress bar with the loss. Each caller's `loss_fn(model)` draws its own batch from its own
 `torch.Generator`, so a network is the same from run to run.
 
