@@ -12,7 +12,7 @@ Two tables live here:
   the server serves it. `genloom.load`, the CLI, fine-tuning and the server dispatch only through it.
 
 `PACKAGES` lists the content packages and, for each, the other content packages it may import (the
-declared edges; `tests/test_architecture.py` enforces them). Adding a content type is one new folder
+declared edges; `tests/core/test_architecture.py` enforces them). Adding a content type is one new folder
 plus one line here.
 """
 

@@ -10,7 +10,7 @@ import pytest
 
 import genloom
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pre-layout"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pre-layout"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 
 

@@ -28,7 +28,7 @@ from genloom.core import io as ckpt
 from genloom.core.errors import CheckpointError
 from genloom.train.metrics import COLUMNS, MetricsLog
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pre-layout"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pre-layout"
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import pytest
 
 from genloom.core.registry import PACKAGES
 
-ROOT = Path(__file__).resolve().parents[1] / "genloom"
+ROOT = Path(__file__).resolve().parents[2] / "genloom"
 ENGINES = ("train", "lm", "diffusion", "gan")
 SHARED = ("nn", "media", "metrics")
 RANKS = {"core": 0, "shared": 1, "engine": 2, "handle": 3, "content": 4, "api": 5, "entry": 6}

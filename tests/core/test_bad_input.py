@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import genloom
 from genloom.core.errors import GenloomError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pre-layout"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pre-layout"
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
