@@ -18,6 +18,7 @@ from ..lm.windows import score_split
 from ..text.eval import TextEvalResult
 from ..text.handle import CURRENT_ADAPTER, Completion, TextModel
 from ..text.handle import open_checkpoint as open_text_checkpoint
+from ..text.handle import score as score_text
 from .data import CodeData, CodeDataConfig, code_files, is_validation
 from .eval import (
     CodeEvalResult,
@@ -202,11 +203,7 @@ def score(handle: CodeModel, request: EvalRequest):
         return handle.evaluate_code(request.tasks, num_samples=request.get("num_samples", 10),
                                     seed=request.get("seed", 0), data_path=request.data, progress=request.progress,
                                     unsafe_sandbox=request.unsafe_sandbox)
-    if request.task == "safety":
-        request.check({"task"}, "--task safety")
-        return handle.evaluate_safety(progress=request.progress)
-    if request.task is not None:
+    if request.task not in (None, "safety"):
         raise GenloomError(f"--task {request.task!r}: code models have the tasks 'code' and 'safety'")
-    request.check({"data"}, "a code model")
-    return handle.evaluate(request.data, progress=request.progress)
+    return score_text(handle, request)             # the validation loss (per byte too), or --task safety
 
