@@ -127,7 +127,7 @@ def main() -> None:
         started = time.perf_counter()
         result = model.evaluate(num_samples=args.samples, voice_trials=args.voice_trials)
         report[part] = {"run": str(run), **run_length(run), "seconds_per_clip": seconds_per_clip,
-                        "eval_seconds": time.perf_counter() - started, **result.as_dict(),
+                        "eval_seconds": time.perf_counter() - started, **result.to_json(),
                         "vocoders": vocoder_table(model, data, audio_classifier(data), vocoder)}
         report_file.write_text(json.dumps(report, indent=2))
         print(f"\n{recipe}: {report[part]['steps']} steps in {report[part]['train_seconds']:.0f} s; "

@@ -130,7 +130,7 @@ class AudioEvalResult:
     real_other_voice_cosine: float | None = None
     per_class: dict = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
+    def to_json(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
