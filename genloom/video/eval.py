@@ -28,8 +28,10 @@ __all__ = ["FrameClassifier", "ClipClassifier", "frame_classifier", "clip_classi
            "digit_in_frames",
            "VideoEvalResult", "score_clips"]
 
-FRAME_CLASSIFIER_VERSION = 2    # bump when a network, its clips or its training change, so caches retrain
-CLIP_CLASSIFIER_VERSION = 3     # (frames 2, clips 3: genloom.core.fit's warm-up and cosine, not a constant rate)
+# Bump when a network, its clips or its training change, so caches retrain. Frames 2 and clips 3: trained by
+# genloom.core.fit (warm-up and cosine instead of a constant rate); clips 4: at a peak rate of 4e-3.
+FRAME_CLASSIFIER_VERSION = 2
+CLIP_CLASSIFIER_VERSION = 4
 
 
 class FrameClassifier(nn.Module):
@@ -63,7 +65,8 @@ class ClipClassifier(nn.Module):
         return self.head(self.features(clips))
 
 
-def _train(model: nn.Module, inputs: Tensor, targets: Tensor, steps: int, progress: bool, name: str) -> nn.Module:
+def _train(model: nn.Module, inputs: Tensor, targets: Tensor, steps: int, lr: float, progress: bool,
+           name: str) -> nn.Module:
     """Train on all but the first tenth of `inputs`, which measures `holdout_accuracy`."""
     holdout = len(inputs) // 10
     generator = torch.Generator().manual_seed(0)
@@ -72,7 +75,7 @@ def _train(model: nn.Module, inputs: Tensor, targets: Tensor, steps: int, progre
         batch = torch.randint(holdout, len(inputs), (128,), generator=generator)
         return F.cross_entropy(model(inputs[batch]), targets[batch])
 
-    fit(model, loss, steps, lr=2e-3, weight_decay=0.01, desc=f"training the {name} (once)", progress=progress)
+    fit(model, loss, steps, lr=lr, weight_decay=0.01, desc=f"training the {name} (once)", progress=progress)
     with torch.no_grad():
         model.holdout_accuracy = float((model(inputs[:holdout]).argmax(-1) == targets[:holdout]).float().mean())
     return model
@@ -89,7 +92,7 @@ def frame_classifier(size: int = 16, progress: bool = True) -> FrameClassifier:
         clips, classes = _clips(4000, 4, size, seed=9001)
         frames = clips.transpose(1, 2).reshape(-1, 1, size, size)
         digits = (classes // 4).repeat_interleave(4)
-        return _train(FrameClassifier(), frames, digits, 1500, progress, "frame classifier")
+        return _train(FrameClassifier(), frames, digits, 1500, 2e-3, progress, "frame classifier")
 
     return cached_network(cache_folder(f"moving-digits-frames-{size}"), "model", {"version": FRAME_CLASSIFIER_VERSION},
                           lambda saved: FrameClassifier(), train, what="frame classifier")
@@ -99,7 +102,9 @@ def clip_classifier(frames: int = 8, size: int = 16, progress: bool = True) -> C
     def train() -> ClipClassifier:
         torch.manual_seed(0)
         clips, classes = _clips(8000, frames, size, seed=9002)
-        return _train(ClipClassifier(), clips, classes, 800, progress, "clip classifier")
+        # 4e-3 at the peak: the constant 2e-3 this network trained with before had the same mean rate as this
+        # cosine, and the cosine at 2e-3 left it 7 points short (87.6% against 94.4%; 96.5% at 4e-3)
+        return _train(ClipClassifier(), clips, classes, 800, 4e-3, progress, "clip classifier")
 
     return cached_network(cache_folder(f"moving-digits-clips-{frames}x{size}"), "model",
                           {"version": CLIP_CLASSIFIER_VERSION}, lambda saved: ClipClassifier(), train,
