@@ -35,7 +35,7 @@ def default_run_dir(recipe: str) -> Path:
 
 
 def train(recipe: str | RunConfig, out: str | Path | None = None, overrides: list[str] | None = None,
-          max_time: float | None = None, resume: bool = False) -> TrainResult:
+          max_time: float | None = None, resume: bool = False, started_at: float | None = None) -> TrainResult:
     """Train a built-in recipe, a TOML file or a RunConfig into `out` (a checkpoint directory)."""
     overrides = list(overrides or [])
     if max_time is not None:
@@ -48,11 +48,11 @@ def train(recipe: str | RunConfig, out: str | Path | None = None, overrides: lis
     else:
         config = load_recipe(recipe, overrides)
     out = Path(out) if out is not None else default_run_dir(config.recipe or "run")
-    return Trainer(config, out, resume=resume).fit()
+    return Trainer(config, out, resume=resume, started_at=started_at).fit()
 
 
 def finetune(recipe: str, base: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
-             max_time: float | None = None, resume: bool = False) -> TrainResult:
+             max_time: float | None = None, resume: bool = False, started_at: float | None = None) -> TrainResult:
     """Fine-tune the checkpoint in `base` with a recipe (full, frozen parts, or LoRA per its [finetune] table).
 
     A LoRA run leaves in `out` the adapter alone (adapter.safetensors + adapter.json), not the base weights.
@@ -62,7 +62,7 @@ def finetune(recipe: str, base: str | Path, out: str | Path | None = None, overr
         overrides.append(f"train.max_time={max_time}")
     config = load_recipe(recipe, overrides, base=base)
     out = Path(out) if out is not None else default_run_dir(config.recipe or "finetune")
-    return Trainer(config, out, resume=resume).fit()
+    return Trainer(config, out, resume=resume, started_at=started_at).fit()
 
 
 def merge(base: str | Path, adapter: str | Path, out: str | Path, verify: bool = True) -> Path:

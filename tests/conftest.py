@@ -11,6 +11,9 @@ import pytest
 
 from genloom.core.sources import markdown_play_to_text, shakespeare_plays
 
+# Tests elsewhere start servers with tests/serve/test_serve.py's `Server`, also when run on their own.
+sys.path.insert(0, str(Path(__file__).parent / "serve"))
+
 TINY = [
     "model.block_size=32", "model.n_layer=2", "model.n_head=2", "model.d_model=32",
     "train.batch_size=8", "train.max_steps=30", "train.warmup_steps=5", "train.eval_interval=10",

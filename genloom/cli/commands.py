@@ -29,6 +29,18 @@ __all__ = ["register", "run_training"]
 _LIMITS = Limits()          # the defaults of `genloom serve`'s limit flags
 
 
+def process_started() -> float | None:
+    """When this process began (the `time.time()` of the command): a --max-time budget counts from there,
+    Python's and torch's start-up included. None where /proc cannot tell (the trainer's start is used)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_ticks = int(fields[19])                  # field 22 of stat(5): start time after boot, in ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _memory(max_memory: Optional[float]) -> list[str]:
     return [] if max_memory is None else [f"train.max_memory={max_memory}"]
 
@@ -45,9 +57,11 @@ def run_training(recipe: str, out: Optional[Path], overrides: list[str], max_tim
         raise GenloomError("--resume needs --out DIR: the run folder to continue")
     with logging_redirect_tqdm(loggers=[log]):
         if base is not None:
-            result = api.finetune(recipe, base, out=out, overrides=overrides, max_time=max_time, resume=resume)
+            result = api.finetune(recipe, base, out=out, overrides=overrides, max_time=max_time, resume=resume,
+                                  started_at=process_started())
         else:
-            result = api.train(recipe, out=out, overrides=overrides, max_time=max_time, resume=resume)
+            result = api.train(recipe, out=out, overrides=overrides, max_time=max_time, resume=resume,
+                               started_at=process_started())
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"genloom: {result.summary()}", err=True)
     if result.stopped_early:

@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from . import registry
 from .errors import ConfigError
@@ -173,7 +173,8 @@ class TrainConfig:
     ema_decay: float = 0.0           # keep an average of the weights (ema.safetensors), used for samples; 0 = off
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
     device: str = "auto"             # auto, cpu, cuda, cuda:N
-    compile: bool = False            # torch.compile the model: faster steps after a one-time compile
+    compile: Literal[False, True, "auto"] = False  # torch.compile: faster steps after a one-time compile; auto: only
+    #                                when it pays within train.max_time (measured: genloom/train/compiling.py)
     eval_interval: int = 250         # steps between validations (and checkpoints and samples)
     eval_batches: int = 20           # validation batches per evaluation
     log_interval: int = 10           # steps between rows of metrics.csv
@@ -255,6 +256,7 @@ class RunConfig:
     recipe: str = ""        # the recipe name or file this run came from
     description: str = ""   # one line from the recipe
     finetune: FinetuneConfig | None = None   # set for runs that start from a trained checkpoint
+    machine: dict[str, Any] | None = None    # what the run measured of its machine (core.machine) and chose from it
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"recipe": self.recipe, "description": self.description}
@@ -262,6 +264,8 @@ class RunConfig:
             out[section] = dataclasses.asdict(getattr(self, section))
         if self.finetune is not None:
             out["finetune"] = dataclasses.asdict(self.finetune)
+        if self.machine is not None:
+            out["machine"] = dict(self.machine)
         return out
 
     def to_json(self) -> str:
@@ -275,6 +279,9 @@ class RunConfig:
         raw = dict(raw)
         recipe = raw.pop("recipe", "")
         description = raw.pop("description", "")
+        machine = raw.pop("machine", None)
+        if machine is not None and not isinstance(machine, dict):
+            raise ConfigError(f"{source}: [machine] must be a table (what a run measured of its machine)")
         unknown = [k for k in raw if k not in ALL_SECTIONS]
         if unknown:
             close = difflib.get_close_matches(unknown[0], ALL_SECTIONS, n=1)
@@ -298,7 +305,7 @@ class RunConfig:
             component = registry.lookup(section, kind)
             values["kind"] = kind
             sections[section] = build_section(component.config_class, values, section)
-        return cls(recipe=str(recipe), description=str(description), **sections)
+        return cls(recipe=str(recipe), description=str(description), machine=machine, **sections)
 
     @classmethod
     def from_json_file(cls, path: Path) -> "RunConfig":
@@ -382,20 +389,48 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _budget_tier(tiers: Any, max_time: float, label: str) -> dict[str, Any] | None:
-    """The `[[budget]]` entry with the largest `min_time` that `max_time` reaches, if any."""
+def _budget_tier(tiers: Any, max_time: float, label: str, machine_rate: Callable[[], float]) -> dict[str, Any] | None:
+    """The `[[budget]]` entry that applies: of the tiers whose `min_time` the budget reaches and whose
+    `min_gflops` (if any) the machine's measured matmul rate reaches, the one asking for the fastest
+    machine, then for the longest budget. The machine is probed only when some tier asks for a rate."""
     if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
         raise ConfigError(f"recipe {label}: [[budget]] must be a list of tables")
-    chosen = None
+    chosen, rate = None, None
     for tier in tiers:
-        unknown = [k for k in tier if k != "min_time" and k not in ALL_SECTIONS]
+        unknown = [k for k in tier if k not in ("min_time", "min_gflops") and k not in ALL_SECTIONS]
         if "min_time" not in tier or unknown:
-            raise ConfigError(f"recipe {label}: each [[budget]] needs min_time and may hold only the sections "
+            raise ConfigError(f"recipe {label}: each [[budget]] needs min_time, may hold min_gflops and the sections "
                               f"{', '.join(SECTIONS)} (found {', '.join(map(str, unknown)) or 'no min_time'})")
         min_time = coerce(tier["min_time"], float, "budget.min_time")
-        if max_time >= min_time and (chosen is None or min_time > chosen["min_time"]):
-            chosen = {**tier, "min_time": min_time}
+        min_gflops = coerce(tier.get("min_gflops", 0.0), float, "budget.min_gflops")
+        if max_time < min_time:
+            continue
+        if min_gflops > 0:
+            rate = machine_rate() if rate is None else rate
+            if rate < min_gflops:
+                continue
+        candidate = {**tier, "min_time": min_time, "min_gflops": min_gflops}
+        if chosen is None or (min_gflops, min_time) > (chosen["min_gflops"], chosen["min_time"]):
+            chosen = candidate
     return chosen
+
+
+def _machine_rate(train: dict[str, Any]) -> float:
+    """GFLOP/s of matmuls at the precision this run will train in (the probe of core.machine)."""
+    import torch
+
+    from .machine import bf16_is_faster, machine_profile
+    device = str(train.get("device", "auto"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        profile = machine_profile(device)
+    except (RuntimeError, ValueError):       # e.g. cuda asked for on a machine without it: the trainer says so
+        return 0.0
+    precision = str(train.get("precision", "auto"))
+    if precision == "bf16" or (precision == "auto" and bf16_is_faster(profile)):
+        return float(profile.get("bf16_gflops", 0.0))
+    return float(profile.get("fp32_gflops", 0.0))
 
 
 def _start_from(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
@@ -426,9 +461,10 @@ def _start_from(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
 def load_recipe(name_or_path: str, overrides: list[str] | None = None, base: str | Path | None = None) -> RunConfig:
     """Read a built-in recipe or a TOML file, apply `section.key=value` overrides, validate.
 
-    A recipe may hold `[[budget]]` tables, each with a `min_time` in seconds and values for any
-    section: when `train.max_time` reaches `min_time`, the largest such tier is applied on top of
-    the recipe (and under the user's overrides), e.g. a larger, regularised model for a long budget.
+    A recipe may hold `[[budget]]` tables, each with a `min_time` in seconds, optionally a `min_gflops`
+    (the matmul rate the machine must measure at the run's precision: a start-up probe, kept per machine)
+    and values for any section: the tier that applies (see `_budget_tier`) is laid on top of the recipe
+    (and under the user's overrides), e.g. a larger, regularised model for a long budget or a fast machine.
     With `base` (a checkpoint directory), the recipe fine-tunes that model (see `_start_from`).
     """
     raw, label = _read_recipe(name_or_path)
@@ -436,13 +472,15 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, base: str
     tiers = raw.pop("budget", [])
     with_overrides = apply_overrides(raw, overrides or [])
     max_time = coerce(with_overrides.get("train", {}).get("max_time", 0.0), float, "train.max_time")
-    tier = _budget_tier(tiers, max_time, label) if tiers else None
+    train_settings = with_overrides.get("train", {})
+    tier = _budget_tier(tiers, max_time, label, lambda: _machine_rate(train_settings)) if tiers else None
     if tier is not None:
         raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
         for section, values in tier.items():
-            if section != "min_time":
+            if section not in ("min_time", "min_gflops"):
                 raw.setdefault(section, {}).update(values)
-        raw["recipe"] = f"{label} (budget tier for --max-time >= {tier['min_time']:g} s)"
+        faster = f", a machine of >= {tier['min_gflops']:g} GFLOP/s" if tier["min_gflops"] else ""
+        raw["recipe"] = f"{label} (budget tier for --max-time >= {tier['min_time']:g} s{faster})"
     if base is not None:
         raw = _start_from(raw, Path(base), label)
     elif "finetune" in raw:

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..core.machine import bf16_is_faster, machine_profile
+
 __all__ = ["Runtime", "setup_runtime", "choose_precision", "cpu_has_amx", "autocast"]
 
 log = logging.getLogger(__name__)
@@ -114,20 +116,22 @@ def cpu_has_amx() -> bool:
 def choose_precision(preference: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for training, or None for fp32.
 
-    `auto` picks bf16 on CUDA GPUs that support it, and on CPUs with AMX, where bf16 matmuls run
-    several times faster than fp32. CPUs with only AVX512-BF16 run bf16 matmuls *slower* than
-    fp32 through PyTorch (measured: about 0.5-0.7x), so there `auto` stays in fp32. The rule is
-    a fixed one rather than a timing so that every process and every run decides the same way.
+    `auto` picks bf16 where the machine's probe (`core.machine`, measured once per machine and kept in the
+    cache) found bf16 matmuls at least 1.25x faster than fp32: CUDA GPUs with bf16 and CPUs with AMX. CPUs
+    with only AVX512-BF16 run bf16 matmuls *slower* than fp32 through PyTorch (measured: about 0.5-0.7x),
+    so there `auto` stays in fp32. Because the probe's answer is kept, every run on a machine decides the
+    same way; in a distributed run each process reads the same answer for the same hardware.
     """
     if preference == "fp32":
         return None
     if preference == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu" and cpu_has_amx():
-        return torch.bfloat16
-    return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    profile = machine_profile(device)
+    if not profile.get("fp32_gflops"):     # the probe failed (and said so): today's rule
+        return torch.bfloat16 if device.type == "cuda" or cpu_has_amx() else None
+    return torch.bfloat16 if bf16_is_faster(profile) else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ from ..core import registry
 from ..core.config import RunConfig, read_json
 from ..core.errors import CheckpointError, ConfigError, TrainingError
 from ..core.fit import lr_schedule
+from ..core.machine import cpu_summary, machine_profile
 from .ema import EMA
 from .finetune import (
     ADAPTER_FILE,
@@ -40,6 +42,7 @@ from .finetune import (
 from .memory import check_training_fits
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer, optimizer_from_tensors, optimizer_to_tensors
+from .compiling import AutoCompile, compile_for_training, eager, undo_compile, use_persistent_cache
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
 
 __all__ = ["Trainer", "TrainResult", "lr_factor", "resolve_config"]
@@ -122,8 +125,9 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
 class Trainer:
     """Trains `config` into `out_dir` (a checkpoint directory); `resume=True` continues it exactly."""
 
-    def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False):
+    def __init__(self, config: RunConfig, out_dir: Path, resume: bool = False, started_at: float | None = None):
         self.config = config
+        self.started_at = started_at if started_at is not None else time.time()   # when train.max_time began
         self.out_dir = Path(out_dir)
         self.resume = resume
         self._stop_signal: int | None = None
@@ -202,6 +206,28 @@ class Trainer:
         self.per_rank, self.micro, self.accumulation = per_rank, micro, per_rank // micro
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.dtype = choose_precision(t.precision, rt.device)
+        self.config = cfg = dataclasses.replace(cfg, machine=self._machine_record(rt, cfg))
+
+    def _machine_record(self, rt: Runtime, cfg: RunConfig) -> dict[str, Any]:
+        """What the run measured of its machine and chose from it (kept in config.json)."""
+        record: dict[str, Any] = {"precision": "bf16" if self.dtype is not None else "fp32"}
+        if rt.device.type == "cuda":
+            record["gpu"] = torch.cuda.get_device_name(rt.device)
+        else:
+            record["cpu"] = cpu_summary()
+            record["threads"] = torch.get_num_threads()
+        if cfg.train.precision == "auto":   # the probe ran (it is kept per machine)
+            profile = machine_profile(rt.device)
+            record.update({k: profile[k] for k in ("fp32_gflops", "bf16_gflops") if k in profile})
+        return record
+
+    def _compile_identity(self, rt: Runtime) -> dict[str, Any]:
+        """What a compile's cost and speed-up depend on (the key of compile=auto's records)."""
+        use_persistent_cache()
+        return {"model": dataclasses.asdict(self.config.model), "objective": self.config.objective.kind,
+                "batch": [self.micro, self.data.items_per_example], "dtype": str(self.dtype),
+                "device": str(rt.device), "machine": self.config.machine, "torch": torch.__version__,
+                "cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")}
 
     def _save(self, rt: Runtime, step: int, tokens: int, elapsed: float, data_rng: torch.Generator) -> None:
         """Write a checkpoint (rank 0 writes; every rank contributes its RNG state)."""
@@ -322,8 +348,13 @@ class Trainer:
         manual_sync = rt.distributed and len(self.objective.phases) > 1
         if rt.distributed and not manual_sync:
             model = DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        if t.compile:
-            model = torch.compile(model)  # compiled on the first step; validation and samples stay eager
+        auto_compile = None
+        if t.compile == "auto" and t.max_time:
+            auto_compile = AutoCompile(self._compile_identity(rt))   # decided after a few eager steps
+        elif t.compile:
+            model, how = compile_for_training(self.model, model)     # compiled on the first step
+            log.info("torch.compile: %s", "each block (regional)" if how == "regional" else "the whole model")
+        compiled = t.compile is True or (t.compile == "auto" and not t.max_time)
         model.train()
         n_params = sum(p.numel() for p in self.model.parameters())
         n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -348,30 +379,42 @@ class Trainer:
         items_per_second = 0.0
         last_saved = step if self.resume else -1
 
+        # The budget counts from the command (process start for the CLI), so start-up is part of it.
+        before_loop = max(0.0, time.time() - self.started_at)
+
         def elapsed() -> float:
-            return elapsed_before + time.perf_counter() - start
+            return elapsed_before + before_loop + time.perf_counter() - start
+
+        eval_cost = 0.0   # seconds the last evaluate + save took: kept back at the end of a --max-time budget
 
         def evaluate_and_save() -> None:
-            nonlocal last_val, sample, last_saved
+            nonlocal last_val, sample, last_saved, eval_cost
+            began = time.perf_counter()
             sampled = self.ema.model if self.ema is not None else self.model   # what users will sample from
             sampled.eval()
-            last_val = self._evaluate(rt, sampled)
+            with eager():
+                last_val = self._evaluate(rt, sampled)
             if rt.is_main:
                 metrics.write(step=step, time_s=elapsed(), tokens=tokens, val_loss=last_val)
                 if writer:
                     writer.add_scalar("val/loss", last_val, step)
                 if t.sample_length:
-                    sample = self.objective.write_samples(sampled, self.data, out / "samples", step,
-                                                          t.sample_length, t.sample_prompt)
+                    with eager():
+                        sample = self.objective.write_samples(sampled, self.data, out / "samples", step,
+                                                              t.sample_length, t.sample_prompt)
                 plot_losses(out / "metrics.csv", out / "loss.png", title=f"{cfg.recipe or 'run'}: loss")
                 bar.set_postfix_str(f"loss {last_loss:.3f} val {last_val:.3f} {items_per_second:,.0f} {self.data.item_name}/s")
             self.model.train()   # (the compiled / DDP wrapper shares this module)
             self._save(rt, step, tokens, elapsed(), data_rng)
             last_saved = step
+            eval_cost = time.perf_counter() - began
 
         last_loss = float("nan")
         while step < t.max_steps:
-            if t.max_time and elapsed() >= t.max_time:
+            out_of_time = bool(t.max_time) and elapsed() + eval_cost >= t.max_time   # the last evaluation fits too
+            if rt.distributed:   # every process stops at the same step, whatever its own clock says
+                out_of_time = bool(rt.all_reduce_sum(torch.tensor([float(out_of_time)])).item())
+            if out_of_time:
                 break
             if self._stop_signal is not None:
                 stopped_early = True
@@ -413,6 +456,15 @@ class Trainer:
                 last_loss = mean_loss
             if self.ema is not None:
                 self.ema.update(self.model, step)
+            if auto_compile is not None:
+                took = time.perf_counter() - step_start
+                if not auto_compile.decided:
+                    auto_compile.observe_eager(step, took)
+                    if auto_compile.ready(step) and rt.broadcast(auto_compile.decide(t.max_time - elapsed())):
+                        model, _ = compile_for_training(self.model, model)
+                        compiled = True
+                elif auto_compile.compiled:
+                    auto_compile.observe_compiled(took)
             step += 1
             tokens += items_per_step
             window_items += items_per_step
@@ -436,6 +488,8 @@ class Trainer:
                 last_saved = step
         if last_saved != step:
             evaluate_and_save()
+        if compiled:
+            undo_compile(self.model)
         bar.close()
         if writer:
             writer.close()

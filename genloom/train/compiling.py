@@ -1,0 +1,158 @@
+"""torch.compile for training: what is compiled, where compiled code is kept, and whether it pays.
+
+* **What**: a model that names `compile_regions` (the transformer: its `blocks`) has each of those modules
+  compiled in place; the blocks are alike, so one graph serves them all and a cold compile takes about a
+  third less time than compiling the whole model (measured in BENCHMARKS.md). Other models are compiled
+  whole. Validation and samples run eagerly (`eager()`), as before.
+* **Where**: Inductor's caches go to `<genloom cache>/compile/inductor` (unless `TORCHINDUCTOR_CACHE_DIR` is
+  set), so compiled kernels survive reboots that empty /tmp and a second run of a recipe starts in seconds.
+* **Whether** (`train.compile = "auto"`): a budget in seconds is spent either way, so compiling pays only
+  when the faster steps after it make up for the time it takes: with `R` seconds left, a compile of `C`
+  seconds and steps `s` times faster, compile when `(R - C) * s > R`. The run times its first eager steps,
+  and takes `C` and `s` from what an earlier run of the same model measured on this machine
+  (`compile/records.json`), else from the figures measured for genloom's recipes on a cold cache
+  (`COLD_COMPILE_S`, `PRIOR_SPEEDUP`). After compiling it measures both and keeps them for the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.cache import cache_folder
+from ..core.io import write_json_atomic
+
+__all__ = ["use_persistent_cache", "compile_for_training", "undo_compile", "eager", "AutoCompile"]
+
+log = logging.getLogger(__name__)
+
+# Measured on genloom's shakespeare-char model (2-core EPYC, empty caches; BENCHMARKS.md, "cold starts"):
+COLD_COMPILE_S = 12.0      # seconds a first regional compile costs (forward + backward), steps included
+PRIOR_SPEEDUP = 1.15       # compiled steps over eager ones, before this machine has measured its own
+_EAGER_WINDOW = (3, 12)    # steps timed eagerly (the first ones allocate and are slower)
+_COMPILED_WINDOW = 12      # compiled steps timed after the compile
+
+
+def use_persistent_cache() -> None:
+    """Keep Inductor's compiled code in genloom's cache folder (unless the user chose a folder)."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        folder = cache_folder("compile", "inductor")
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
+def _regions(model: nn.Module) -> list[nn.Module]:
+    out = []
+    for name in getattr(model, "compile_regions", ()):
+        container = getattr(model, name, None)
+        if isinstance(container, (nn.ModuleList, nn.Sequential)):
+            out.extend(container)
+        elif isinstance(container, nn.Module):
+            out.append(container)
+    return out
+
+
+def compile_for_training(model: nn.Module, wrapper: nn.Module) -> tuple[nn.Module, str]:
+    """Compile `model` for training steps: its regions in place (then `wrapper` is returned as it is: DDP or
+    the model), else the whole `wrapper`. Returns (what to call, "regional" | "whole")."""
+    use_persistent_cache()
+    regions = _regions(model)
+    if regions and hasattr(torch.compiler, "set_stance"):
+        for module in regions:
+            module.compile()
+        return wrapper, "regional"
+    return torch.compile(wrapper), "whole"
+
+
+def undo_compile(model: nn.Module) -> None:
+    """Give regions compiled in place back their eager forward (the trained model leaves the trainer plain)."""
+    for module in _regions(model):
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+
+
+def eager() -> contextlib.AbstractContextManager:
+    """Run compiled code eagerly inside (validation and samples: other shapes, no recompiles)."""
+    if hasattr(torch.compiler, "set_stance"):
+        return torch.compiler.set_stance("force_eager")
+    return contextlib.nullcontext()
+
+
+def _records_path():
+    return cache_folder("compile") / "records.json"
+
+
+class AutoCompile:
+    """The `train.compile = "auto"` decision for one run (see the module docstring)."""
+
+    def __init__(self, identity: dict[str, Any]):
+        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        self.record = self._read().get(self.key)
+        self.eager_times: list[float] = []
+        self.compiled_times: list[float] = []
+        self.decided = False
+        self.compiled = False
+        self.first_compiled_step: float | None = None
+
+    @staticmethod
+    def _read() -> dict[str, Any]:
+        try:
+            records = json.loads(_records_path().read_text(encoding="utf-8"))
+            return records if isinstance(records, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def expected(self) -> tuple[float, float, str]:
+        if self.record:
+            return float(self.record["compile_s"]), float(self.record["speedup"]), "measured by an earlier run"
+        return COLD_COMPILE_S, PRIOR_SPEEDUP, "genloom's cold-cache figures"
+
+    def observe_eager(self, step: int, seconds: float) -> None:
+        if _EAGER_WINDOW[0] <= step < _EAGER_WINDOW[1]:
+            self.eager_times.append(seconds)
+
+    def ready(self, step: int) -> bool:
+        return not self.decided and step >= _EAGER_WINDOW[1]
+
+    def decide(self, remaining: float) -> bool:
+        """True to compile now, given `remaining` seconds of budget."""
+        self.decided = True
+        compile_s, speedup, source = self.expected()
+        self.compiled = (remaining - compile_s) * speedup > remaining
+        log.info("compile=auto: %s (%.0f s left; a compile of ~%.0f s and %.2fx faster steps, %s)",
+                 "compiling" if self.compiled else "staying eager", remaining, compile_s, speedup, source)
+        return self.compiled
+
+    def observe_compiled(self, seconds: float) -> None:
+        """Time the compiled steps: the first one holds the compile; then a window of plain ones."""
+        if self.first_compiled_step is None:
+            self.first_compiled_step = seconds
+            return
+        if len(self.compiled_times) < _COMPILED_WINDOW:
+            self.compiled_times.append(seconds)
+            if len(self.compiled_times) == _COMPILED_WINDOW:
+                self._save()
+
+    def _save(self) -> None:
+        eager = sorted(self.eager_times)[len(self.eager_times) // 2]
+        compiled = sorted(self.compiled_times)[len(self.compiled_times) // 2]
+        record = {"compile_s": round(max(0.0, self.first_compiled_step - compiled), 2),
+                  "speedup": round(eager / max(compiled, 1e-9), 3), "eager_step_s": round(eager, 4),
+                  "compiled_step_s": round(compiled, 4)}
+        log.info("compile=auto: measured %.1f s to compile, steps %.2fx faster (kept for the next run)",
+                 record["compile_s"], record["speedup"])
+        records = self._read()
+        records[self.key] = record
+        try:
+            path = _records_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, records)
+        except OSError:
+            pass
