@@ -112,12 +112,16 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
     seen.scatter_(1, tokens, valid)
     cache, pending = None, None
+    refill_at = getattr(model, "cache_refill_at", 0)
     for _ in range(max_new_tokens):
         if not use_cache:
             logits = torch.cat([model(tokens[row, valid[row]][None, -block:])[:, -1] for row in range(B)])
         else:
-            if cache is None or cache.length + pending.shape[1] > block:
-                window = tokens.shape[1] if cache is None and tokens.shape[1] <= block else block // 2
+            # Refill past the context, or when the model recomputes every position once the text grows past
+            # `cache_refill_at` (LongRoPE's switch to its long-context frequencies).
+            if cache is None or cache.length + pending.shape[1] > block or (
+                    refill_at and cache.length <= refill_at < cache.length + pending.shape[1]):
+                window = tokens.shape[1] if tokens.shape[1] <= block else block // 2
                 cache = model.new_cache(B, block)
                 cache.key_mask = None if valid[:, -window:].all() else torch.ones(B, block, dtype=torch.bool, device=device)
                 if cache.key_mask is not None:

@@ -44,8 +44,8 @@ def _read_hf_weights(folder: Path) -> dict:
 
 
 def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
-    """Make a genloom checkpoint from a Hugging Face GPT-2 or Llama directory (config.json, safetensors,
-    tokenizer.json)."""
+    """Make a genloom checkpoint from a Hugging Face model directory (config.json, safetensors, tokenizer.json)
+    of a family in `genloom.lm.hf.FAMILIES` (GPT-2, Llama, Mistral, Qwen2/3, Phi-3, Gemma 1-3, OLMo-2)."""
     hf_dir, out = Path(hf_dir), Path(out)
     if not (hf_dir / "config.json").is_file():
         raise CheckpointError(f"{hf_dir} has no config.json; expected a Hugging Face model directory")

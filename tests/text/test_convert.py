@@ -45,7 +45,8 @@ def test_models_without_an_equivalent_are_refused(corpus, tmp_path):
     run = tmp_path / "run"
     api.train("shakespeare-char", out=run, overrides=tiny(corpus, "model.qk_norm=true", "train.max_steps=2"))
     result = run_cli("convert", "export", "--checkpoint", str(run), "--out", str(tmp_path / "hf"))
-    assert result.returncode == 2 and "qk_norm=true has no Hugging Face" in result.stderr
+    # the recipe's relu2 MLP; its QK-norm alone would export as Qwen3
+    assert result.returncode == 2 and "model.mlp='relu2'" in result.stderr and "no exact Hugging Face" in result.stderr
 
 
 def test_import_refuses_pickles_and_missing_tokenizer(tmp_path):
