@@ -40,9 +40,13 @@ _EAGER_WINDOW = (3, 12)    # steps timed eagerly (the first ones allocate and ar
 _COMPILED_WINDOW = 12      # compiled steps timed after the compile
 
 
+# Whether the user chose Inductor's folder (torch itself writes the variable once it has compiled anything).
+_USER_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR" in os.environ
+
+
 def use_persistent_cache() -> None:
     """Keep Inductor's compiled code in genloom's cache folder (unless the user chose a folder)."""
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    if not _USER_CACHE_DIR:
         folder = cache_folder("compile", "inductor")
         folder.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
