@@ -19,7 +19,9 @@ from ..cli.options import (
     group,
     load_handle,
 )
-from .convert import export_hf, import_hf
+from ..core.errors import GenloomError
+from ..lm.gguf import check_quant
+from .convert import export_gguf_file, export_hf, import_gguf, import_hf
 from .handle import TextModel
 
 __all__ = ["register"]
@@ -148,29 +150,58 @@ def generate_text(
 
 
 def convert_import(
-    hf: Annotated[Path, typer.Option("--hf", help="A local Hugging Face GPT-2 or Llama directory: config.json, "
-                                     "model.safetensors (or shards) and tokenizer.json.")],
-    out: Annotated[Path, typer.Option("--out", help="The genloom checkpoint directory to write.")],
+    file: Annotated[Optional[Path], typer.Argument(metavar="FILE.gguf", help="A GGUF file (llama.cpp's format) "
+                                                   "of the gpt2 or llama architecture, in any of its common tensor "
+                                                   "types.")] = None,
+    hf: Annotated[Optional[Path], typer.Option("--hf", help="A local Hugging Face GPT-2 or Llama directory: "
+                                               "config.json, model.safetensors (or shards) and "
+                                               "tokenizer.json.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="The genloom checkpoint directory to write.")] = ...,
 ) -> None:
-    """Import a Hugging Face model so that genloom can generate with it, evaluate it and fine-tune it."""
-    typer.echo(f"genloom: wrote {import_hf(hf, out)}", err=True)
+    """Import a Hugging Face model (--hf DIR) or a GGUF file (FILE.gguf) so that genloom can generate with it,
+    evaluate it and fine-tune it."""
+    if (file is None) == (hf is None):
+        raise GenloomError("convert import takes a GGUF file or --hf DIR (one of them)")
+    if file is not None and file.is_dir():
+        raise GenloomError(f"{file} is a folder; a Hugging Face folder is imported with --hf {file}")
+    written = import_hf(hf, out) if hf is not None else import_gguf(file, out)
+    typer.echo(f"genloom: wrote {written}", err=True)
+
+
+EXPORT_FORMATS = ("hf", "gguf")
 
 
 def convert_export(
     checkpoint: checkpoint_option("A genloom text checkpoint directory."),
     out: Annotated[Path, typer.Option("--out", help="The Hugging Face directory to write (config.json, "
-                                      "model.safetensors, tokenizer.json).")],
+                                      "model.safetensors, tokenizer.json), or the GGUF file (--format gguf).")],
+    fmt: Annotated[str, typer.Option("--format", help="hf: a Hugging Face directory; gguf: one file for "
+                                        "llama.cpp (GPT-2 and Llama style models).")] = "hf",
+    quant: Annotated[Optional[str], typer.Option("--quant", help="GGUF weight type: f32, f16 (default), q8_0 or "
+                                                 "q4_0 (norms and biases stay f32).")] = None,
     no_verify: NoVerify = False,
 ) -> None:
-    """Export a genloom text model in Hugging Face format (loads with transformers' from_pretrained)."""
-    handle = load_handle(checkpoint, "cpu", TextModel, "a text model (only text models have a Hugging Face form)",
-                         verify=not no_verify)
-    typer.echo(f"genloom: wrote {export_hf(handle, out)}", err=True)
+    """Export a genloom text model in Hugging Face format (loads with transformers' from_pretrained) or as a
+    GGUF file (runs in llama.cpp)."""
+    if fmt not in EXPORT_FORMATS:
+        raise GenloomError(f"--format {fmt!r} is not supported; convert export writes {', '.join(EXPORT_FORMATS)}")
+    if fmt == "hf" and quant is not None:
+        raise GenloomError("--quant is for --format gguf (a Hugging Face export keeps float32 weights)")
+    if fmt == "gguf":
+        check_quant(quant or "f16")
+    handle = load_handle(checkpoint, "cpu", TextModel, "a text model (only text models have a Hugging Face or "
+                         "GGUF form)", verify=not no_verify)
+    if fmt == "gguf":
+        written = export_gguf_file(handle, out, quant or "f16")
+    else:
+        written = export_hf(handle, out)
+    typer.echo(f"genloom: wrote {written}", err=True)
 
 
 def register(app: typer.Typer) -> None:
     app.command("chat")(friendly(chat))
     group(app, "generate").command("text")(friendly(generate_text))
-    convert = group(app, "convert", "Move text models between genloom and Hugging Face transformers (GPT-2, Llama).")
+    convert = group(app, "convert", "Move text models between genloom and Hugging Face transformers (GPT-2, Llama) "
+                    "or llama.cpp (GGUF files).")
     convert.command("import")(friendly(convert_import))
     convert.command("export")(friendly(convert_export))

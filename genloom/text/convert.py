@@ -1,7 +1,8 @@
 """Hugging Face interop: import a local GPT-2 / Llama directory, export a genloom text model.
 
 Only safetensors weights are read (never `pytorch_model.bin`, which is a pickle), and the fast
-tokenizer file `tokenizer.json` travels both ways unchanged.
+tokenizer file `tokenizer.json` travels both ways unchanged. GGUF files (llama.cpp) go both ways too:
+`export_gguf_file` / `import_gguf`, with the format itself in `genloom/lm/gguf.py`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 from ..core import io as ckpt
 from ..core.config import RunConfig, TrainConfig
 from ..core.errors import CheckpointError
+from ..lm.gguf import export_gguf, read_gguf
 from ..lm.hf import from_hf, to_hf
 from ..lm.objective import LanguageModelConfig
 from .data import TextDataConfig
 
-__all__ = ["import_hf", "export_hf"]
+__all__ = ["import_hf", "export_hf", "import_gguf", "export_gguf_file"]
 
 
 def _read_hf_weights(folder: Path) -> dict:
@@ -82,3 +84,28 @@ def export_hf(handle, out: str | Path) -> Path:
     ckpt.save_tensors(state, out / "model.safetensors", {"format": "pt"})
     handle.tokenizer.save(out / "tokenizer.json")
     return out
+
+
+def import_gguf(file: str | Path, out: str | Path) -> Path:
+    """Make a genloom checkpoint from a GGUF file of llama.cpp's gpt2 or llama architecture (weights
+    dequantised to float32, the tokenizer rebuilt as tokenizer.json)."""
+    file, out = Path(file), Path(out)
+    if (out / ckpt.MODEL_FILE).exists():
+        raise CheckpointError(f"{out} already holds a model; choose another --out")
+    model = read_gguf(file)
+    config = RunConfig(data=TextDataConfig(tokenizer=model.tokenizer.kind), model=model.config,
+                       objective=LanguageModelConfig(), train=TrainConfig(), recipe=f"imported from {file}",
+                       description=f"GGUF {model.arch} model imported by genloom convert "
+                                   f"({', '.join(sorted(set(model.tensor_types.values())))} tensors)")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.commit(out, {
+        ckpt.CONFIG_FILE: lambda p: p.write_text(config.to_json()),
+        "tokenizer.json": lambda p: model.tokenizer.save(p),
+        ckpt.MODEL_FILE: lambda p: ckpt.save_tensors(model.state, p, {"format": "genloom"}),
+    })
+    return out
+
+
+def export_gguf_file(handle, out: str | Path, quant: str = "f16") -> Path:
+    """Write a loaded genloom text model (a TextModel on the CPU) as one GGUF file that llama.cpp runs."""
+    return export_gguf(handle.model, handle.tokenizer, out, quant, name=Path(handle.path).name)
