@@ -102,6 +102,8 @@ def genloom_tokens_per_second(overrides: list[str], steps: int, out: Path) -> tu
 
 
 def bench_training(peaks: dict, work: Path) -> list[dict]:
+    """Tokens/s of the plain fp32 loop against genloom's trainer: AdamW in fp32 and in bf16 autocast (the
+    trainer's own speed), and the recipe as it ships (Muon, precision=auto)."""
     from genloom.lm.transformer import Transformer
 
     cases = [
@@ -111,24 +113,31 @@ def bench_training(peaks: dict, work: Path) -> list[dict]:
     ]
     rows = []
     for name, overrides, steps in cases:
-        ours, config = genloom_tokens_per_second(overrides, steps, work / f"train-{len(rows)}")
-        adamw, _ = genloom_tokens_per_second(overrides + ["train.optimizer=adamw"], steps, work / f"train-a{len(rows)}")
+        n = len(rows)
+        ours, config = genloom_tokens_per_second(overrides, steps, work / f"train-{n}")
+        fp32, _ = genloom_tokens_per_second(overrides + ["train.optimizer=adamw", "train.precision=fp32"], steps,
+                                            work / f"train-f{n}")
+        bf16, _ = genloom_tokens_per_second(overrides + ["train.optimizer=adamw", "train.precision=bf16"], steps,
+                                            work / f"train-b{n}")
         model_config = config.model
         plain = plain_loop_tokens_per_second(model_config, config.train.batch_size, max(10, steps // 4))
         model = Transformer(model_config)
         flops = model.flops_per_token()
+        best = max(ours, fp32, bf16)
         rows.append({
             "model": name, "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "batch": f"{config.train.batch_size} x {model_config.block_size}",
             "plain_fp32_tok_s": round(plain),
+            "genloom_adamw_fp32_tok_s": round(fp32), "fp32_speedup": round(fp32 / plain, 2),
+            "genloom_adamw_bf16_tok_s": round(bf16), "bf16_speedup": round(bf16 / plain, 2),
             "genloom_recipe_tok_s": round(ours), "recipe_speedup": round(ours / plain, 2),
-            "genloom_adamw_tok_s": round(adamw), "adamw_speedup": round(adamw / plain, 2),
-            "MFU_vs_fp32_peak": round(max(ours, adamw) * flops / 1e9 / peaks["fp32_gflops"], 3),
-            "MFU_vs_bf16_peak": round(max(ours, adamw) * flops / 1e9 / peaks["bf16_gflops"], 3),
-            "genloom_settings": f"compile={config.train.compile}, precision={config.train.precision}, "
-                                f"optimizer={config.train.optimizer}",
+            "MFU_vs_fp32_peak": round(best * flops / 1e9 / peaks["fp32_gflops"], 3),
+            "MFU_vs_bf16_peak": round(best * flops / 1e9 / peaks["bf16_gflops"], 3),
+            "recipe_settings": f"compile={config.train.compile}, precision={config.machine.get('precision')}, "
+                               f"optimizer={config.train.optimizer}",
         })
-        print(f"  train {name}: plain {plain:,.0f} tok/s, genloom {ours:,.0f} tok/s (AdamW {adamw:,.0f})", flush=True)
+        print(f"  train {name}: plain {plain:,.0f} tok/s, genloom AdamW fp32 {fp32:,.0f}, bf16 {bf16:,.0f}, "
+              f"recipe {ours:,.0f}", flush=True)
     return rows
 
 
@@ -136,21 +145,151 @@ def bench_training(peaks: dict, work: Path) -> list[dict]:
 # Quality at a fixed wall-clock budget, exactly as a user runs it
 # ----------------------------------------------------------------------------------------------
 
-def bench_quality(budget: float, work: Path, extra: list[str] = ()) -> dict:
-    out = work / f"quality-{int(budget)}" if not extra else work
+NANOGPT_RECORDED = {"val_loss": 1.886, "wall_s": 108.0,
+                    "source": "nanoGPT README CPU config, 2000 iterations (issue 22's measurement, AMX Xeon)"}
+NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+                "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+
+
+def _env(cache: Path) -> dict:
+    """The environment of a run whose caches (tokens, probe, compiled code) are all in `cache`."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["GENLOOM_CACHE"] = str(cache)
+    return env
+
+
+def time_to_loss(run: Path, target: float) -> float | None:
+    """Seconds (from the command) at which the run's validation loss first reached `target`, interpolated
+    linearly between its evaluations; None if it never did."""
+    from genloom.train.metrics import MetricsLog
+
+    points = [(0.0, float("inf"))] + [(float(r["time_s"]), float(r["val_loss"]))
+                                      for r in MetricsLog.read(run / "metrics.csv") if r["val_loss"]]
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if v1 <= target:
+            if v0 == float("inf"):
+                return t1
+            return t0 + (t1 - t0) * (v0 - target) / (v0 - v1)
+    return None
+
+
+def bench_quality(budget: float, work: Path, extra: list[str] = (), cache: Path | None = None,
+                  label: str = "") -> dict:
+    """`genloom train shakespeare-char --max-time BUDGET`, then `genloom eval`, as a user runs them. `cache`:
+    the run's cache folder (a new, empty one unless given: a first run on a fresh machine)."""
+    out = work / f"quality-{int(budget)}-{len(list(work.glob('quality-*')))}"
+    cache = cache or work / f"cache-{out.name}"
     sets = [x for o in [f"data.path={TINY_SHAKESPEARE}", "train.progress=false", *extra] for x in ("--set", o)]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "genloom", "train", "shakespeare-char", *sets, "--max-time", str(budget),
-                    "--out", str(out)], check=True, capture_output=True, text=True)
+    trained = subprocess.run([sys.executable, "-m", "genloom", "train", "shakespeare-char", *sets, "--max-time",
+                              str(budget), "--out", str(out)], capture_output=True, text=True, env=_env(cache))
     wall = time.perf_counter() - start
+    if trained.returncode != 0:
+        raise SystemExit(f"genloom train failed:\n{trained.stderr[-3000:]}")
     result = subprocess.run([sys.executable, "-m", "genloom", "eval", "--checkpoint", str(out), "--data",
-                             str(TINY_SHAKESPEARE)], check=True, capture_output=True, text=True)
-    values = dict(line.split(": ", 1) for line in result.stdout.strip().splitlines())
+                             str(TINY_SHAKESPEARE)], check=True, capture_output=True, text=True, env=_env(cache))
+    values = dict(line.split(": ", 1) for line in result.stdout.strip().splitlines() if ": " in line)
     state = json.loads((out / "train_state.json").read_text())
-    row = {"budget_s": budget, "train_wall_s": round(wall, 1), "steps": state["step"], "tokens": state["tokens"],
-           "val_loss": float(values["loss"].split()[0]), "checkpoint": str(out), "overrides": list(extra)}
-    print(f"  quality {budget:.0f} s {extra}: val loss {row['val_loss']:.4f} ({row['steps']} steps)", flush=True)
+    config = json.loads((out / "config.json").read_text())
+    decision = next((line.split("compile=auto: ", 1)[1].split(" (")[0] for line in trained.stderr.splitlines()
+                     if "compile=auto: " in line and "measured" not in line), str(config["train"]["compile"]))
+    model = config["model"]
+    reached = time_to_loss(out, NANOGPT_RECORDED["val_loss"])
+    row = {"run": label or "first run (empty caches)", "budget_s": budget, "command_wall_s": round(wall, 1),
+           "steps": state["step"], "val_loss": float(values["loss"].split()[0]),
+           "model": f"{model['n_layer']} x {model['d_model']}, batch {config['train']['batch_size']}",
+           "precision": config.get("machine", {}).get("precision", config["train"]["precision"]),
+           "compile": decision, "s_to_1.886": round(reached, 1) if reached else None,
+           "overrides": " ".join(extra) or "-", "checkpoint": str(out), "cache": str(cache)}
+    print(f"  quality {budget:.0f} s [{row['run']}] {extra}: val loss {row['val_loss']:.4f} ({row['steps']} steps, "
+          f"{row['precision']}, compile {decision}, wall {wall:.0f} s)", flush=True)
     return row
+
+
+def bench_first_runs(work: Path, budget: float = 107) -> list[dict]:
+    """The recipe as a new user meets it: a first run on empty caches, then the same command again (warm),
+    and first runs with compile and bf16 switched off to show what each choice is worth."""
+    first = bench_quality(budget, work)
+    rows = [first, bench_quality(budget, work, cache=Path(first["cache"]), label="second run (warm caches)")]
+    rows.append(bench_quality(budget, work, ["train.compile=false"], label="first run, compile off"))
+    rows.append(bench_quality(budget, work, ["train.precision=fp32"], label="first run, fp32 forced"))
+    return rows
+
+
+def run_nanogpt(checkout: Path, work: Path) -> dict:
+    """nanoGPT's README CPU configuration in this run, on the same Tiny Shakespeare file: wall time and the
+    final validation loss it prints (estimated by nanoGPT over 20 batches)."""
+    data = checkout / "data" / "shakespeare_char"
+    if not (checkout / "train.py").is_file() or not (data / "prepare.py").is_file():
+        raise SystemExit(f"--nanogpt {checkout}: not a nanoGPT checkout (train.py, data/shakespeare_char/prepare.py)")
+    if not (data / "input.txt").is_file():
+        (data / "input.txt").write_bytes(TINY_SHAKESPEARE.read_bytes())   # prepare.py downloads only when absent
+    subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "train.py", *NANOGPT_ARGS, f"--out_dir={work / 'nanogpt'}"],
+                          cwd=checkout, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    losses = [line for line in done.stdout.splitlines() if "val loss" in line]
+    if not losses:
+        raise SystemExit("nanoGPT printed no 'val loss' line:\n" + done.stdout[-2000:])
+    val = float(losses[-1].rsplit("val loss", 1)[1].strip(" :,"))
+    print(f"  nanoGPT: val loss {val:.4f} in {wall:.0f} s", flush=True)
+    return {"val_loss": val, "wall_s": round(wall, 1), "source": f"nanoGPT at {checkout}, run in this benchmark"}
+
+
+COMPILE_PROBE = """
+import os, sys, time, torch, torch.nn.functional as F
+from genloom.core.config import load_recipe
+from genloom.lm.transformer import Transformer
+from genloom.train.compiling import compile_for_training
+mode, precision = sys.argv[1], sys.argv[2]
+config = load_recipe("shakespeare-char", ["model.vocab_size=65"]).model
+torch.manual_seed(0)
+model = Transformer(config)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+if mode == "whole":
+    model_call = torch.compile(model)
+elif mode == "regional":
+    model_call, _ = compile_for_training(model, model)
+else:
+    model_call = model
+x, y = torch.randint(0, 65, (16, config.block_size)), torch.randint(0, 65, (16, config.block_size))
+def step():
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = F.cross_entropy(model_call(x).flatten(0, 1).float(), y.flatten())
+    loss.backward(); optimizer.step(); optimizer.zero_grad(set_to_none=True)
+start = time.perf_counter(); step(); first = time.perf_counter() - start
+for _ in range(3): step()
+times = []
+for _ in range(20):
+    start = time.perf_counter(); step(); times.append(time.perf_counter() - start)
+print(first, sorted(times)[10])
+"""
+
+
+def bench_cold_start(work: Path, precision: str) -> list[dict]:
+    """What compiling costs the recipe's model: the first step (which holds the compile) and the steady step,
+    eager against the whole model compiled against block by block, on empty and on warm caches."""
+    rows = []
+    for mode in ("eager", "whole", "regional"):
+        cache = work / f"compile-{mode}"
+        for state in ("cold", "warm"):
+            if mode == "eager" and state == "warm":
+                continue
+            done = subprocess.run([sys.executable, "-c", COMPILE_PROBE, mode, precision], capture_output=True,
+                                  text=True, check=True, env={**_env(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache)})
+            first, steady = map(float, done.stdout.split())
+            rows.append({"compile": mode, "cache": state, "precision": precision, "first_step_s": round(first, 2),
+                         "steady_step_ms": round(1000 * steady, 1)})
+            print(f"  cold start {mode} {state}: first step {first:.1f} s, then {1000 * steady:.1f} ms", flush=True)
+    eager = rows[0]["steady_step_ms"]
+    for row in rows:
+        row["speedup"] = round(eager / row["steady_step_ms"], 2)
+        # Steps in 107 s: (107 - compile) / step, the compile being the first step's excess over a steady one.
+        compile_s = max(0.0, row["first_step_s"] - row["steady_step_ms"] / 1000)
+        row["steps_in_107s"] = int((107 - compile_s) / (row["steady_step_ms"] / 1000))
+    return rows
 
 
 # Each row adds one change to the row above; the last row is the built-in recipe as it ships.
@@ -174,7 +313,7 @@ ABLATION = [
 def bench_ablation(work: Path) -> list[dict]:
     rows = []
     for name, overrides in ABLATION:
-        row = bench_quality(107, work / f"ablation-{len(rows)}", overrides)
+        row = bench_quality(107, work, overrides, label="ablation")
         rows.append({"change": name, "steps": row["steps"], "val_loss_107s": row["val_loss"]})
     return rows
 
@@ -305,34 +444,49 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["peaks", "train", "quality", "ablation", "decode"], action="append",
-                        help="run only these parts (repeatable)")
-    parser.add_argument("--long", action="store_true", help="also train for 15 minutes")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts (repeatable)")
+    parser.add_argument("--long", action="store_true", help="also train for 15 minutes (a first run)")
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout: run its README CPU configuration in this "
+                        "run (else its recorded figure is used)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
-    parts = set(args.only or ["peaks", "train", "quality", "ablation", "decode"])
+    parts = set(args.only or PARTS)
     if not TINY_SHAKESPEARE.is_file():
         sys.exit(f"{TINY_SHAKESPEARE} is missing: the benchmark uses the standard Tiny Shakespeare file")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="genloom-bench-"))
-    os.environ.setdefault("GENLOOM_CACHE", str(work / "cache"))
+    os.environ["GENLOOM_CACHE"] = str(work / "cache")
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
+    from genloom.core.machine import cpu_summary, machine_profile
+
+    profile = machine_profile("cpu")
     results: dict = {"machine": [{
-        "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}]}
-    print("measuring peaks", flush=True)
+        "cpu": cpu_summary(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "probe_fp32_gflops": profile["fp32_gflops"],
+        "probe_bf16_gflops": profile["bf16_gflops"], "date": time.strftime("%Y-%m-%d")}]}
+    print(f"machine: {results['machine'][0]}\nmeasuring peaks", flush=True)
     peaks = {"fp32_gflops": round(matmul_peak(torch.float32), 1), "bf16_gflops": round(matmul_peak(torch.bfloat16), 1),
              "read_GB_s": round(read_bandwidth(), 1)}
     results["peaks"] = [peaks]
     print(f"  {peaks}", flush=True)
+    nanogpt = run_nanogpt(args.nanogpt, work) if args.nanogpt else NANOGPT_RECORDED
+    results["nanoGPT"] = [nanogpt]
     quickstart = None
+    if "coldstart" in parts:
+        precision = "bf16" if profile["bf16_gflops"] >= 1.25 * profile["fp32_gflops"] else "fp32"
+        results["cold starts"] = bench_cold_start(work, precision)
     if "train" in parts:
         results["training throughput"] = bench_training(peaks, work)
     if "quality" in parts:
-        results["quality at a fixed budget"] = [bench_quality(107, work)]
-        quickstart = Path(results["quality at a fixed budget"][0]["checkpoint"])
+        rows = bench_first_runs(work)
         if args.long:
-            results["quality at a fixed budget"].append(bench_quality(900, work))
+            rows.append(bench_quality(900, work, label="first run (empty caches)"))
+        for row in rows:
+            reached = row["s_to_1.886"]
+            row["time_to_nanogpt_ratio"] = round(reached / nanogpt["wall_s"], 2) if reached else None
+        results["quality at a fixed budget"] = rows
+        quickstart = Path(rows[0]["checkpoint"])
     if "ablation" in parts:
         results["ablation (107 s each)"] = bench_ablation(work)
     if "decode" in parts:
@@ -340,6 +494,9 @@ def main() -> None:
     (args.out / "text.json").write_text(json.dumps(results, indent=2))
     print()
     print(markdown(results))
+
+
+PARTS = ["coldstart", "train", "quality", "ablation", "decode"]
 
 
 if __name__ == "__main__":
