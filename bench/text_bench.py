@@ -1,11 +1,15 @@
-"""Text-model benchmark: training speed, quality at a fixed budget and decoding speed, side by side.
+"""Text-model benchmark: cold starts, training speed, quality at a fixed budget and decoding speed, side by side.
 
-    python bench/text_bench.py                      # everything except the 15-minute run (~12 min)
-    python bench/text_bench.py --long               # also the 15-minute quality run
-    python bench/text_bench.py --only decode        # one part: peaks, train, quality, ablation, decode
+    python bench/text_bench.py                      # everything except the 15-minute run (~45 min on 2 cores)
+    python bench/text_bench.py --long               # also a 15-minute first run
+    python bench/text_bench.py --only decode        # one part: coldstart, train, quality, ablation, decode
+    python bench/text_bench.py --nanogpt ~/nanoGPT  # run nanoGPT's README CPU config in the same run
 
 Every ratio compares two things measured in this same run, so that noise from a shared machine
-cancels. Results are printed as Markdown tables and saved to bench/out/text.json.
+cancels. Quality runs are first runs on a fresh machine (an empty genloom cache: no tokens, no probe, no
+compiled code) unless the row says "warm". The decoding part needs the `bench` extra (`gguf`,
+`llama-cpp-python`) for its llama.cpp columns. Results are printed as Markdown tables and saved to
+bench/out/text.json.
 """
 
 from __future__ import annotations
@@ -322,89 +326,114 @@ def bench_ablation(work: Path) -> list[dict]:
 # Decoding speed: genloom against transformers' generate() on the same weights
 # ----------------------------------------------------------------------------------------------
 
-def _time_tokens(fn, tokens: int) -> float:
+# Bytes read per weight by each format (llama.cpp's blocks: q8_0 = 32 int8 + one f16 scale, q4_0 = 32 4-bit
+# codes + one f16 scale; genloom's int8 has one scale per row, int4 a bf16 scale and zero point per 128 inputs).
+BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 128,
+                    "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def _bench_tokenizer():
+    """A small byte-level BPE tokenizer (GGUF needs one; random-weight models pad the rest of the vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator([TINY_SHAKESPEARE.read_text()[:200_000]], trainers.BpeTrainer(
+        vocab_size=512, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return tokenizer
+
+
+def llama_cpp_speed(path: Path, vocab: int, new_tokens: int, prompt_len: int = 16) -> float:
+    """Tokens/s of llama.cpp's greedy decoding of one sequence (the Python bindings decode one at a time)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=prompt_len + new_tokens + 8, n_threads=torch.get_num_threads(),
+                n_threads_batch=torch.get_num_threads(), verbose=False)
+    prompt = torch.randint(0, vocab, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+
+    def run(count: int) -> None:
+        for n, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0, reset=True), start=1):
+            if n >= count:
+                break
+
+    run(4)
     start = time.perf_counter()
-    fn()
-    return tokens / (time.perf_counter() - start)
+    run(new_tokens)
+    speed = new_tokens / (time.perf_counter() - start)
+    llm.close() if hasattr(llm, "close") else None
+    return speed
 
 
-def bench_decoding(bandwidth: float, quickstart_checkpoint: Path | None, new_tokens: int = 256) -> list[dict]:
+def _decode_models():
+    """(name, transformers model, the same weights as a genloom Transformer): GPT-2 124M and a SmolLM-135M-shaped
+    Llama, random weights."""
     import transformers
 
-    from genloom.lm.decoding import Sampling, generate_tokens
-    from genloom.lm.hf import from_hf, to_hf
+    from genloom.lm.hf import from_hf
     from genloom.lm.transformer import Transformer
 
     transformers.logging.set_verbosity_error()
-    pairs = []
-    torch.manual_seed(0)
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()   # 124M, random weights
-    config, state = from_hf(gpt2.config.to_dict(), gpt2.state_dict())
-    ours = Transformer(config).eval()
-    ours.load_state_dict(state)
-    pairs.append(("GPT-2 124M (random weights)", gpt2, ours))
-    if quickstart_checkpoint is not None:
-        from genloom import load
+    configs = [("GPT-2 124M (random weights)", transformers.GPT2LMHeadModel, transformers.GPT2Config()),
+               ("SmolLM-135M-shaped Llama (random weights)", transformers.LlamaForCausalLM, transformers.LlamaConfig(
+                   vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, rope_theta=100000.0,
+                   tie_word_embeddings=True, rms_norm_eps=1e-5))]
+    for name, cls, config in configs:
+        torch.manual_seed(0)
+        hf = cls(config).eval()
+        ours_config, state = from_hf(hf.config.to_dict(), hf.state_dict())
+        ours = Transformer(ours_config).eval()
+        ours.load_state_dict(state, strict=False)
+        yield name, hf, ours
 
-        handle = load(quickstart_checkpoint)
-        try:
-            hf_config, hf_state = to_hf(handle.model.config, handle.model.state_dict())
-        except Exception as e:  # noqa: BLE001 - reported in the table
-            # Same size and shape in Llama style (the closest Hugging Face architecture), random weights.
-            print(f"  quickstart model has no Hugging Face equivalent ({e}); using a Llama-style twin")
-            c = handle.model.config
-            torch.manual_seed(0)
-            hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-                vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=4 * c.d_model,
-                num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
-                # RoPE has no hard length limit: give the twin room for prompt + all new tokens.
-                max_position_embeddings=max(c.block_size, 16 + new_tokens), tie_word_embeddings=False)).eval()
-            twin_config, twin_state = from_hf(hf.config.to_dict(), hf.state_dict())
-            twin = Transformer(twin_config).eval()
-            twin.load_state_dict(twin_state)
-            pairs.append(("quickstart-sized Llama twin (random weights)", hf, twin))
-        else:
-            cls = transformers.GPT2LMHeadModel if hf_config["model_type"] == "gpt2" else transformers.LlamaForCausalLM
-            hf = cls(transformers.AutoConfig.for_model(**hf_config)).eval()
-            hf.load_state_dict(hf_state, strict=False)
-            if hf_config.get("tie_word_embeddings"):
-                hf.tie_weights()
-            pairs.append(("quickstart model", hf, handle.model))
 
-    import copy
+def bench_decoding(bandwidth: float, work: Path, new_tokens: int = 256) -> list[dict]:
+    """Greedy decoding, 16 prompt tokens + 256 new ones, at batch 1 and 8: transformers' generate() in fp32
+    against genloom fp32 / bf16 / int8 / int4 on the same weights, against llama.cpp on the same weights
+    exported to GGUF (f16, Q8_0, Q4_0; batch 1), and against the bandwidth bound of each format."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from quant_bench import decode_speed, hf_decode_speed
 
-    from genloom.nn.quantize import quantize_int8
+    from genloom.lm.gguf import export_gguf
 
+    try:
+        import llama_cpp  # noqa: F401
+        have_llama_cpp = True
+    except ImportError:
+        have_llama_cpp = False
+        print("  llama-cpp-python is not installed (pip install -e '.[bench]'): no llama.cpp columns", flush=True)
+    tokenizer = _bench_tokenizer()
     rows = []
-    for name, hf, model in pairs:
-        int8_model = quantize_int8(copy.deepcopy(model))
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        prompt_len = 16
+    for name, hf, model in _decode_models():
+        n_weights = sum(p.numel() for p in model.parameters())
         vocab = model.config.vocab_size
-        new = min(new_tokens, model.config.block_size - prompt_len)
+        llama = {}
+        if have_llama_cpp:
+            for quant in ("f16", "q8_0", "q4_0"):
+                path = export_gguf(model, tokenizer, work / f"{name.split()[0]}-{quant}.gguf", quant=quant)
+                llama[quant] = llama_cpp_speed(path, vocab, new_tokens)
         for batch in (1, 8):
-            prompts = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(batch))
-            with torch.no_grad():
-                def run_hf():
-                    hf.generate(prompts, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                pad_token_id=0, attention_mask=torch.ones_like(prompts))
-
-                def run_ours(m=model):
-                    for _ in generate_tokens(m, prompts.tolist(), new, [None] * batch, Sampling(temperature=0)):
-                        pass
-
-                run_hf(), run_ours(), run_ours(int8_model)  # warm up
-                hf_speed = max(_time_tokens(run_hf, batch * new) for _ in range(2))
-                our_speed = max(_time_tokens(run_ours, batch * new) for _ in range(2))
-                int8_speed = max(_time_tokens(lambda: run_ours(int8_model), batch * new) for _ in range(2))
-            bound = bandwidth * 1e9 / weight_bytes * batch   # every step reads all weights once
-            rows.append({"model": name, "batch": batch, "new_tokens": new, "transformers_tok_s": round(hf_speed, 1),
-                         "genloom_fp32_tok_s": round(our_speed, 1), "fp32_speedup": round(our_speed / hf_speed, 2),
-                         "fp32_bandwidth_bound_tok_s": round(bound, 1),
-                         "fp32_fraction_of_bound": round(our_speed / bound, 3),
-                         "genloom_int8_tok_s": round(int8_speed, 1), "int8_speedup": round(int8_speed / hf_speed, 2)})
-            print(f"  decode {name} batch {batch}: transformers {hf_speed:.1f}, genloom {our_speed:.1f} "
-                  f"(int8 {int8_speed:.1f}) tok/s (fp32 bound {bound:.1f})", flush=True)
+            speeds = {"transformers": hf_decode_speed(hf, batch, new_tokens, vocab=vocab)}
+            for precision in ("fp32", "bf16", "int8", "int4"):
+                speeds[precision] = decode_speed(model, batch, new_tokens, None if precision == "fp32" else precision)
+            speeds["transformers_again"] = hf_decode_speed(hf, batch, new_tokens, vocab=vocab)   # drift check
+            reference = (speeds["transformers"] + speeds["transformers_again"]) / 2
+            row = {"model": name, "batch": batch, "transformers_fp32_tok_s": round(reference, 1)}
+            for precision in ("fp32", "bf16", "int8", "int4"):
+                bound = bandwidth * 1e9 / (n_weights * BYTES_PER_WEIGHT[precision]) * batch
+                row[f"genloom_{precision}_tok_s"] = round(speeds[precision], 1)
+                row[f"{precision}_vs_transformers"] = round(speeds[precision] / reference, 2)
+                row[f"{precision}_of_bound"] = round(speeds[precision] / bound, 2)
+            for quant, speed in llama.items():
+                row[f"llama.cpp_{quant}_tok_s"] = round(speed, 1) if batch == 1 else "-"
+            if llama and batch == 1:
+                row["int8_vs_llama.cpp_q8_0"] = round(speeds["int8"] / llama["q8_0"], 2)
+                row["int4_vs_llama.cpp_q4_0"] = round(speeds["int4"] / llama["q4_0"], 2)
+            rows.append(row)
+            print(f"  decode {name} batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items())
+                  + (f"; llama.cpp " + ", ".join(f"{k} {v:.1f}" for k, v in llama.items()) if llama else ""),
+                  flush=True)
     return rows
 
 
@@ -432,12 +461,12 @@ def markdown(results: dict) -> str:
     for section, rows in results.items():
         if not isinstance(rows, list) or not rows:
             continue
-        columns = list(rows[0])
+        columns = list(dict.fromkeys(c for row in rows for c in row))
         out.append(f"### {section}\n")
         out.append("| " + " | ".join(columns) + " |")
         out.append("|" + "---|" * len(columns))
         for row in rows:
-            out.append("| " + " | ".join(str(row[c]) for c in columns) + " |")
+            out.append("| " + " | ".join(str(row.get(c, "-")) for c in columns) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -472,7 +501,6 @@ def main() -> None:
     print(f"  {peaks}", flush=True)
     nanogpt = run_nanogpt(args.nanogpt, work) if args.nanogpt else NANOGPT_RECORDED
     results["nanoGPT"] = [nanogpt]
-    quickstart = None
     if "coldstart" in parts:
         precision = "bf16" if profile["bf16_gflops"] >= 1.25 * profile["fp32_gflops"] else "fp32"
         results["cold starts"] = bench_cold_start(work, precision)
@@ -486,11 +514,10 @@ def main() -> None:
             reached = row["s_to_1.886"]
             row["time_to_nanogpt_ratio"] = round(reached / nanogpt["wall_s"], 2) if reached else None
         results["quality at a fixed budget"] = rows
-        quickstart = Path(rows[0]["checkpoint"])
     if "ablation" in parts:
         results["ablation (107 s each)"] = bench_ablation(work)
     if "decode" in parts:
-        results["decoding"] = bench_decoding(peaks["read_GB_s"], quickstart)
+        results["decoding"] = bench_decoding(peaks["read_GB_s"], work)
     (args.out / "text.json").write_text(json.dumps(results, indent=2))
     print()
     print(markdown(results))
