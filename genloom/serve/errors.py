@@ -8,7 +8,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["APIError", "install_error_handlers"]
+from .schemas import BODIES, OPENAI_FIELDS, accepted_fields
+
+__all__ = ["APIError", "install_error_handlers", "refused_fields"]
 
 
 class APIError(Exception):
@@ -24,6 +26,36 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
+def _param(location: list) -> str:
+    """OpenAI's spelling of a field's place: messages[0].content."""
+    out = ""
+    for part in location:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def refused_fields(path: str, problems: list[dict]) -> APIError | None:
+    """A 400 naming every field of the body that `path` does not define (pydantic's `extra_forbidden`), saying
+    which are OpenAI fields genloom does not implement; None when there are none."""
+    extras = [[part for part in p.get("loc", ()) if part != "body"] for p in problems
+              if p.get("type") == "extra_forbidden"]
+    if not extras:
+        return None
+    openai_fields = OPENAI_FIELDS.get(path, frozenset())
+    notes = []
+    for location in extras:
+        name, inside = location[-1], location[:-1]
+        known = (OPENAI_FIELDS["message"] if inside[:1] == ["messages"] and len(inside) == 2 else
+                 openai_fields if not inside else frozenset())
+        what = "an OpenAI field genloom does not implement" if name in known else "not a field of this request"
+        notes.append(f"{_param(location)} ({what})")
+    body = BODIES.get(path)
+    accepted = f"; {path} accepts {', '.join(accepted_fields(body))}" if body is not None else ""
+    first = _param(extras[0])
+    return APIError(400, f"{'; '.join(notes)}: refused rather than ignored{accepted} (docs/serving.md lists them)",
+                    param=first, code="unsupported_field")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
@@ -31,6 +63,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
+        refused = refused_fields(request.url.path, list(error.errors()))
+        if refused is not None:
+            return refused.response()
         problem = error.errors()[0] if error.errors() else {}
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         if problem.get("type") == "json_invalid":

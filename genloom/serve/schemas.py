@@ -1,5 +1,8 @@
-"""Request bodies (OpenAI's fields, and genloom's extras): NaN and infinities are refused; unknown fields are
-ignored, as OpenAI does. The routes check what depends on the model or the server's limits."""
+"""Request bodies (OpenAI's fields, and genloom's extras): NaN and infinities are refused, and so is every
+field a body does not define (`extra="forbid"`): a field genloom does not implement is a 400 that names it,
+never silently ignored. `OPENAI_FIELDS` lists each endpoint's fields in OpenAI's API, so the error can say
+whether a refused field is an OpenAI one genloom does not implement or not a field of the endpoint at all.
+The routes check what depends on the model or the server's limits."""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["StreamOptions", "SamplingRequest", "CompletionRequest", "ContentPart", "Message", "ChatRequest",
-           "ImageRequest"]
+           "ImageRequest", "BODIES", "OPENAI_FIELDS", "accepted_fields"]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
 
 
 class StreamOptions(_Body):
@@ -29,11 +32,11 @@ class SamplingRequest(_Body):
     stream_options: Optional[StreamOptions] = None
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    user: Optional[str] = None                  # recorded nowhere; accepted because clients send it
     # genloom extras
     top_k: int = Field(0, ge=0)
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0, le=10)
-    user: Optional[str] = None
 
 
 class CompletionRequest(SamplingRequest):
@@ -66,8 +69,6 @@ class ImageRequest(_Body):
     n: int = Field(1, ge=1)
     size: Optional[str] = None                  # "WxH"; must be the model's size
     response_format: Literal["b64_json", "url"] = "b64_json"
-    quality: Optional[str] = None
-    style: Optional[str] = None
     user: Optional[str] = None
     # genloom extras
     label: Optional[str] = None
@@ -78,3 +79,27 @@ class ImageRequest(_Body):
     seed: Optional[int] = Field(None, ge=0, le=2**31 - 1)
     truncation: Optional[float] = Field(None, gt=0, le=2)
     stream: bool = False                       # server-sent progress events, then the result
+
+
+BODIES: dict[str, type[BaseModel]] = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest,
+                                      "/v1/images/generations": ImageRequest}
+
+# The request fields of OpenAI's API per endpoint (and of a chat message), as its reference lists them.
+OPENAI_FIELDS: dict[str, frozenset[str]] = {
+    "/v1/completions": frozenset(
+        "model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n presence_penalty seed stop "
+        "stream stream_options suffix temperature top_p user".split()),
+    "/v1/chat/completions": frozenset(
+        "messages model audio frequency_penalty function_call functions logit_bias logprobs max_completion_tokens "
+        "max_tokens metadata modalities n parallel_tool_calls prediction presence_penalty prompt_cache_key "
+        "reasoning_effort response_format safety_identifier seed service_tier stop store stream stream_options "
+        "temperature tool_choice tools top_logprobs top_p user verbosity web_search_options".split()),
+    "/v1/images/generations": frozenset(
+        "prompt background model moderation n output_compression output_format partial_images quality "
+        "response_format size stream style user".split()),
+    "message": frozenset("role content name tool_calls tool_call_id refusal audio function_call".split()),
+}
+
+
+def accepted_fields(body: type[BaseModel]) -> list[str]:
+    return sorted(body.model_fields)
