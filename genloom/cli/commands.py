@@ -18,6 +18,7 @@ from .options import (
     MaxTime,
     NoVerify,
     Out,
+    Quantize,
     SetOption,
     checkpoint_option,
     friendly,
@@ -192,6 +193,7 @@ def evaluate(
     unsafe_sandbox: Annotated[bool, typer.Option("--unsafe-sandbox", help="--task code: run the generated code even "
                                                  "where the operating system cannot isolate it (no namespaces, no "
                                                  "unprivileged user); only for code you trust.")] = False,
+    quantize: Quantize = None,
 ) -> None:
     """Score a checkpoint with its content type's evaluation (listed below)."""
     from .. import api
@@ -205,7 +207,8 @@ def evaluate(
     request = api.EvalRequest(task=task, tasks=tasks, data=data, num_samples=num_samples, steps=steps, sampler=sampler,
                               guidance=guidance, guidances=scales, seed=seed,
                               inception=str(inception) if inception else None, unsafe_sandbox=unsafe_sandbox)
-    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None, verify=not no_verify)
+    model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None, verify=not no_verify,
+                     quantize=quantize)
     result = api.evaluate(model, request)
     typer.echo(result.summary())
     if report:
@@ -252,6 +255,7 @@ def serve(
                                                             "check off. Default without --api-key: loopback names "
                                                             "only (a guard against DNS rebinding), plus the --host "
                                                             "address when it is a specific one.")] = None,
+    quantize: Quantize = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions,
     /v1/images/generations), with /health, /metrics and a web page at / to try every model."""
@@ -262,7 +266,7 @@ def serve(
     from ..serve import load_models
     from ..serve import serve as run_server
 
-    models = load_models(model, device, adapter or [], verify=not no_verify)
+    models = load_models(model, device, adapter or [], verify=not no_verify, quantize=quantize)
     typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
     run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
                max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,

@@ -34,6 +34,7 @@ class Sequence:
     owner: Any = None                        # whatever the caller wants back with each token
     adapter: str | None = None               # the LoRA adapter this row is decoded with (None: the base model)
     seen: torch.Tensor | None = field(default=None, repr=False)   # (V,) bool: tokens in the text so far
+    counts: torch.Tensor | None = field(default=None, repr=False)  # (V,): generated occurrences of each token
 
 
 def _shift(cache: KVCache, length: int) -> None:
@@ -130,6 +131,7 @@ class ContinuousBatch:
         for row in rows:
             row.seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             row.seen[torch.tensor(row.tokens, device=self.device)] = True
+            row.counts = torch.zeros(self.vocab, device=self.device) if row.sampling.counts_tokens else None
         cache, logits = self._prefill(rows)
         if self.cache is None:
             self.cache, self.logits = cache, logits
@@ -144,11 +146,18 @@ class ContinuousBatch:
         if not self.rows:
             return [], []
         seen = torch.stack([r.seen for r in self.rows])
-        tokens = sample_next(self.logits, [r.generator for r in self.rows], [r.sampling for r in self.rows], seen)
+        counts = None
+        if any(r.counts is not None for r in self.rows):
+            zeros = torch.zeros(self.vocab, device=self.device)
+            counts = torch.stack([r.counts if r.counts is not None else zeros for r in self.rows])
+        tokens = sample_next(self.logits, [r.generator for r in self.rows], [r.sampling for r in self.rows], seen,
+                             counts)
         logprobs = self.logits.float().log_softmax(-1).gather(1, tokens[:, None])[:, 0]
         for row, token in zip(self.rows, tokens.tolist()):
             row.tokens.append(token)
             row.seen[token] = True
+            if row.counts is not None:
+                row.counts[token] += 1
         if self.cache.length + 1 > self.block:                   # full: start again from the recent half
             self.cache, self.logits = self._prefill(self.rows, refill=True)
         else:

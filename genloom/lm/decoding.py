@@ -29,20 +29,47 @@ class Sampling:
     top_p: float = 1.0               # nucleus (Holtzman et al. 2020): smallest set holding top_p of the mass
     min_p: float = 0.0               # drop tokens less likely than min_p x the most likely one
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (Keskar et al. 2019)
+    # OpenAI's: each generated occurrence of a token lowers its logit by frequency_penalty, its first one also by
+    # presence_penalty (the prompt's tokens are not counted); logit_bias adds to the logits of the tokens it names
+    # ({token id: bias}, kept as sorted pairs so a Sampling stays hashable); -100 bans a token, +100 forces it.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", tuple(sorted((int(k), float(v)) for k, v in self.logit_bias.items())))
         checks = [(self.temperature >= 0, "temperature must be >= 0"), (self.top_k >= 0, "top_k must be >= 0"),
                   (0 < self.top_p <= 1, "top_p must be in (0, 1]"), (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
+                  (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+                  (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+                  (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
+                  (all(token >= 0 and -100 <= bias <= 100 for token, bias in self.logit_bias),
+                   "logit_bias maps token ids (>= 0) to biases in [-100, 100]")]
         for ok, message in checks:
             if not ok:
                 from ..core.errors import GenloomError
                 raise GenloomError(message)
 
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether this setting needs each row's counts of generated tokens (the OpenAI penalties)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
 
-def process_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply the repetition penalty, temperature, top-k, top-p and min-p to logits (B, V); masked = -inf."""
+
+def process_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor | None = None,
+                   counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the logit bias, the presence and frequency penalties (`counts` (B, V): each token's generated
+    occurrences), the repetition penalty (`seen` (B, V): tokens in the text), temperature, top-k, top-p and min-p
+    to logits (B, V); masked = -inf."""
     logits = logits.float()
+    if sampling.logit_bias:
+        ids = torch.tensor([t for t, _ in sampling.logit_bias], device=logits.device)
+        bias = torch.tensor([b for _, b in sampling.logit_bias], device=logits.device)
+        logits = logits.index_add(-1, ids, bias.expand(logits.shape[0], -1))
+    if counts is not None and sampling.counts_tokens:
+        counts = counts.float()
+        logits = logits - sampling.frequency_penalty * counts - sampling.presence_penalty * (counts > 0).float()
     if seen is not None and sampling.repetition_penalty != 1.0:
         penalised = torch.where(logits > 0, logits / sampling.repetition_penalty, logits * sampling.repetition_penalty)
         logits = torch.where(seen, penalised, logits)
@@ -63,18 +90,23 @@ def process_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor 
 
 
 def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator],
-                sampling: Sampling | Sequence[Sampling] = Sampling(), seen: torch.Tensor | None = None) -> torch.Tensor:
-    """One token per row of `logits` (B, V); `sampling` is one setting for every row or one per row."""
+                sampling: Sampling | Sequence[Sampling] = Sampling(), seen: torch.Tensor | None = None,
+                counts: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of `logits` (B, V); `sampling` is one setting for every row or one per row. `seen`
+    and `counts` (B, V) feed the repetition and the presence/frequency penalties."""
     if not isinstance(sampling, Sampling):
         if len(set(sampling)) == 1:
-            return sample_next(logits, generators, sampling[0], seen)
-        return torch.cat([sample_next(logits[i:i + 1], [generators[i]], s, None if seen is None else seen[i:i + 1])
+            return sample_next(logits, generators, sampling[0], seen, counts)
+        return torch.cat([sample_next(logits[i:i + 1], [generators[i]], s, None if seen is None else seen[i:i + 1],
+                                      None if counts is None else counts[i:i + 1])
                           for i, s in enumerate(sampling)])
     if sampling.temperature == 0:
-        if seen is not None and sampling.repetition_penalty != 1.0:
-            logits = process_logits(logits, Sampling(repetition_penalty=sampling.repetition_penalty), seen)
+        if sampling.logit_bias or sampling.counts_tokens or (seen is not None and sampling.repetition_penalty != 1.0):
+            plain = Sampling(repetition_penalty=sampling.repetition_penalty, presence_penalty=sampling.presence_penalty,
+                             frequency_penalty=sampling.frequency_penalty, logit_bias=sampling.logit_bias)
+            logits = process_logits(logits, plain, seen, counts)
         return logits.argmax(-1)
-    probs = process_logits(logits, sampling, seen).softmax(-1)
+    probs = process_logits(logits, sampling, seen, counts).softmax(-1)
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
 
 
@@ -111,6 +143,8 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     vocab = model.config.vocab_size
     seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
     seen.scatter_(1, tokens, valid)
+    rows = sampling if not isinstance(sampling, Sampling) else [sampling]
+    counts = torch.zeros(B, vocab, device=device) if any(s.counts_tokens for s in rows) else None
     cache, pending = None, None
     refill_at = getattr(model, "cache_refill_at", 0)
     for _ in range(max_new_tokens):
@@ -131,11 +165,13 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
         if first_allowed is not None:
             logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
             first_allowed = None
-        next_token = sample_next(logits, generators, sampling, seen)         # (B,)
+        next_token = sample_next(logits, generators, sampling, seen, counts)  # (B,)
         logprob = logits.float().log_softmax(-1).gather(1, next_token[:, None])[:, 0]
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
         seen[torch.arange(B, device=device), next_token] = True
+        if counts is not None:
+            counts[torch.arange(B, device=device), next_token] += 1
         pending = next_token[:, None]
         yield next_token, logprob
 

@@ -8,15 +8,19 @@ __all__ = ["serve", "load_models"]
 
 
 def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str] | None = None,
-                verify: bool = True) -> dict:
+                verify: bool = True, quantize: str | None = None) -> dict:
     """NAME=CHECKPOINT_DIR strings -> {name: handle}, with a clear error for a malformed spec.
 
     `adapter_specs` are NAME:ADAPTER=ADAPTER_DIR strings: LoRA adapters loaded onto the model NAME, served
     as the model "NAME:ADAPTER" (one base model in memory, any number of small adapters).
+    `quantize` ("int8" or "int4") is applied to the text models; image models keep their weights.
     """
     from .. import api
     from ..core import registry
     from ..core.errors import GenloomError
+    from ..nn.quantize import check_quantize
+
+    check_quantize(quantize)
 
     paths: dict[str, Path] = {}
     for spec in specs:
@@ -43,7 +47,9 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
         adapters[base][adapter] = Path(path.strip())
     models = {}
     for name, path in paths.items():
-        models[name] = api.load(path, device=device, adapters=adapters[name] or None, verify=verify)
+        text = quantize is not None and _served_as(path) == "text"
+        models[name] = api.load(path, device=device, adapters=adapters[name] or None, verify=verify,
+                                quantize=quantize if text else None)
         if not registry.modality_of(models[name]).serve:             # the content type says whether it is served
             raise GenloomError(f"--model {name}={path}: a {type(models[name]).__name__} cannot be served yet (the "
                                "server has text and image endpoints); use `genloom generate` for it")
@@ -52,6 +58,20 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
     if not models:
         raise GenloomError("no model to serve: give --model NAME=CHECKPOINT_DIR (repeatable)")
     return models
+
+
+def _served_as(path: Path) -> str:
+    """Which server routes take the checkpoint at `path` ("text", "images"), from its config.json; "" where
+    it cannot be read (`genloom.load` then says what is wrong)."""
+    from ..core import registry
+    from ..core.config import RunConfig
+    from ..core.errors import GenloomError
+
+    try:
+        kind = RunConfig.from_json_file(path / "config.json").data.kind
+        return registry.modality_for_data(kind, str(path)).serve
+    except (GenloomError, OSError, ValueError):
+        return ""
 
 
 def serve(models: dict, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,

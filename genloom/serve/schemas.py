@@ -33,6 +33,9 @@ class SamplingRequest(_Body):
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
     user: Optional[str] = None                  # recorded nowhere; accepted because clients send it
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: Optional[dict[str, float]] = None   # token id (as a string) -> bias in [-100, 100]
     # genloom extras
     top_k: int = Field(0, ge=0)
     min_p: float = Field(0.0, ge=0, le=1)

@@ -49,6 +49,19 @@ def _stops(stop, limits: Limits) -> list[str]:
     return stops
 
 
+def _logit_bias(given: dict[str, float] | None, vocab: int) -> dict[int, float]:
+    """OpenAI's logit_bias ({"token id": bias}) checked against the model's vocabulary."""
+    out = {}
+    for key, bias in (given or {}).items():
+        if not key.strip().isdigit() or int(key) >= vocab:
+            raise APIError(400, f"logit_bias: {key!r} is not a token id of this model (0 to {vocab - 1})",
+                           param="logit_bias")
+        if not -100 <= bias <= 100:
+            raise APIError(400, f"logit_bias[{key!r}] = {bias}: a bias must be in [-100, 100]", param="logit_bias")
+        out[int(key)] = bias
+    return out
+
+
 def _encode(entry: Served, prompt: str, param: str, limits: Limits) -> list[int]:
     ids = encode_prompt(entry.handle.tokenizer, prompt)
     if len(ids) > limits.max_prompt_tokens:
@@ -85,7 +98,9 @@ class _Run:
             raise APIError(400, f"max_tokens={max_tokens} is more than the server's limit of {limits.max_tokens}",
                            param="max_tokens")
         try:
-            sampling = Sampling(body.temperature, body.top_k, body.top_p, body.min_p, body.repetition_penalty)
+            sampling = Sampling(body.temperature, body.top_k, body.top_p, body.min_p, body.repetition_penalty,
+                                presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                                logit_bias=_logit_bias(body.logit_bias, entry.handle.model.config.vocab_size))
         except GenloomError as error:
             raise APIError(400, str(error)) from None
         try:
@@ -192,8 +207,9 @@ async def chat_completions(body: ChatRequest, request: Request):
     messages = _plain(body.messages)
 
     def render() -> list[str]:
-        """The messages in the model's chat template (its chat_template.json, or the plain default: "User: ..."
-        turns closed by a blank line), ending with the assistant's prefix for the model to continue."""
+        """The messages in the model's chat template (an imported model's own Jinja template, its
+        chat_template.json, or the plain default: "User: ..." turns closed by a blank line), ending with the
+        assistant's prefix for the model to continue."""
         try:
             return [entry.handle.chat_prompt(messages)]
         except GenloomError as error:

@@ -12,6 +12,7 @@ from ..cli.options import (
     Adapter,
     Device,
     NoVerify,
+    Quantize,
     Seed,
     announce_seed,
     checkpoint_option,
@@ -39,13 +40,15 @@ def chat(
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling; 1 = off.")] = 0.95,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed of the first reply (the next ones "
                                                 "use seed + 1, ...).")] = None,
+    quantize: Quantize = None,
     no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Talk to a chat model in the terminal: type a message, read the streamed reply. The conversation is
     formatted with the model's chat template (chat_template.json); older turns are dropped when it no
     longer fits the context. Commands: /reset starts over, /quit (or Ctrl-D) leaves."""
-    model = load_handle(checkpoint, device, TextModel, "a text model; genloom chat talks to text models", adapter, verify=not no_verify)
+    model = load_handle(checkpoint, device, TextModel, "a text model; genloom chat talks to text models", adapter,
+                        quantize=quantize, verify=not no_verify)
     seed = model.draw_seed(seed)
     interactive = sys.stdin.isatty()
     opening = [{"role": "system", "content": system}] if system else []
@@ -107,8 +110,7 @@ def generate_text(
                                                   "for speculative decoding (same output distribution, faster).")] = None,
     logprobs: Annotated[bool, typer.Option("--logprobs", help="Also print each generated token with its "
                                            "log-probability (to stderr).")] = False,
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: store weights as int8 for faster "
-                                                    "CPU decoding (small rounding error).")] = None,
+    quantize: Quantize = None,
     no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:

@@ -3,9 +3,11 @@ implement is a 400 naming it; the sampling fields (logit_bias, penalties, stop, 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import pytest
+import torch
 from conftest import tiny
 
 from genloom import api, load
@@ -72,3 +74,76 @@ def test_the_official_client_sees_the_refusal_and_a_message_field_is_named(clien
     done = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
                                           user="someone", seed=1)
     assert done.choices[0].finish_reason in ("length", "stop")
+
+
+def _token(handle, char: str) -> int:
+    (token,) = handle.tokenizer.encode(char)
+    return token
+
+
+def test_logit_bias_forces_or_bans_a_token_per_row_in_one_batch(client, handle):
+    z = _token(handle, "z")
+    body = dict(model="m", prompt="ROMEO:", max_tokens=12, seed=4, temperature=1.0)
+    alone = client.completions.create(**body).choices[0].text
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:                   # decoded in the same batches
+        forced = pool.submit(client.completions.create, **body, logit_bias={str(z): 100})
+        plain = pool.submit(client.completions.create, **body)
+        assert forced.result().choices[0].text == "z" * 12
+        assert plain.result().choices[0].text == alone                      # the other row kept its settings
+    greedy = client.completions.create(model="m", prompt="ROMEO:", max_tokens=20, temperature=0).choices[0].text
+    banned = {str(_token(handle, c)): -100 for c in set(greedy)}
+    other = client.completions.create(model="m", prompt="ROMEO:", max_tokens=20, temperature=0,
+                                      logit_bias=banned).choices[0].text
+    assert len(other) == 20 and not set(other) & set(greedy)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="m", prompt="x", max_tokens=2, logit_bias={"999999": 5})
+    assert caught.value.body["param"] == "logit_bias"
+
+
+def test_presence_and_frequency_penalties_match_their_closed_form_on_the_models_logits(handle):
+    from genloom.lm.batching import ContinuousBatch, Sequence
+    from genloom.lm.decoding import Sampling
+
+    model, prompt = handle.model, handle.tokenizer.encode("To be or")
+    settings = [Sampling(temperature=0, frequency_penalty=1.5, presence_penalty=0.7),
+                Sampling(temperature=0, presence_penalty=-2.0), Sampling(temperature=0)]
+    batch = ContinuousBatch(model)
+    batch.add([Sequence(list(prompt), s, torch.Generator().manual_seed(0)) for s in settings])
+    for _ in range(12):
+        batch.step()
+    for row, sampling in zip(batch.rows, settings):
+        tokens, counts = list(prompt), torch.zeros(model.config.vocab_size)
+        with torch.no_grad():
+            for _ in range(12):                                             # no cache: the model's own logits
+                logits = model(torch.tensor([tokens]))[0, -1].float()
+                logits = logits - sampling.frequency_penalty * counts - sampling.presence_penalty * (counts > 0)
+                tokens.append(int(logits.argmax()))
+                counts[tokens[-1]] += 1
+        assert row.tokens == tokens
+    assert batch.rows[0].tokens != batch.rows[2].tokens                     # the penalty changed the text
+
+
+def test_penalised_logits_in_closed_form():
+    from genloom.lm.decoding import Sampling, process_logits
+
+    logits = torch.randn(2, 7)
+    counts = torch.tensor([[0, 1, 3, 0, 0, 0, 2], [1, 0, 0, 0, 0, 0, 0]], dtype=torch.float)
+    out = process_logits(logits, Sampling(presence_penalty=0.5, frequency_penalty=0.25, logit_bias={3: 2.0}),
+                         counts=counts)
+    expected = logits - 0.25 * counts - 0.5 * (counts > 0) + torch.tensor([0, 0, 0, 2.0, 0, 0, 0])
+    assert torch.allclose(out, expected)
+
+
+def test_seed_reproduces_n_gives_n_choices_and_stop_takes_four(client):
+    body = dict(model="m", messages=[{"role": "user", "content": "Speak."}], max_tokens=10, temperature=1.0)
+    three = client.chat.completions.create(**body, n=3, seed=11)
+    again = client.chat.completions.create(**body, n=3, seed=11)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert [c.message.content for c in three.choices] == [c.message.content for c in again.choices]
+    second = client.chat.completions.create(**body, seed=12).choices[0].message.content
+    assert three.choices[1].message.content == second                      # choice j is seed + j
+    stops = client.completions.create(model="m", prompt="A", max_tokens=40, seed=2, stop=["e", "a", "o", "\n"])
+    assert not set(stops.choices[0].text) & set("eao\n")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="m", prompt="A", max_tokens=4, stop=list("abcde"))
+    assert caught.value.body["param"] == "stop"
