@@ -80,8 +80,9 @@ class Int8Linear(nn.Module):
     On x86 CPUs the product is fbgemm's dynamic int8 linear (torch.ops.quantized.linear_dynamic): the
     activations are also rounded to 8 bits, per call, and multiplied with VNNI integer dot products (as
     fast as `torch._weight_int8pack_mm` with bf16 activations at batch 1 on two threads, 1.4-1.9x faster
-    otherwise; see the module's docstring), which remains the path elsewhere (CUDA, MPS, no fbgemm). On CPUs without VNNI the activations get 7 bits, as
-    torch's dynamic quantization does, to stay clear of the 16-bit saturation of the older instructions.
+    otherwise; see the module's docstring), which remains the path elsewhere (CUDA, MPS, no fbgemm).
+    On CPUs without VNNI the activations get 7 bits, as torch's dynamic quantization does, to stay clear
+    of the 16-bit saturation of the older instructions.
     """
 
     def __init__(self, linear: nn.Linear | None = None, weight: torch.Tensor | None = None):
