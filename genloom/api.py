@@ -181,7 +181,13 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     build = registry.lookup("model", config.model.kind).build
     check_weights_fit(config, lambda: build(config.model, config), str(path / ckpt.CONFIG_FILE), device)
-    model = build(config.model, config)
+    dtype = _kept_dtype(path, device) if not adapter_dirs and quantize is None else torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)               # bf16 weights are built as bf16: no fp32 copy of a big model
+    try:
+        model = build(config.model, config)
+    finally:
+        torch.set_default_dtype(previous)
     weights = path / ckpt.EMA_FILE if ema and (path / ckpt.EMA_FILE).is_file() else path / ckpt.MODEL_FILE
     metas = {name: read_adapter(folder) for name, folder in adapter_dirs.items()}
     wanted = {meta.get("base_weights") for meta in metas.values()}
@@ -216,6 +222,22 @@ def load(path: str | Path, device: str = "auto", quantize: str | None = None,
                                                             adapter_dirs, metas))
     handle.set_adapters(list(adapter_dirs))
     return handle
+
+
+def _kept_dtype(path: Path, device: str) -> torch.dtype:
+    """bfloat16 when every floating tensor of the checkpoint's weights is bf16 (an imported bf16 model) and this
+    machine multiplies bf16 faster than fp32 (the probe of `genloom.core.machine`), else float32."""
+    from .core.machine import bf16_is_faster, machine_profile
+
+    files = [path / name for name in (ckpt.EMA_FILE, ckpt.MODEL_FILE) if (path / name).is_file()]
+    try:
+        for file in files:
+            with ckpt.TensorFile(file) as weights:
+                if {weights.dtype(n) for n in weights.names() if weights.dtype(n).is_floating_point} != {torch.bfloat16}:
+                    return torch.float32
+    except CheckpointError:
+        return torch.float32                     # load_weights names the problem
+    return torch.bfloat16 if files and bf16_is_faster(machine_profile(device)) else torch.float32
 
 
 def evaluate(handle: Handle, request: EvalRequest | None = None, **options):

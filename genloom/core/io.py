@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ from .errors import CheckpointError
 
 __all__ = ["CONFIG_FILE", "MODEL_FILE", "EMA_FILE", "STATE_FILE", "STATE_JSON", "CHECKSUMS_FILE", "CHECKPOINT_FILES",
            "journal_name_problem", "commit", "recover", "save_tensors", "load_tensors", "load_weights", "sha256_file",
-           "recorded_sha256", "write_json_atomic"]
+           "recorded_sha256", "write_json_atomic", "TensorFile", "save_tensors_streamed", "DTYPES"]
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -286,16 +287,147 @@ def load_tensors(path: Path, verify: bool = True) -> dict[str, torch.Tensor]:
 
 def load_weights(module: torch.nn.Module, path: Path, prefix: str = "", verify: bool = True) -> None:
     """Load `module`'s weights from a safetensors file, naming every missing or misshapen tensor (`verify`: as
-    in `load_tensors`)."""
-    tensors = load_tensors(path, verify=verify)
-    if prefix:
-        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    expected = module.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in tensors]
-    problems += [f"unexpected {k}" for k in tensors if k not in expected]
-    problems += [f"{k}: checkpoint has shape {tuple(tensors[k].shape)}, the model expects {tuple(v.shape)}"
-                 for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise CheckpointError(f"{path} does not fit the model described by its config.json: {shown}")
-    module.load_state_dict(tensors)
+    in `load_tensors`). The file is read one tensor at a time into the module's own parameters (converted to
+    their dtype), so loading needs the model's memory and one tensor more."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing (is {path.parent} a genloom checkpoint directory?)")
+    if verify:
+        try:
+            _verify(path)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot be read ({e})") from None
+    with TensorFile(path) as file:
+        tensors = {k[len(prefix):]: k for k in file.names() if k.startswith(prefix)}
+        expected = module.state_dict(keep_vars=True)
+        problems = [f"missing {k}" for k in expected if k not in tensors]
+        problems += [f"unexpected {k}" for k in tensors if k not in expected]
+        problems += [f"{k}: checkpoint has shape {file.shape(tensors[k])}, the model expects {tuple(v.shape)}"
+                     for k, v in expected.items() if k in tensors and file.shape(tensors[k]) != tuple(v.shape)]
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise CheckpointError(f"{path} does not fit the model described by its config.json: {shown}")
+        with torch.no_grad():
+            for key, target in expected.items():
+                target.copy_(file.load(tensors[key]))
+
+
+# -- tensor by tensor ----------------------------------------------------------------------------------------
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_MAX_HEADER = 100 << 20
+
+
+class TensorFile:
+    """A safetensors file read one tensor at a time with plain reads (nothing memory-mapped, so a tensor's
+    bytes are resident only while the caller holds it). The header is checked before anything is read:
+    known dtypes, integer shapes, and offsets that tile the data exactly, inside the file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot be read ({e})") from None
+        try:
+            self._entries, self.metadata, self._start = self._header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _bad(self, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: not a readable safetensors file ({problem})")
+
+    def _header(self):
+        size = os.fstat(self._file.fileno()).st_size
+        raw = self._file.read(8)
+        if len(raw) < 8:
+            raise self._bad("shorter than its 8-byte header length")
+        length = int.from_bytes(raw, "little")
+        if length > min(_MAX_HEADER, size - 8):
+            raise self._bad(f"a header of {length} bytes")
+        try:
+            header = json.loads(self._file.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise self._bad(f"its header is not JSON: {type(e).__name__}") from None
+        if not isinstance(header, dict):
+            raise self._bad("its header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        entries, spans = {}, []
+        for name, entry in header.items():
+            try:
+                dtype, shape, (begin, end) = DTYPES[entry["dtype"]], entry["shape"], entry["data_offsets"]
+                if not all(type(d) is int and d >= 0 for d in shape) or not (type(begin) is int and type(end) is int):
+                    raise TypeError
+            except (KeyError, TypeError, ValueError):
+                raise self._bad(f"entry {name[:100]!r} is not a known dtype, shape and offsets") from None
+            count = math.prod(shape)
+            if end - begin != count * torch.empty(0, dtype=dtype).element_size():
+                raise self._bad(f"{name[:100]!r}: offsets {begin}..{end} do not hold shape {shape}")
+            entries[name] = (dtype, tuple(shape), begin, end)
+            spans.append((begin, end))
+        at = 0
+        for begin, end in sorted(spans):
+            if begin != at:
+                raise self._bad("tensor data overlaps or leaves gaps")
+            at = end
+        if 8 + length + at > size:
+            raise self._bad(f"its tensors need {8 + length + at} bytes, the file has {size}")
+        return entries, metadata, 8 + length
+
+    def __enter__(self) -> "TensorFile":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name][1]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._entries[name][0]
+
+    def load(self, name: str) -> torch.Tensor:
+        dtype, shape, begin, end = self._entries[name]
+        buffer = bytearray(end - begin)
+        self._file.seek(self._start + begin)
+        if self._file.readinto(buffer) != len(buffer):
+            raise self._bad(f"{name!r} is cut short")
+        if not buffer:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def save_tensors_streamed(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file from tensors made one at a time: `tensors` maps names to objects with `shape`,
+    `dtype` and `load()` (e.g. `genloom.lm.hf.Deferred`); only one is in memory at any moment."""
+    names = sorted(tensors)
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    at = 0
+    for name in names:
+        item = tensors[name]
+        nbytes = math.prod(item.shape) * torch.empty(0, dtype=item.dtype).element_size()
+        header[name] = {"dtype": DTYPE_NAMES[item.dtype], "shape": list(item.shape), "data_offsets": [at, at + nbytes]}
+        at += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name in names:
+            tensor = tensors[name].load().detach().cpu().contiguous()
+            expected = header[name]
+            if list(tensor.shape) != expected["shape"] or DTYPE_NAMES[tensor.dtype] != expected["dtype"]:
+                raise CheckpointError(f"{name}: made a tensor of shape {list(tensor.shape)} {tensor.dtype}, announced "
+                                      f"as {expected['shape']} {expected['dtype']}")
+            if tensor.numel():
+                f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+            del tensor

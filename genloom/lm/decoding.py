@@ -186,7 +186,12 @@ def start_token(tokenizer: TextTokenizer) -> int:
 
 
 def encode_prompt(tokenizer: TextTokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids, after the tokenizer's `prompt_prefix` (a beginning-of-sequence token) unless
+    the text already starts with it (a chat template that writes it)."""
     ids = tokenizer.encode(prompt) if prompt else []
+    prefix = tokenizer.prompt_prefix
+    if prefix and ids[:len(prefix)] != prefix:
+        ids = prefix + ids
     return ids or [start_token(tokenizer)]
 
 

@@ -24,7 +24,7 @@ import torch
 from ..core.errors import ConfigError
 from .transformer import Transformer, TransformerConfig
 
-__all__ = ["from_hf", "to_hf", "hf_style", "FAMILIES", "Family", "supported_model_types"]
+__all__ = ["from_hf", "from_hf_deferred", "Deferred", "to_hf", "hf_style", "FAMILIES", "Family", "supported_model_types"]
 
 Config = dict[str, Any]
 
@@ -375,21 +375,47 @@ def supported_model_types() -> str:
 IGNORED = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")   # buffers some checkpoints carry
 
 
+class Deferred:
+    """A tensor known by its shape and dtype before it is read: `load()` makes it (from a memory-mapped
+    safetensors file, say), so a checkpoint is converted one tensor at a time."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, make: Callable[[], torch.Tensor]):
+        self.shape, self.dtype, self._make = torch.Size(shape), dtype, make
+
+    @classmethod
+    def of(cls, tensor: "torch.Tensor | Deferred") -> "Deferred":
+        return tensor if isinstance(tensor, Deferred) else cls(tensor.shape, tensor.dtype, lambda: tensor)
+
+    def load(self) -> torch.Tensor:
+        return self._make()
+
+
+def _cat(parts: list[Deferred]) -> Deferred:
+    if len(parts) == 1:
+        return parts[0]
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    return Deferred(shape, parts[0].dtype, lambda: torch.cat([p.load() for p in parts]))
+
+
+def _transposed(part: Deferred) -> Deferred:
+    return Deferred(tuple(reversed(part.shape)), part.dtype, lambda: part.load().t().contiguous())
+
+
 class _Weights:
     """A Hugging Face state dict read key by key, so that leftover weights (a layout genloom misreads) are
-    found instead of silently dropped."""
+    found instead of silently dropped. Values are tensors or `Deferred` ones; what it hands out is Deferred."""
 
-    def __init__(self, state: dict[str, torch.Tensor], model_type: str):
+    def __init__(self, state: Mapping[str, "torch.Tensor | Deferred"], model_type: str):
         self.state, self.model_type, self.used = state, model_type, set()
 
-    def __call__(self, key: str) -> torch.Tensor:
+    def __call__(self, key: str) -> Deferred:
         if key not in self.state:
             raise ConfigError(f"the {self.model_type} weights have no {key} (a config.json and weights of different "
                               "models?)")
         self.used.add(key)
-        return self.state[key]
+        return Deferred.of(self.state[key])
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str) -> Deferred | None:
         return self(key) if key in self.state else None
 
     def check_all_used(self) -> None:
@@ -415,7 +441,7 @@ GPT2_LAYER = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.u
               ("mlp.down", "mlp.c_proj"))
 
 
-def _gpt2_from(cfg: TransformerConfig, w: _Weights) -> dict[str, torch.Tensor]:
+def _gpt2_from(cfg: TransformerConfig, w: _Weights) -> dict[str, Deferred]:
     p = "transformer." if "transformer.wte.weight" in w.state else ""
     out = {"embed.weight": w(p + "wte.weight"), "pos_embed.weight": w(p + "wpe.weight"),
            "final_norm.weight": w(p + "ln_f.weight"), "final_norm.bias": w(p + "ln_f.bias")}
@@ -424,7 +450,7 @@ def _gpt2_from(cfg: TransformerConfig, w: _Weights) -> dict[str, torch.Tensor]:
         for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
             out[b + ours + ".weight"], out[b + ours + ".bias"] = w(h + theirs + ".weight"), w(h + theirs + ".bias")
         for ours, theirs in GPT2_LAYER:
-            out[b + ours + ".weight"] = w(h + theirs + ".weight").t().contiguous()  # Conv1D is (in, out)
+            out[b + ours + ".weight"] = _transposed(w(h + theirs + ".weight"))  # Conv1D is (in, out)
             out[b + ours + ".bias"] = w(h + theirs + ".bias")
     return out
 
@@ -449,7 +475,7 @@ def _gpt2_to(cfg: TransformerConfig, state: dict[str, torch.Tensor]) -> tuple[Co
     return hf_cfg, out
 
 
-def _decoder_from(cfg: TransformerConfig, family: Family, w: _Weights) -> dict[str, torch.Tensor]:
+def _decoder_from(cfg: TransformerConfig, family: Family, w: _Weights) -> dict[str, Deferred]:
     out = {"embed.weight": w("model.embed_tokens.weight"), "final_norm.weight": w("model.norm.weight")}
     for i in range(cfg.n_layer):
         h, b = f"model.layers.{i}.", f"blocks.{i}."
@@ -464,7 +490,7 @@ def _decoder_from(cfg: TransformerConfig, family: Family, w: _Weights) -> dict[s
             for ours, theirs in pairs.items():
                 parts = [w.get(f"{h}{t}.{suffix}") for t in theirs]
                 if all(p is not None for p in parts):
-                    out[f"{b}{ours}.{suffix}"] = torch.cat(parts) if len(parts) > 1 else parts[0]
+                    out[f"{b}{ours}.{suffix}"] = _cat(parts)
         if cfg.qk_norm_weight != "none":
             for name in ("q_norm", "k_norm"):
                 out[f"{b}attn.{name}.weight"] = w(f"{h}self_attn.{name}.weight")
@@ -519,6 +545,14 @@ def _family(model_type: Any) -> Family:
 
 def from_hf(hf_config: Config, hf_state: dict[str, torch.Tensor]) -> tuple[TransformerConfig, dict[str, torch.Tensor]]:
     """A Hugging Face (config dict, state dict) of a supported family as genloom's (config, state dict)."""
+    cfg, out = from_hf_deferred(hf_config, hf_state)
+    return cfg, {k: v.load() for k, v in out.items()}
+
+
+def from_hf_deferred(hf_config: Config, hf_state: Mapping[str, "torch.Tensor | Deferred"]
+                     ) -> tuple[TransformerConfig, dict[str, Deferred]]:
+    """As `from_hf`, every check made from shapes alone and each converted tensor read only when its `load()`
+    is called: a checkpoint larger than memory converts tensor by tensor."""
     family = _family(hf_config.get("model_type"))
     weights = _Weights(hf_state, family.model_type)
     try:

@@ -31,6 +31,9 @@ class TextTokenizer:
         model_type = json.loads(tokenizer.to_str())["model"]["type"]
         self.kind: Literal["char", "bpe"] = "char" if model_type == "WordLevel" else "bpe"
         self._id_to_piece: list[str] | None = None
+        # token ids every prompt starts with (a model's beginning-of-sequence token; set from its
+        # tokenizer_config.json when it was imported, see `genloom.lm.chat_templates`); none for genloom's own
+        self.prompt_prefix: list[int] = []
         if self.kind == "char":
             vocab = tokenizer.get_vocab()
             pieces = [""] * len(vocab)

@@ -2,6 +2,7 @@
 scored on held-out text. See README.md in this folder."""
 
 from ..core.registry import Modality, register_modality
+from ..lm.chat_templates import HF_TOKENIZER_FILES
 
 MODALITY = register_modality(Modality(
     name="text",
@@ -12,7 +13,7 @@ MODALITY = register_modality(Modality(
     components=("genloom.text.data", "genloom.text.chat"),
     open="genloom.text.handle:open_checkpoint",
     evaluate="genloom.text.handle:score",
-    assets=("tokenizer.json", "chat_template.json"),
+    assets=("tokenizer.json", "chat_template.json", *HF_TOKENIZER_FILES),
     finetune_assets="genloom.text.handle:finetune_assets",
     cli="genloom.text.cli",
     serve="text",

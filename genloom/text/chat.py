@@ -4,6 +4,9 @@ A chat template turns messages into the text a model reads: each turn is a role 
 and an end marker; a reply is asked for by ending the prompt with the assistant's prefix, and it ends
 where the model writes the end marker. The template is plain text, so it works with any tokenizer,
 including a character vocabulary, and is stored beside the tokenizer (`chat_template.json`).
+A model imported from Hugging Face brings its own Jinja template instead (`ModelChatTemplate`: its
+tokenizer_config.json / chat_template.jinja, with the stop tokens of its generation_config.json), which
+prompts, replies and fine-tuning use the same way.
 
 Chat data (`kind = "chat"`): a JSONL file with one conversation per line,
 `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}]}`, or `builtin:safety`.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,14 +31,15 @@ from typing import Any, Literal
 import torch
 
 from ..core.config import require, validate
-from ..core.errors import CheckpointError, DataError
+from ..core.errors import CheckpointError, DataError, GenloomError
 from ..core.registry import register
 from ..core.sources import jsonl_records
+from ..lm.chat_templates import HF_TOKENIZER_FILES, TokenizerSettings, render_chat
 from ..lm.decoding import advance, failure_table
 from ..lm.tokenizers import TextTokenizer
 from ..train.data import split_examples
 
-__all__ = ["ChatTemplate", "ChatDataConfig", "ChatData", "PreferenceDataConfig", "PreferenceData",
+__all__ = ["ChatTemplate", "ModelChatTemplate", "ChatDataConfig", "ChatData", "PreferenceDataConfig", "PreferenceData",
            "read_conversations", "read_preferences", "IGNORE"]
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,10 @@ class ChatTemplate:
         check_messages(messages, "messages", final_assistant=False)
         return self.spans(list(messages))[0] + self.assistant
 
+    def exchange(self, messages: list[dict[str, str]], reply: str) -> tuple[str, str]:
+        """(the prompt asking for the next turn after `messages`, the text of `reply` as that turn)."""
+        return self.prompt(messages), self.clean(reply) + self.end
+
     @property
     def stop(self) -> list[str]:
         return [self.end]
@@ -114,12 +123,13 @@ class ChatTemplate:
         (Path(folder) / TEMPLATE_FILE).write_text(json.dumps({"format": "genloom-chat-1", **asdict(self)}, indent=2))
 
     @classmethod
-    def find(cls, folder: Path) -> "ChatTemplate | None":
-        """The template saved in `folder` (None if there is none); a clear CheckpointError if it is not a
-        usable genloom chat template."""
+    def find(cls, folder: Path) -> "ChatTemplate | ModelChatTemplate | None":
+        """The template saved in `folder`: genloom's chat_template.json, else the Jinja chat template of an
+        imported model's tokenizer_config.json / chat_template.jinja (None if there is none); a clear
+        CheckpointError if it is not usable."""
         path = Path(folder) / TEMPLATE_FILE
         if not path.is_file():
-            return None
+            return ModelChatTemplate.find(folder)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             template = cls(**{k: raw[k] for k in ("system", "user", "assistant", "end")})
@@ -129,6 +139,86 @@ class ChatTemplate:
         if problems:
             raise CheckpointError(f"{path}: not a usable chat template: {'; '.join(problems)}")
         return template
+
+
+class ModelChatTemplate:
+    """The Jinja chat template a Hugging Face model ships (rendered as transformers renders it, see
+    `genloom.lm.chat_templates`), with the same methods as ChatTemplate. A reply stops at the model's
+    end-of-turn tokens (generation_config.json's eos_token_id, or the eos token)."""
+
+    def __init__(self, folder: Path, settings: TokenizerSettings, stop: list[str]):
+        self.folder, self.settings, self._stop = Path(folder), settings, list(stop)
+
+    @classmethod
+    def find(cls, folder: Path) -> "ModelChatTemplate | None":
+        folder = Path(folder)
+        settings = TokenizerSettings.read(folder)
+        if settings.chat_template is None:
+            return None
+        stop = []
+        if (folder / "tokenizer.json").is_file():
+            stop = settings.stop_strings(TextTokenizer.load(folder / "tokenizer.json"))
+        elif settings.special.get("eos_token"):
+            stop = [settings.special["eos_token"]]
+        return cls(folder, settings, stop)
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return render_chat(self.settings.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                           special=self.settings.special)
+
+    def prompt(self, messages: list[dict[str, str]]) -> str:
+        check_messages(messages, "messages", final_assistant=False)
+        return self.render(list(messages), True)
+
+    def clean(self, content: str) -> str:
+        return content
+
+    def spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of each assistant turn: what the conversation up
+        to and with that turn adds to the prompt asking for it (its content and end-of-turn marker)."""
+        text = self.render(messages, False)
+        trained, cursor = [], 0
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            span = None
+            try:
+                before, upto = self.render(messages[:i], True) if i else "", self.render(messages[:i + 1], False)
+            except GenloomError:
+                before = upto = None
+            if upto is not None and i and text.startswith(upto) and upto.startswith(before) and len(before) >= cursor:
+                span = (len(before), len(upto))
+            else:          # a template that rewrites earlier turns: find the content, then its end marker
+                start = text.find(message["content"].strip(), cursor)
+                if start >= 0:
+                    end = start + len(message["content"].strip())
+                    for marker in self._stop:
+                        if text.startswith(marker, end):
+                            end += len(marker)
+                            break
+                    span = (start, end)
+            if span is not None:
+                trained.append(span)
+                cursor = span[1]
+        return text, trained
+
+    def exchange(self, messages: list[dict[str, str]], reply: str) -> tuple[str, str]:
+        prompt = self.prompt(messages)
+        full = self.render([*messages, {"role": "assistant", "content": reply}], False)
+        if full.startswith(prompt):
+            return prompt, full[len(prompt):]
+        return prompt, reply + (self._stop[0] if self._stop else "")
+
+    @property
+    def stop(self) -> list[str]:
+        return list(self._stop)
+
+    def save(self, folder: Path) -> None:
+        """Copy the model's tokenizer settings (where its template lives) into `folder`."""
+        for name in HF_TOKENIZER_FILES:
+            source = self.folder / name
+            if source.is_file() and source.resolve() != (Path(folder) / name).resolve():
+                shutil.copyfile(source, Path(folder) / name)
 
 
 def check_messages(messages: Any, where: str, final_assistant: bool = True) -> None:
@@ -348,8 +438,7 @@ class PreferenceData:
 
     def _encode(self, prompt: str, reply: str) -> tuple[list[int], list[bool]]:
         if self.config.chat:
-            text = self.template.prompt([{"role": "user", "content": prompt}])
-            reply = self.template.clean(reply) + self.template.end
+            text, reply = self.template.exchange([{"role": "user", "content": prompt}], reply)
         else:
             text = prompt
         tokens, trained = encode_spans(self.tokenizer, text + reply, [(len(text), len(text + reply))])

@@ -45,7 +45,8 @@ def chat(
     device: Device = "auto",
 ) -> None:
     """Talk to a chat model in the terminal: type a message, read the streamed reply. The conversation is
-    formatted with the model's chat template (chat_template.json); older turns are dropped when it no
+    formatted with the model's chat template (an imported model's own Jinja template, else genloom's
+    chat_template.json); older turns are dropped when it no
     longer fits the context. Commands: /reset starts over, /quit (or Ctrl-D) leaves."""
     model = load_handle(checkpoint, device, TextModel, "a text model; genloom chat talks to text models", adapter,
                         quantize=quantize, verify=not no_verify)
@@ -91,6 +92,11 @@ def generate_text(
     checkpoint: checkpoint_option(),
     adapter: Adapter = None,
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue (default: start from nothing).")] = "",
+    chat_mode: Annotated[bool, typer.Option("--chat", help="Send --prompt as a user message in the model's chat "
+                                            "template and print the reply (it ends where the template ends a "
+                                            "turn).")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="With --chat: a system message before the "
+                                                  "prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate per sample.")] = 500,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="Sample only among the k most likely tokens; 0 = all.")] = 0,
@@ -120,17 +126,24 @@ def generate_text(
     model = load_handle(checkpoint, device, TextModel, "a text model (`genloom generate --help` lists the "
                         "commands for the other kinds)", adapter, quantize=quantize, verify=not no_verify)
     seed = announce_seed(model, seed)
+    shown, stop = prompt, list(stop or ())
+    if chat_mode:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        shown, prompt = "", model.chat_prompt(messages)
+        stop += [s for s in model.chat_template.stop if s not in stop]
+    elif system is not None:
+        raise GenloomError("--system goes with --chat (a system message is part of a chat template)")
     if num_beams > 1:
         for text, logprob in model.beam_search(prompt, max_new_tokens=max_new_tokens,
                                                num_beams=num_beams)[:num_samples]:
-            typer.echo(prompt + text)
+            typer.echo(shown + text)
             typer.echo(f"--- log-probability {logprob:.3f} ---", err=True)
         return
     draft_model = api.load(draft, device=device, quantize=quantize, verify=not no_verify) if draft is not None else None
     for i in range(num_samples):
         if num_samples > 1:
             typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)
-        typer.echo(prompt, nl=False)
+        typer.echo(shown, nl=False)
         if draft_model is not None:
             stats: dict = {}
             typer.echo(model.speculative(draft_model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -155,9 +168,11 @@ def convert_import(
     file: Annotated[Optional[Path], typer.Argument(metavar="FILE.gguf", help="A GGUF file (llama.cpp's format) "
                                                    "of the gpt2 or llama architecture, in any of its common tensor "
                                                    "types.")] = None,
-    hf: Annotated[Optional[Path], typer.Option("--hf", help="A local Hugging Face GPT-2 or Llama directory: "
-                                               "config.json, model.safetensors (or shards) and "
-                                               "tokenizer.json.")] = None,
+    hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face model: a local folder (config.json, "
+                                              "model.safetensors or shards, tokenizer.json, tokenizer_config.json) "
+                                              "or a Hub repository ORG/NAME[@REVISION], downloaded into the Hugging "
+                                              "Face cache (safetensors and JSON files only). Families: Llama 1-3.x, "
+                                              "Mistral, Qwen2/2.5/3, Phi-3, Gemma 1-3, OLMo-2, SmolLM2, GPT-2.")] = None,
     out: Annotated[Path, typer.Option("--out", help="The genloom checkpoint directory to write.")] = ...,
 ) -> None:
     """Import a Hugging Face model (--hf DIR) or a GGUF file (FILE.gguf) so that genloom can generate with it,
@@ -203,7 +218,7 @@ def convert_export(
 def register(app: typer.Typer) -> None:
     app.command("chat")(friendly(chat))
     group(app, "generate").command("text")(friendly(generate_text))
-    convert = group(app, "convert", "Move text models between genloom and Hugging Face transformers (GPT-2, Llama) "
-                    "or llama.cpp (GGUF files).")
+    convert = group(app, "convert", "Move text models between genloom and Hugging Face transformers (Llama, "
+                    "Mistral, Qwen, Phi-3, Gemma, OLMo-2, SmolLM2, GPT-2; folders or the Hub) or llama.cpp (GGUF files).")
     convert.command("import")(friendly(convert_import))
     convert.command("export")(friendly(convert_export))

@@ -12,6 +12,7 @@ import torch
 from ..core.config import RunConfig
 from ..core.errors import CheckpointError, GenloomError
 from ..handle import EvalRequest, Handle
+from ..lm.chat_templates import TokenizerSettings
 from ..lm.decoding import (
     Sampling,
     StopMatcher,
@@ -22,7 +23,7 @@ from ..lm.decoding import (
 )
 from ..lm.search import beam_search, speculative_tokens
 from ..lm.tokenizers import END_OF_TEXT, TextTokenizer
-from .chat import ChatTemplate
+from .chat import ChatTemplate, ModelChatTemplate
 from .eval import TextEvalResult, evaluate_text
 from .safety import SafetyEvalResult
 
@@ -49,7 +50,7 @@ class TextModel(Handle):
     serves = "text"        # what `genloom serve` offers for it: completions and chat completions
 
     def __init__(self, path: Path, config: RunConfig, model: torch.nn.Module, tokenizer: TextTokenizer,
-                 chat_template: "ChatTemplate | None" = None):
+                 chat_template: "ChatTemplate | ModelChatTemplate | None" = None):
         super().__init__(path, config, model)
         self.tokenizer = tokenizer
         self.chat_template = chat_template or ChatTemplate.default(tokenizer)
@@ -179,6 +180,7 @@ def open_checkpoint(checkpoint, handle_class: type[TextModel] = TextModel) -> Te
     if checkpoint.base_config.objective.kind not in TEXT_OBJECTIVES:
         raise CheckpointError(f"{path}: objective {checkpoint.base_config.objective.kind!r} has no text handle")
     tokenizer = TextTokenizer.load(path / "tokenizer.json")
+    tokenizer.prompt_prefix = TokenizerSettings.read(path).prompt_prefix(tokenizer)
     if tokenizer.vocab_size > checkpoint.base_config.model.vocab_size:
         raise CheckpointError(f"{path}/tokenizer.json has {tokenizer.vocab_size} tokens but the model only "
                               f"{checkpoint.base_config.model.vocab_size}")
