@@ -159,7 +159,6 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     output_modules = ("head",)  # not a hidden layer: optimizers such as Muon leave it to AdamW
-    compile_regions = ("blocks",)  # torch.compile each block (all alike: compiled once) rather than the whole model
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()

@@ -42,7 +42,7 @@ from .finetune import (
 from .memory import check_training_fits
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer, optimizer_from_tensors, optimizer_to_tensors
-from .compiling import AutoCompile, compile_for_training, eager, undo_compile, use_persistent_cache
+from .compiling import AutoCompile, compile_for_training, use_persistent_cache
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
 
 __all__ = ["Trainer", "TrainResult", "lr_factor", "resolve_config"]
@@ -352,9 +352,7 @@ class Trainer:
         if t.compile == "auto" and t.max_time:
             auto_compile = AutoCompile(self._compile_identity(rt))   # decided after a few eager steps
         elif t.compile:
-            model, how = compile_for_training(self.model, model)     # compiled on the first step
-            log.info("torch.compile: %s", "each block (regional)" if how == "regional" else "the whole model")
-        compiled = t.compile is True or (t.compile == "auto" and not t.max_time)
+            model = compile_for_training(model)     # compiled on the first step; validation and samples stay eager
         model.train()
         n_params = sum(p.numel() for p in self.model.parameters())
         n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -392,16 +390,14 @@ class Trainer:
             began = time.perf_counter()
             sampled = self.ema.model if self.ema is not None else self.model   # what users will sample from
             sampled.eval()
-            with eager():
-                last_val = self._evaluate(rt, sampled)
+            last_val = self._evaluate(rt, sampled)
             if rt.is_main:
                 metrics.write(step=step, time_s=elapsed(), tokens=tokens, val_loss=last_val)
                 if writer:
                     writer.add_scalar("val/loss", last_val, step)
                 if t.sample_length:
-                    with eager():
-                        sample = self.objective.write_samples(sampled, self.data, out / "samples", step,
-                                                              t.sample_length, t.sample_prompt)
+                    sample = self.objective.write_samples(sampled, self.data, out / "samples", step,
+                                                          t.sample_length, t.sample_prompt)
                 plot_losses(out / "metrics.csv", out / "loss.png", title=f"{cfg.recipe or 'run'}: loss")
                 bar.set_postfix_str(f"loss {last_loss:.3f} val {last_val:.3f} {items_per_second:,.0f} {self.data.item_name}/s")
             self.model.train()   # (the compiled / DDP wrapper shares this module)
@@ -461,8 +457,7 @@ class Trainer:
                 if not auto_compile.decided:
                     auto_compile.observe_eager(step, took)
                     if auto_compile.ready(step) and rt.broadcast(auto_compile.decide(t.max_time - elapsed())):
-                        model, _ = compile_for_training(self.model, model)
-                        compiled = True
+                        model = compile_for_training(model)
                 elif auto_compile.compiled:
                     auto_compile.observe_compiled(took)
             step += 1
@@ -488,8 +483,6 @@ class Trainer:
                 last_saved = step
         if last_saved != step:
             evaluate_and_save()
-        if compiled:
-            undo_compile(self.model)
         bar.close()
         if writer:
             writer.close()
