@@ -197,7 +197,8 @@ def bench_quality(budget: float, work: Path, extra: list[str] = (), cache: Path 
     state = json.loads((out / "train_state.json").read_text())
     config = json.loads((out / "config.json").read_text())
     decision = next((line.split("compile=auto: ", 1)[1].split(" (")[0] for line in trained.stderr.splitlines()
-                     if "compile=auto: " in line and "measured" not in line), str(config["train"]["compile"]))
+                     if "compile=auto: " in line and "compile=auto: measured" not in line),
+                    str(config["train"]["compile"]))
     model = config["model"]
     reached = time_to_loss(out, NANOGPT_RECORDED["val_loss"])
     row = {"run": label or "first run (empty caches)", "budget_s": budget, "command_wall_s": round(wall, 1),

@@ -22,13 +22,15 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 @torch.no_grad()
-def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately U V^T for update = U S V^T (Newton-Schulz iteration on X X^T).
+def orthogonalize(update: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Approximately U V^T for update = U S V^T (Newton-Schulz iteration on X X^T), computed in `dtype`.
 
-    Works on one matrix (r, c) or a stack of same-shaped matrices (n, r, c) at once.
+    Works on one matrix (r, c) or a stack of same-shaped matrices (n, r, c) at once. The iteration only needs
+    the singular values pushed near 1, so bf16 is enough (Muon's authors run it in bf16); genloom uses bf16
+    where the run trains in bf16 because the machine multiplies bf16 faster.
     """
     a, b, c = NS_COEFFICIENTS
-    x = update.float()
+    x = update.to(dtype)
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
         x = x.mT                                  # iterate on the wide side: X X^T is the small Gram matrix
@@ -43,10 +45,12 @@ class Muon(torch.optim.Optimizer):
     """Muon for groups with `use_muon=True`, AdamW for the others (one optimizer, one state dict)."""
 
     def __init__(self, groups: list[dict], lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5,
-                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, weight_decay: float = 0.0):
+                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, weight_decay: float = 0.0,
+                 ns_dtype: torch.dtype = torch.float32):
         defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
                         weight_decay=weight_decay, use_muon=False)
         super().__init__(groups, defaults)
+        self.ns_dtype = ns_dtype       # the Newton-Schulz iteration's precision (not state: resume may change it)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -68,7 +72,7 @@ class Muon(torch.optim.Optimizer):
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
         for shape, indices in by_shape.items():             # one batched Newton-Schulz per shape
-            ortho = orthogonalize(torch.stack([updates[i] for i in indices]), group["ns_steps"])
+            ortho = orthogonalize(torch.stack([updates[i] for i in indices]), group["ns_steps"], self.ns_dtype)
             scale = math.sqrt(max(1.0, shape[0] / shape[1]))                     # same RMS for tall matrices
             torch._foreach_add_([params[i] for i in indices], list(ortho.unbind(0)), alpha=-lr * scale)
 
@@ -115,8 +119,10 @@ def parameter_groups(model: nn.Module, params: list[nn.Parameter]) -> dict[str, 
     return {"hidden": hidden, "matrices": matrices, "rest": rest}
 
 
-def build_optimizer(model: nn.Module, params: list[nn.Parameter], cfg) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.optimizer`. Every group keeps its peak LR in `base_lr`."""
+def build_optimizer(model: nn.Module, params: list[nn.Parameter], cfg,
+                    precision: torch.dtype | None = None) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.optimizer`. Every group keeps its peak LR in `base_lr`. `precision`: the
+    run's autocast dtype (None: fp32); Muon's Newton-Schulz iteration runs in it."""
     groups = parameter_groups(model, params)
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamw":
@@ -133,7 +139,8 @@ def build_optimizer(model: nn.Module, params: list[nn.Parameter], cfg) -> torch.
             {"params": groups["matrices"], "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": groups["rest"], "weight_decay": 0.0, "base_lr": cfg.lr},
         ]
-        optimizer = Muon(_nonempty(param_groups), lr=cfg.lr, momentum=cfg.muon_momentum, betas=betas)
+        optimizer = Muon(_nonempty(param_groups), lr=cfg.lr, momentum=cfg.muon_momentum, betas=betas,
+                         ns_dtype=precision or torch.float32)
     return optimizer
 
 

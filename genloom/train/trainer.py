@@ -189,8 +189,9 @@ class Trainer:
         self.objective = registry.lookup("objective", cfg.objective.kind).build(cfg.objective, cfg)
         if hasattr(self.objective, "setup"):     # e.g. DPO keeps the starting model as its reference
             self.objective.setup(self.model)
+        self.dtype = choose_precision(cfg.train.precision, rt.device)
         self.optimizers = {phase: build_optimizer(self.model, [p for p in self.objective.phase_parameters(phase, self.model)
-                                                               if p.requires_grad], cfg.train)
+                                                               if p.requires_grad], cfg.train, self.dtype)
                            for phase in self.objective.phases}
         for phase, scale in getattr(self.objective, "lr_scales", {}).items():   # e.g. a GAN's two time-scale LRs
             for group in self.optimizers[phase].param_groups:
@@ -205,7 +206,6 @@ class Trainer:
                               f"x micro-batches of train.micro_batch_size={micro}")
         self.per_rank, self.micro, self.accumulation = per_rank, micro, per_rank // micro
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        self.dtype = choose_precision(t.precision, rt.device)
         self.config = cfg = dataclasses.replace(cfg, machine=self._machine_record(rt, cfg))
 
     def _machine_record(self, rt: Runtime, cfg: RunConfig) -> dict[str, Any]:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -6,13 +7,16 @@ from genloom.lm.transformer import Transformer, TransformerConfig
 from genloom.train.optim import Muon, build_optimizer, orthogonalize
 
 
-def test_newton_schulz_approximates_the_polar_factor():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_newton_schulz_approximates_the_polar_factor(dtype):
+    """In fp32 and in bf16 (what Muon uses where the run trains in bf16) alike."""
     g = torch.Generator().manual_seed(0)
     for shape in ((64, 32), (32, 96)):
         m = torch.randn(*shape, generator=g)
         u, _, vh = torch.linalg.svd(m, full_matrices=False)
         exact = u @ vh
-        approx = orthogonalize(m)
+        approx = orthogonalize(m, dtype=dtype)
+        assert approx.dtype == torch.float32
         singular = torch.linalg.svdvals(approx)
         assert singular.min() > 0.6 and singular.max() < 1.25, singular
         cosine = (approx * exact).sum() / (approx.norm() * exact.norm())
@@ -44,3 +48,10 @@ def test_adamw_branch_matches_torch_adamw():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_muon_iterates_in_the_runs_precision():
+    model = Transformer(TransformerConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, d_model=16))
+    config = TrainConfig(optimizer="muon")
+    assert build_optimizer(model, list(model.parameters()), config).ns_dtype == torch.float32
+    assert build_optimizer(model, list(model.parameters()), config, torch.bfloat16).ns_dtype == torch.bfloat16
