@@ -35,6 +35,7 @@ class Sequence:
     adapter: str | None = None               # the LoRA adapter this row is decoded with (None: the base model)
     seen: torch.Tensor | None = field(default=None, repr=False)   # (V,) bool: tokens in the text so far
     counts: torch.Tensor | None = field(default=None, repr=False)  # (V,): generated occurrences of each token
+    top: int = 0                             # report this many most likely tokens at each step (`ContinuousBatch.top`)
 
 
 def _shift(cache: KVCache, length: int) -> None:
@@ -102,6 +103,7 @@ class ContinuousBatch:
         self.cache: KVCache | None = None
         self.logits: torch.Tensor | None = None       # (B, V): each row's next-token logits
         self.adapted = any(True for _ in lora_modules(model))   # rows may use different LoRA adapters
+        self.top: list[list[tuple[int, float]]] = []   # after a step: each row's `top` likeliest (token, logprob)
 
     def _route(self, rows: list[Sequence]) -> None:
         if self.adapted:
@@ -152,7 +154,14 @@ class ContinuousBatch:
             counts = torch.stack([r.counts if r.counts is not None else zeros for r in self.rows])
         tokens = sample_next(self.logits, [r.generator for r in self.rows], [r.sampling for r in self.rows], seen,
                              counts)
-        logprobs = self.logits.float().log_softmax(-1).gather(1, tokens[:, None])[:, 0]
+        every = self.logits.float().log_softmax(-1)
+        logprobs = every.gather(1, tokens[:, None])[:, 0]
+        most = max(r.top for r in self.rows)
+        self.top = [[] for _ in self.rows]
+        if most:
+            values, indices = every.topk(min(most, self.vocab), dim=-1)
+            self.top = [list(zip(i[:r.top], v[:r.top])) for r, i, v in
+                        zip(self.rows, indices.tolist(), values.tolist())]
         for row, token in zip(self.rows, tokens.tolist()):
             row.tokens.append(token)
             row.seen[token] = True

@@ -43,8 +43,9 @@ class SamplingRequest(_Body):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: Union[str, list[str]] = ""
-    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    prompt: Union[str, list[str], list[int], list[list[int]]] = ""     # text(s), or token ids (one list per prompt)
+    max_tokens: Optional[int] = Field(None, ge=0)     # 0 with echo and logprobs: score the prompt only
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
     echo: bool = False
 
 

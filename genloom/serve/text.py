@@ -20,7 +20,7 @@ from .events import collect, event_stream, failure, sse
 from .limits import Limits
 from .schemas import ChatRequest, CompletionRequest, Message, SamplingRequest
 from .state import Served, ServerState
-from .workers import QueueFull, TextJob, TextWorker
+from .workers import QueueFull, ScoreJob, TextJob, TextWorker
 
 __all__ = ["router", "KINDS", "ADAPTERS", "worker", "card"]
 
@@ -62,8 +62,16 @@ def _logit_bias(given: dict[str, float] | None, vocab: int) -> dict[int, float]:
     return out
 
 
-def _encode(entry: Served, prompt: str, param: str, limits: Limits) -> list[int]:
-    ids = encode_prompt(entry.handle.tokenizer, prompt)
+def _encode(entry: Served, prompt: str | list[int], param: str, limits: Limits) -> list[int]:
+    """A prompt's token ids: text is encoded; token ids (OpenAI's list-of-integers prompt) are checked."""
+    if isinstance(prompt, str):
+        ids = encode_prompt(entry.handle.tokenizer, prompt)
+    else:
+        vocab = entry.handle.model.config.vocab_size
+        if not prompt or not all(0 <= t < vocab for t in prompt):
+            raise APIError(400, f"{param}: a prompt of token ids must be non-empty ids from 0 to {vocab - 1}",
+                           param=param)
+        ids = list(prompt)
     if len(ids) > limits.max_prompt_tokens:
         raise APIError(400, f"{param} has {len(ids)} tokens; the server's limit is {limits.max_prompt_tokens}",
                        param=param, code="context_length_exceeded")
@@ -85,8 +93,11 @@ class _Run:
         self.job: TextJob | None = None
         self.seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
 
-    async def start(self, render, count: int, max_tokens: int | None, param: str, stops: list[str]) -> None:
-        """Check the request, prepare its `count` prompts (`render()` gives their text) and queue it."""
+    async def start(self, render, count: int, max_tokens: int | None, param: str, stops: list[str],
+                    top: int = 0, score: int | None = None) -> None:
+        """Check the request, prepare its `count` prompts (`render()` gives their text or token ids) and queue
+        it (not when max_tokens is 0). `top`: the likeliest tokens each event carries; `score`: also score the
+        prompts (`self.scores`, with that many alternatives per position)."""
         limits, body, entry = self.server.limits, self.body, self.entry
         if body.n > limits.max_n:
             raise APIError(400, f"n={body.n} is more than the server's limit of {limits.max_n}", param="n")
@@ -109,12 +120,25 @@ class _Run:
         except Exception as error:
             raise failure(error, limits.timeout) from None
         loop, events = asyncio.get_running_loop(), self.events
+        self.encoded, self.scores = encoded, None
+        emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)   # noqa: E731
+        if score is not None:
+            scoring = ScoreJob(encoded, score, emit, deadline=self.deadline, adapter=entry.adapter)
+            self._submit(scoring)
+            async for event in collect(self.request, scoring, self.events, self.deadline, limits.timeout):
+                self.scores = event["result"]
+            if self.scores is None:                                        # the client left
+                raise APIError(400, "the client closed the request", code="client_closed")
         self.job = TextJob([ids for ids in encoded for _ in range(body.n)],
                            [self.seed + j for _ in encoded for j in range(body.n)], max_tokens, sampling, stops,
-                           lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                           deadline=self.deadline, adapter=entry.adapter)
+                           emit, deadline=self.deadline, adapter=entry.adapter, top=top)
+        if max_tokens > 0:
+            self._submit(self.job)
+
+    def _submit(self, job) -> None:
+        limits, entry = self.server.limits, self.entry
         try:
-            entry.worker.submit(self.job)
+            entry.worker.submit(job)
         except QueueFull:
             raise APIError(429, f"the model {entry.name!r} is busy ({limits.queue_size} requests waiting); retry "
                            "shortly", "rate_limit_exceeded", code="queue_full") from None
@@ -122,10 +146,13 @@ class _Run:
     def events_until_done(self):
         return collect(self.request, self.job, self.events, self.deadline, self.server.limits.timeout)
 
-    async def gather(self) -> tuple[list[str], list[list[int]], list[list[float]], list[str | None]]:
-        """The finished job's (texts, token ids, log-probabilities, finish reasons) per row."""
+    async def gather(self) -> tuple[list[str], list[list[int]], list[list[float]], list[str | None], list[list]]:
+        """The finished job's (texts, token ids, log-probabilities, finish reasons, top alternatives) per row."""
         n = len(self.job.prompts)
         texts, tokens, logprobs, reasons = [""] * n, [[] for _ in range(n)], [[] for _ in range(n)], [None] * n
+        tops: list[list] = [[] for _ in range(n)]
+        if self.job.max_tokens == 0:
+            return texts, tokens, logprobs, ["length"] * n, tops
         async for event in self.events_until_done():
             if event.get("done"):
                 break
@@ -134,35 +161,46 @@ class _Run:
             if event["token"] is not None:
                 tokens[row].append(event["token"])
                 logprobs[row].append(event["logprob"])
+                tops[row].append(event["top"])
                 self.server.metrics.tokens(self.entry.name, True)
             reasons[row] = event["finish_reason"] or reasons[row]
-        return texts, tokens, logprobs, reasons
+        return texts, tokens, logprobs, reasons, tops
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     server: ServerState = request.app.state.genloom
     entry = server.model(body.model, KINDS, "/v1/completions")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    given = body.prompt
+    prompts = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else list(given)
     if not prompts:
-        raise APIError(400, "prompt is an empty list; give a string or a list of strings", param="prompt")
+        raise APIError(400, "prompt is an empty list; give a string, a list of strings or token ids", param="prompt")
+    scoring = body.echo and body.logprobs is not None
+    if body.stream and (body.max_tokens == 0 or scoring):
+        raise APIError(400, "a streamed completion cannot score its prompt (echo with logprobs) or have "
+                       "max_tokens=0; send it with stream: false", param="echo" if scoring else "max_tokens")
     run = _Run(server, request, entry, body)
-    await run.start(lambda: prompts, len(prompts), body.max_tokens, "prompt", _stops(body.stop, server.limits))
-    job, metrics, seed = run.job, server.metrics, run.seed
+    top = body.logprobs or 0
+    await run.start(lambda: prompts, len(prompts), body.max_tokens, "prompt", _stops(body.stop, server.limits),
+                    top=top, score=top if scoring else None)
+    job, metrics, seed, tokenizer = run.job, server.metrics, run.seed, entry.handle.tokenizer
     ident, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
     prompt_tokens = sum(len(r) for r in job.prompts)
     n = len(job.prompts)
-    echo = [prompts[i // body.n] if body.echo else "" for i in range(n)]
+    echo = [(p if isinstance(p, str) else tokenizer.decode(p)) if body.echo else "" for p in prompts
+            for _ in range(body.n)]
 
-    def logprob_entry(tokens, logprobs) -> dict:
-        pieces = [entry.handle.tokenizer.decode([t]) for t in tokens]
-        offsets = [sum(len(p) for p in pieces[:k]) for k in range(len(pieces))]
-        return {"tokens": pieces, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
+    def logprob_entry(tokens, logprobs, tops, offset: int = 0) -> dict:
+        """OpenAI's legacy logprobs object; `tops[i]` the (token id, logprob) alternatives (None: none known)."""
+        pieces = [tokenizer.decode([t]) for t in tokens]
+        offsets = [offset + sum(len(p) for p in pieces[:k]) for k in range(len(pieces))]
+        top_logprobs = [None if alts is None else {tokenizer.decode([t]): lp for t, lp in alts} for alts in tops]
+        return {"tokens": pieces, "token_logprobs": logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
 
     if body.stream:
         async def chunks():
             completion_tokens = 0
-            first = [True] * n
+            first, offsets = [True] * n, [len(e) for e in echo]
             async for event in run.events_until_done():
                 if event.get("done"):
                     break
@@ -174,9 +212,11 @@ async def completions(body: CompletionRequest, request: Request):
                 first[event["row"]] = False
                 if not text and event["finish_reason"] is None:
                     continue
-                choice = {"text": text, "index": event["row"], "finish_reason": event["finish_reason"],
-                          "logprobs": logprob_entry([event["token"]], [event["logprob"]])
+                row = event["row"]
+                choice = {"text": text, "index": row, "finish_reason": event["finish_reason"],
+                          "logprobs": logprob_entry([event["token"]], [event["logprob"]], [event["top"]], offsets[row])
                           if body.logprobs is not None and event["token"] is not None else None}
+                offsets[row] += len(event["text"])
                 yield sse({"id": ident, "object": "text_completion", "created": created, "model": entry.name,
                            "choices": [choice], "seed": seed})
             if body.stream_options and body.stream_options.include_usage:
@@ -184,10 +224,19 @@ async def completions(body: CompletionRequest, request: Request):
                            "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
         return event_stream(chunks())
 
-    texts, tokens, logprobs, reasons = await run.gather()
-    choices = [{"text": echo[i] + texts[i], "index": i, "finish_reason": reasons[i] or "length",
-                "logprobs": logprob_entry(tokens[i], logprobs[i]) if body.logprobs is not None else None}
-               for i in range(n)]
+    texts, tokens, logprobs, reasons, tops = await run.gather()
+    choices = []
+    for i in range(n):
+        entry_logprobs = None
+        if body.logprobs is not None:
+            if scoring:
+                scored = run.scores[i // body.n]
+                entry_logprobs = logprob_entry(scored.tokens + tokens[i], scored.logprobs + logprobs[i],
+                                               scored.top + tops[i])
+            else:
+                entry_logprobs = logprob_entry(tokens[i], logprobs[i], tops[i], len(echo[i]))
+        choices.append({"text": echo[i] + texts[i], "index": i, "finish_reason": reasons[i] or "length",
+                        "logprobs": entry_logprobs})
     return {"id": ident, "object": "text_completion", "created": created, "model": entry.name,
             "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))), "seed": seed}
 
@@ -217,17 +266,20 @@ async def chat_completions(body: ChatRequest, request: Request):
 
     run = _Run(server, request, entry, body)
     stops = _stops(body.stop, server.limits) + list(entry.handle.chat_template.stop)
-    await run.start(render, 1, body.max_completion_tokens or body.max_tokens, "messages", stops)
+    top = (body.top_logprobs or 0) if body.logprobs else 0
+    if body.top_logprobs and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    await run.start(render, 1, body.max_completion_tokens or body.max_tokens, "messages", stops, top=top)
     job, metrics, n = run.job, server.metrics, body.n
     ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     prompt_tokens = len(job.prompts[0]) * n
 
-    def logprob_content(tokens, logprobs) -> list[dict]:
-        out = []
-        for token, logprob in zip(tokens, logprobs):
+    def logprob_content(tokens, logprobs, tops) -> list[dict]:
+        def item(token: int, logprob: float) -> dict:
             piece = entry.handle.tokenizer.decode([token])
-            out.append({"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": []})
-        return out
+            return {"token": piece, "logprob": logprob, "bytes": list(piece.encode())}
+        return [{**item(token, logprob), "top_logprobs": [item(t, lp) for t, lp in alts]}
+                for token, logprob, alts in zip(tokens, logprobs, tops)]
 
     if body.stream:
         async def chunks():
@@ -249,7 +301,7 @@ async def chat_completions(body: ChatRequest, request: Request):
                 if not event["text"] and event["finish_reason"] is None:
                     continue
                 delta = {"content": event["text"]} if event["text"] else {}
-                logprobs = ({"content": logprob_content([event["token"]], [event["logprob"]])}
+                logprobs = ({"content": logprob_content([event["token"]], [event["logprob"]], [event["top"]])}
                             if body.logprobs and event["token"] is not None else None)
                 yield sse({**base, "choices": [{"index": event["row"], "delta": delta, "logprobs": logprobs,
                                                 "finish_reason": event["finish_reason"]}]})
@@ -257,9 +309,9 @@ async def chat_completions(body: ChatRequest, request: Request):
                 yield sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
         return event_stream(chunks())
 
-    texts, tokens, logprobs, reasons = await run.gather()
+    texts, tokens, logprobs, reasons, tops = await run.gather()
     choices = [{"index": i, "message": {"role": "assistant", "content": texts[i].strip(), "refusal": None},
-                "logprobs": {"content": logprob_content(tokens[i], logprobs[i])} if body.logprobs else None,
+                "logprobs": {"content": logprob_content(tokens[i], logprobs[i], tops[i])} if body.logprobs else None,
                 "finish_reason": reasons[i] or "length"} for i in range(n)]
     return {"id": ident, "object": "chat.completion", "created": created, "model": entry.name,
             "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))),

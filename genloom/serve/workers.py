@@ -26,8 +26,10 @@ import torch
 
 from ..lm.batching import ContinuousBatch, Sequence
 from ..lm.decoding import Sampling, StopMatcher, TextStream
+from ..lm.scoring import score_tokens
 
-__all__ = ["QueueFull", "Overrun", "TextJob", "ImageJob", "TextWorker", "ImageWorker", "call_with_deadline"]
+__all__ = ["QueueFull", "Overrun", "TextJob", "ScoreJob", "ImageJob", "TextWorker", "ImageWorker",
+           "call_with_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,27 @@ class TextJob:
     emit: Callable[[dict], None]          # called from the worker thread with {"row", "text", "token", ...}
     deadline: float = math.inf            # time.monotonic() after which the worker drops the job (Overrun)
     adapter: str | None = None            # the LoRA adapter to decode with (None: the base model)
+    top: int = 0                          # each event also carries the `top` likeliest tokens (top_logprobs)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     remaining: int = 0                    # rows not finished yet
 
     def __post_init__(self) -> None:
         self.remaining = len(self.prompts)
+
+
+@dataclass
+class ScoreJob:
+    """Score `prompts` (token ids) under the model: one {"result": [TokenScores, ...]} event, run by the text
+    worker between two decoding steps."""
+
+    prompts: list[list[int]]
+    top: int
+    emit: Callable[[dict], None]
+    deadline: float = math.inf
+    adapter: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -130,7 +147,7 @@ class TextWorker(_Worker):
         if block and not len(batch):
             job = self.jobs.get()
             if not job.cancelled.is_set() and not _overrun(job):
-                joining += self._rows(job)
+                joining += self._rows(job) if isinstance(job, TextJob) else self._score(job)
             time.sleep(0.003)                           # let requests sent together start together
         while True:
             with self.jobs.mutex:
@@ -140,7 +157,7 @@ class TextWorker(_Worker):
                 break
             job = self.jobs.get_nowait()
             if not job.cancelled.is_set() and not _overrun(job):
-                joining += self._rows(job)
+                joining += self._rows(job) if isinstance(job, TextJob) else self._score(job)
         batch.add(joining)
         self.busy = len({id(r.owner[0]) for r in batch.rows})
 
@@ -148,8 +165,17 @@ class TextWorker(_Worker):
         device = self.handle.device
         return [Sequence(list(prompt), job.sampling, torch.Generator(device=device).manual_seed(seed),
                          owner=(job, i, TextStream(self.handle.tokenizer), StopMatcher(job.stop), [0]),
-                         adapter=job.adapter)
+                         adapter=job.adapter, top=job.top)
                 for i, (prompt, seed) in enumerate(zip(job.prompts, job.seeds))]
+
+    def _score(self, job: ScoreJob) -> list[Sequence]:
+        """Score the job's prompts now (between decoding steps); it adds no rows to the batch."""
+        try:
+            job.emit({"result": [score_tokens(self.handle.model, p, job.top, job.adapter) for p in job.prompts]})
+        except Exception as error:  # a failure answers the job; the worker keeps serving
+            log.exception("model %s failed", self.name)
+            job.emit({"error": error})
+        return []
 
     def _loop(self) -> None:
         batch = ContinuousBatch(self.handle.model)
@@ -158,8 +184,8 @@ class TextWorker(_Worker):
                 self._admit(batch, block=True)
                 if len(batch):
                     tokens, logprobs = batch.step()
-                    keep = [self._deliver(row, token, logprob)
-                            for row, token, logprob in zip(batch.rows, tokens, logprobs)]
+                    keep = [self._deliver(row, token, logprob, top)
+                            for row, token, logprob, top in zip(batch.rows, tokens, logprobs, batch.top)]
                     batch.remove(keep)
             except Exception as error:  # a failure answers the jobs; the worker keeps serving
                 log.exception("model %s failed", self.name)
@@ -170,7 +196,7 @@ class TextWorker(_Worker):
                 self.busy = 0
 
     @staticmethod
-    def _deliver(row: Sequence, token: int, logprob: float) -> bool:
+    def _deliver(row: Sequence, token: int, logprob: float, top: list[tuple[int, float]]) -> bool:
         """Send one token's text to its job; False when the row is finished (or its client gone, or its
         deadline passed)."""
         job, i, stream, matcher, count = row.owner
@@ -182,8 +208,9 @@ class TextWorker(_Worker):
         finished = matcher.stopped or count[0] >= job.max_tokens
         if finished and not matcher.stopped:
             piece += matcher.flush()
+        reason = ("stop" if matcher.stopped else "length") if finished else None
         job.emit({"row": i, "text": piece, "token": None if matcher.stopped else token, "logprob": logprob,
-                  "finish_reason": ("stop" if matcher.stopped else "length") if finished else None})
+                  "top": top, "finish_reason": reason})
         if finished:
             job.remaining -= 1
             if job.remaining == 0:

@@ -147,3 +147,40 @@ def test_seed_reproduces_n_gives_n_choices_and_stop_takes_four(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="m", prompt="A", max_tokens=4, stop=list("abcde"))
     assert caught.value.body["param"] == "stop"
+
+
+def test_echo_with_logprobs_and_max_tokens_0_scores_the_prompt(client, handle):
+    prompt = "MACBETH:\nSo foul and fair"
+    ids = handle.tokenizer.encode(prompt)
+    done = client.completions.create(model="m", prompt=prompt, echo=True, logprobs=3, max_tokens=0)
+    by_ids = client.completions.create(model="m", prompt=ids, echo=True, logprobs=3, max_tokens=0)
+    choice = done.choices[0]
+    assert choice.text == prompt and done.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == prompt and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.text_offset == [len("".join(lp.tokens[:k])) for k in range(len(ids))]
+    with torch.no_grad():
+        expected = handle.model(torch.tensor([ids]))[0].float().log_softmax(-1)
+    for k in range(1, len(ids)):
+        assert abs(lp.token_logprobs[k] - float(expected[k - 1, ids[k]])) < 1e-5
+        top = sorted(expected[k - 1].tolist(), reverse=True)[:3]
+        assert len(lp.top_logprobs[k]) <= 3 and abs(max(lp.top_logprobs[k].values()) - top[0]) < 1e-5
+    assert by_ids.choices[0].logprobs.token_logprobs == lp.token_logprobs
+    one = client.completions.create(model="m", prompt=prompt, echo=True, logprobs=1, max_tokens=1, temperature=0)
+    assert len(one.choices[0].logprobs.tokens) == len(ids) + 1                # the prompt, then the new token
+    assert one.choices[0].logprobs.token_logprobs[:len(ids)] == pytest.approx(lp.token_logprobs, abs=1e-6)
+    long = client.completions.create(model="m", prompt="So foul and fair a day I have not seen. " * 3, echo=True,
+                                     logprobs=0, max_tokens=0)                 # longer than the context (32)
+    values = long.choices[0].logprobs.token_logprobs
+    assert len(values) == 120 and all(v < 0 for v in values[1:])
+
+
+def test_chat_top_logprobs_are_filled(client):
+    done = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Speak."}], max_tokens=6,
+                                          temperature=0, logprobs=True, top_logprobs=3)
+    content = done.choices[0].logprobs.content
+    assert len(content) == 6
+    for item in content:
+        assert len(item.top_logprobs) == 3 and item.top_logprobs[0].token == item.token
+        assert item.top_logprobs[0].logprob == pytest.approx(item.logprob)
+        assert [t.logprob for t in item.top_logprobs] == sorted([t.logprob for t in item.top_logprobs], reverse=True)
