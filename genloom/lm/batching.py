@@ -36,6 +36,7 @@ class Sequence:
     seen: torch.Tensor | None = field(default=None, repr=False)   # (V,) bool: tokens in the text so far
     counts: torch.Tensor | None = field(default=None, repr=False)  # (V,): generated occurrences of each token
     top: int = 0                             # report this many most likely tokens at each step (`ContinuousBatch.top`)
+    constraint: Any = None                   # a `constraints.TokenConstraint`: only its allowed tokens are sampled
 
 
 def _shift(cache: KVCache, length: int) -> None:
@@ -152,7 +153,13 @@ class ContinuousBatch:
         if any(r.counts is not None for r in self.rows):
             zeros = torch.zeros(self.vocab, device=self.device)
             counts = torch.stack([r.counts if r.counts is not None else zeros for r in self.rows])
-        tokens = sample_next(self.logits, [r.generator for r in self.rows], [r.sampling for r in self.rows], seen,
+        logits = self.logits
+        if any(r.constraint is not None for r in self.rows):          # each constrained row: its grammar's tokens
+            logits = logits.clone()
+            for i, row in enumerate(self.rows):
+                if row.constraint is not None:
+                    logits[i].masked_fill_(~row.constraint.allowed().to(logits.device), float("-inf"))
+        tokens = sample_next(logits, [r.generator for r in self.rows], [r.sampling for r in self.rows], seen,
                              counts)
         every = self.logits.float().log_softmax(-1)
         logprobs = every.gather(1, tokens[:, None])[:, 0]
@@ -167,6 +174,8 @@ class ContinuousBatch:
             row.seen[token] = True
             if row.counts is not None:
                 row.counts[token] += 1
+            if row.constraint is not None:
+                row.constraint.advance(token)
         if self.cache.length + 1 > self.block:                   # full: start again from the recent half
             self.cache, self.logits = self._prefill(self.rows, refill=True)
         else:

@@ -125,7 +125,8 @@ def left_pad(prompts: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, to
 def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                     generators: Sequence[torch.Generator], sampling: Sampling | Sequence[Sampling] = Sampling(),
                     use_cache: bool = True,
-                    first_allowed: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    first_allowed: torch.Tensor | None = None,
+                    constraints: Sequence | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token (B,), its log-probability under the model (B,)) `max_new_tokens` times.
 
     `sampling` applies to every row, or (a sequence) one per row: the server batches requests with
@@ -135,6 +136,8 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     window moves by half a context at a time and the cache is refilled.
 
     `first_allowed` (B, V) bool limits each row's first token to the True ones (token healing).
+    `constraints[i]` (a `constraints.TokenConstraint` or None) limits row i to its grammar's tokens; once it is
+    `done`, the row's further tokens are unconstrained and the caller ends the row.
     """
     device = next(model.parameters()).device
     block = model.config.block_size
@@ -165,7 +168,15 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
         if first_allowed is not None:
             logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
             first_allowed = None
+        if constraints is not None:
+            allowed = torch.stack([c.allowed() if c is not None and not c.done else
+                                   torch.ones(logits.shape[-1], dtype=torch.bool) for c in constraints])
+            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
         next_token = sample_next(logits, generators, sampling, seen, counts)  # (B,)
+        if constraints is not None:
+            for c, token in zip(constraints, next_token.tolist()):
+                if c is not None and not c.done:
+                    c.advance(token)
         logprob = logits.float().log_softmax(-1).gather(1, next_token[:, None])[:, 0]
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)

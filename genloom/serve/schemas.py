@@ -60,11 +60,24 @@ class Message(_Body):
     name: Optional[str] = None
 
 
+class JSONSchemaFormat(_Body):
+    name: str = Field("response", max_length=64)
+    description: Optional[str] = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JSONSchemaFormat] = None
+
+
 class ChatRequest(SamplingRequest):
     messages: list[Message] = Field(..., min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    response_format: Optional[ResponseFormat] = None
 
 
 class ImageRequest(_Body):

@@ -14,6 +14,7 @@ import time
 from fastapi import APIRouter, Request
 
 from ..core.errors import GenloomError
+from ..lm.constraints import Grammar, TokenConstraint
 from ..lm.decoding import Sampling, encode_prompt
 from .errors import APIError
 from .events import collect, event_stream, failure, sse
@@ -62,6 +63,30 @@ def _logit_bias(given: dict[str, float] | None, vocab: int) -> dict[int, float]:
     return out
 
 
+def _checked(entry: Served, grammar: Grammar, param: str) -> str:
+    """The grammar's llguidance text, refused (400 naming `param`) when it cannot be enforced or the model's
+    tokenizer cannot write a first token of it; the grammar is compiled here, off the event loop."""
+    try:
+        text = grammar.text()
+        TokenConstraint(text, entry.handle.tokenizer, entry.handle.model.config.vocab_size).allowed()
+    except GenloomError as error:
+        raise APIError(400, f"{param}: {error}", param=param, code="unsupported_grammar") from None
+    return text
+
+
+def _response_format(body: ChatRequest) -> tuple[Grammar, str] | None:
+    """OpenAI's response_format as a grammar: json_object (any JSON object) or json_schema (its schema)."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return Grammar("json_object"), "response_format"
+    if fmt.json_schema is None or not fmt.json_schema.schema_:
+        raise APIError(400, "response_format: json_schema needs json_schema.schema (a JSON schema object)",
+                       param="response_format.json_schema")
+    return Grammar("json_schema", fmt.json_schema.schema_), "response_format.json_schema.schema"
+
+
 def _encode(entry: Served, prompt: str | list[int], param: str, limits: Limits) -> list[int]:
     """A prompt's token ids: text is encoded; token ids (OpenAI's list-of-integers prompt) are checked."""
     if isinstance(prompt, str):
@@ -94,10 +119,11 @@ class _Run:
         self.seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
 
     async def start(self, render, count: int, max_tokens: int | None, param: str, stops: list[str],
-                    top: int = 0, score: int | None = None) -> None:
+                    top: int = 0, score: int | None = None, grammar: tuple[Grammar, str] | None = None) -> None:
         """Check the request, prepare its `count` prompts (`render()` gives their text or token ids) and queue
         it (not when max_tokens is 0). `top`: the likeliest tokens each event carries; `score`: also score the
-        prompts (`self.scores`, with that many alternatives per position)."""
+        prompts (`self.scores`, with that many alternatives per position); `grammar`: (the grammar every row is
+        constrained to, the request field that gave it), checked against the model's tokenizer first."""
         limits, body, entry = self.server.limits, self.body, self.entry
         if body.n > limits.max_n:
             raise APIError(400, f"n={body.n} is more than the server's limit of {limits.max_n}", param="n")
@@ -115,6 +141,8 @@ class _Run:
         except GenloomError as error:
             raise APIError(400, str(error)) from None
         try:
+            text = None if grammar is None else await self.server.prepare(lambda: _checked(entry, *grammar),
+                                                                          self.deadline)
             encoded = await self.server.prepare(lambda: [_encode(entry, p, param, limits) for p in render()],
                                                 self.deadline)
         except Exception as error:
@@ -131,7 +159,7 @@ class _Run:
                 raise APIError(400, "the client closed the request", code="client_closed")
         self.job = TextJob([ids for ids in encoded for _ in range(body.n)],
                            [self.seed + j for _ in encoded for j in range(body.n)], max_tokens, sampling, stops,
-                           emit, deadline=self.deadline, adapter=entry.adapter, top=top)
+                           emit, deadline=self.deadline, adapter=entry.adapter, top=top, grammar=text)
         if max_tokens > 0:
             self._submit(self.job)
 
@@ -265,11 +293,14 @@ async def chat_completions(body: ChatRequest, request: Request):
             raise APIError(400, str(error), param="messages") from None
 
     run = _Run(server, request, entry, body)
-    stops = _stops(body.stop, server.limits) + list(entry.handle.chat_template.stop)
+    grammar = _response_format(body)
+    # A grammar decides where the text ends: the chat template's stop strings could cut it short.
+    stops = _stops(body.stop, server.limits) + (list(entry.handle.chat_template.stop) if grammar is None else [])
     top = (body.top_logprobs or 0) if body.logprobs else 0
     if body.top_logprobs and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    await run.start(render, 1, body.max_completion_tokens or body.max_tokens, "messages", stops, top=top)
+    await run.start(render, 1, body.max_completion_tokens or body.max_tokens, "messages", stops, top=top,
+                    grammar=grammar)
     job, metrics, n = run.job, server.metrics, body.n
     ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     prompt_tokens = len(job.prompts[0]) * n

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from ..lm.batching import ContinuousBatch, Sequence
+from ..lm.constraints import TokenConstraint
 from ..lm.decoding import Sampling, StopMatcher, TextStream
 from ..lm.scoring import score_tokens
 
@@ -55,6 +56,7 @@ class TextJob:
     deadline: float = math.inf            # time.monotonic() after which the worker drops the job (Overrun)
     adapter: str | None = None            # the LoRA adapter to decode with (None: the base model)
     top: int = 0                          # each event also carries the `top` likeliest tokens (top_logprobs)
+    grammar: str | None = None            # a checked llguidance grammar every row is constrained to
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     remaining: int = 0                    # rows not finished yet
@@ -165,7 +167,9 @@ class TextWorker(_Worker):
         device = self.handle.device
         return [Sequence(list(prompt), job.sampling, torch.Generator(device=device).manual_seed(seed),
                          owner=(job, i, TextStream(self.handle.tokenizer), StopMatcher(job.stop), [0]),
-                         adapter=job.adapter, top=job.top)
+                         adapter=job.adapter, top=job.top,
+                         constraint=None if job.grammar is None else
+                         TokenConstraint(job.grammar, self.handle.tokenizer, self.handle.model.config.vocab_size))
                 for i, (prompt, seed) in enumerate(zip(job.prompts, job.seeds))]
 
     def _score(self, job: ScoreJob) -> list[Sequence]:
@@ -202,13 +206,15 @@ class TextWorker(_Worker):
         job, i, stream, matcher, count = row.owner
         if job.cancelled.is_set() or _overrun(job):
             return False
-        piece = matcher.push(stream.push(token))
+        grammar = row.constraint
+        ended = grammar is not None and grammar.done             # the grammar is complete: the row ends here
+        piece = "" if ended and token == grammar.ended_by else matcher.push(stream.push(token))
         if not matcher.stopped:
             count[0] += 1
-        finished = matcher.stopped or count[0] >= job.max_tokens
+        finished = matcher.stopped or ended or count[0] >= job.max_tokens
         if finished and not matcher.stopped:
             piece += matcher.flush()
-        reason = ("stop" if matcher.stopped else "length") if finished else None
+        reason = ("stop" if matcher.stopped or ended else "length") if finished else None
         job.emit({"row": i, "text": piece, "token": None if matcher.stopped else token, "logprob": logprob,
                   "top": top, "finish_reason": reason})
         if finished:

@@ -116,6 +116,13 @@ def generate_text(
                                                   "for speculative decoding (same output distribution, faster).")] = None,
     logprobs: Annotated[bool, typer.Option("--logprobs", help="Also print each generated token with its "
                                            "log-probability (to stderr).")] = False,
+    json_schema: Annotated[Optional[Path], typer.Option("--json-schema", help="Constrain every sample to JSON "
+                                                        "valid against this JSON schema file (token by token; a "
+                                                        "schema feature that cannot be enforced is refused).")] = None,
+    regex: Annotated[Optional[str], typer.Option("--regex", help="Constrain every sample to this regular "
+                                                 "expression.")] = None,
+    choice: Annotated[Optional[list[str]], typer.Option("--choice", help="Constrain every sample to one of these "
+                                                        "strings (repeatable).")] = None,
     quantize: Quantize = None,
     no_verify: NoVerify = False,
     device: Device = "auto",
@@ -139,6 +146,9 @@ def generate_text(
             typer.echo(shown + text)
             typer.echo(f"--- log-probability {logprob:.3f} ---", err=True)
         return
+    grammar = _grammar(json_schema, regex, choice)
+    if grammar is not None and draft is not None:
+        raise GenloomError("--json-schema, --regex and --choice do not go with --draft")
     draft_model = api.load(draft, device=device, quantize=quantize, verify=not no_verify) if draft is not None else None
     for i in range(num_samples):
         if num_samples > 1:
@@ -149,12 +159,12 @@ def generate_text(
             typer.echo(model.speculative(draft_model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                          top_k=top_k, top_p=top_p, seed=seed + i, stats=stats), nl=False)
             typer.echo(f"\ngenloom: draft tokens accepted: {stats['accepted']}/{stats['proposed']}", err=True)
-        elif logprobs:
+        elif logprobs or grammar is not None:
             (completion,) = model.complete(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                            top_k=top_k, top_p=top_p, seed=seed + i, min_p=min_p,
-                                           repetition_penalty=repetition_penalty, stop=stop or ())
+                                           repetition_penalty=repetition_penalty, stop=stop or (), grammar=grammar)
             typer.echo(completion.text, nl=False)
-            for token, logprob in zip(completion.tokens, completion.logprobs):
+            for token, logprob in zip(completion.tokens, completion.logprobs) if logprobs else ():
                 typer.echo(f"{model.tokenizer.decode([token])!r}\t{logprob:.4f}", err=True)
         else:
             for piece in model.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
@@ -162,6 +172,26 @@ def generate_text(
                                       repetition_penalty=repetition_penalty, stop=stop or ()):
                 typer.echo(piece, nl=False)
         typer.echo("")
+
+
+def _grammar(json_schema: Path | None, regex: str | None, choice: list[str] | None):
+    """The one constraint --json-schema, --regex or --choice asks for (None: free text)."""
+    import json
+
+    from ..lm.constraints import Grammar
+
+    given = [g for g in (json_schema, regex, choice) if g]
+    if len(given) > 1:
+        raise GenloomError("give one of --json-schema, --regex and --choice")
+    if json_schema is not None:
+        try:
+            schema = json.loads(Path(json_schema).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise GenloomError(f"--json-schema {json_schema}: not a readable JSON file ({error})") from None
+        return Grammar("json_schema", schema)
+    if regex:
+        return Grammar("regex", regex)
+    return Grammar("choice", list(choice)) if choice else None
 
 
 def convert_import(

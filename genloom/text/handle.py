@@ -76,11 +76,14 @@ class TextModel(Handle):
     def complete(self, prompts: str | Sequence[str] = "", *, max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
                  min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
-                 use_cache: bool = True, adapter=CURRENT_ADAPTER) -> list[Completion]:
+                 use_cache: bool = True, adapter=CURRENT_ADAPTER, grammar=None) -> list[Completion]:
         """Continue each prompt `num_samples` times, all in one batch (prompt-major order).
 
         Sample j of every prompt uses seed + j, so it is the text that prompt alone with that seed
-        gives. Without a seed, one is drawn at random (kept in `last_seed`).
+        gives. Without a seed, one is drawn at random (kept in `last_seed`). `grammar`
+        (`genloom.lm.constraints.Grammar`: a JSON schema, any JSON object, a regex, a choice of strings, a Lark
+        grammar) constrains every token to it (a grammar it cannot enforce raises GrammarError first); a
+        completion ends where the grammar does (finish_reason "stop").
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
@@ -88,11 +91,12 @@ class TextModel(Handle):
                                    [StopMatcher(stop) for _ in rows], [j for _, j in rows],
                                    max_new_tokens=max_new_tokens,
                                    sampling=Sampling(temperature, top_k, top_p, min_p, repetition_penalty), seed=seed,
-                                   use_cache=use_cache, adapter=adapter)
+                                   use_cache=use_cache, adapter=adapter, grammar=grammar)
 
     def _complete_rows(self, encoded: list[list[int]], matchers: list, offsets: list[int], *, max_new_tokens: int,
                        sampling: Sampling, seed: int | None, use_cache: bool = True, adapter=CURRENT_ADAPTER,
-                       first_allowed: torch.Tensor | None = None, skips: Sequence[str] = ()) -> list[Completion]:
+                       first_allowed: torch.Tensor | None = None, skips: Sequence[str] = (),
+                       grammar=None) -> list[Completion]:
         """Decode token prompts together; row i draws from seed + offsets[i] and ends where matchers[i]
         (a StopMatcher or anything with its push/flush/stopped) says. Token healing: `first_allowed` (B, V)
         limits the first tokens, and skips[i] (text the prompt already has) is cut from row i's start."""
@@ -104,10 +108,21 @@ class TextModel(Handle):
         texts = [""] * len(encoded)
         tokens: list[list[int]] = [[] for _ in encoded]
         logprobs: list[list[float]] = [[] for _ in encoded]
+        constraints = None
+        if grammar is not None:
+            from ..lm.constraints import TokenConstraint
+
+            text = grammar.text()
+            constraints = [TokenConstraint(text, self.tokenizer, self.model.config.vocab_size) for _ in encoded]
+            matchers = [_GrammarEnd(m, c) for m, c in zip(matchers, constraints)]
         for step_tokens, step_logprobs in generate_tokens(self.model, encoded, max_new_tokens, generators, sampling,
-                                                          use_cache, first_allowed):
+                                                          use_cache, first_allowed, constraints):
             for i, (token, logprob) in enumerate(zip(step_tokens.tolist(), step_logprobs.tolist())):
                 if matchers[i].stopped:
+                    continue
+                if constraints is not None and constraints[i].done and token == constraints[i].ended_by:
+                    texts[i] += matchers[i].flush()
+                    matchers[i].end()                           # the end-of-text token: no text of its own
                     continue
                 piece = streams[i].push(token)
                 cut = min(len(piece), len(skips[i]))
@@ -116,6 +131,9 @@ class TextModel(Handle):
                 if not matchers[i].stopped:
                     tokens[i].append(token)
                     logprobs[i].append(logprob)
+                if constraints is not None and constraints[i].done and not matchers[i].stopped:
+                    texts[i] += matchers[i].flush()
+                    matchers[i].end()
             if all(m.stopped for m in matchers):
                 break
         return [Completion(texts[i] + matchers[i].flush(), tokens[i], logprobs[i],
@@ -215,3 +233,23 @@ def finetune_assets(base: Path, data_config, finetune=None) -> dict:
     if kind in ("chat", "preference"):
         assets["template"] = ChatTemplate.find(base)
     return assets
+
+
+class _GrammarEnd:
+    """A row's stop matcher that a grammar can also end (`end()`): stopped either way."""
+
+    def __init__(self, matcher, constraint):
+        self.matcher, self.constraint, self.ended = matcher, constraint, False
+
+    @property
+    def stopped(self) -> bool:
+        return self.ended or self.matcher.stopped
+
+    def push(self, piece: str) -> str:
+        return self.matcher.push(piece)
+
+    def flush(self) -> str:
+        return "" if self.ended else self.matcher.flush()
+
+    def end(self) -> None:
+        self.ended = True
