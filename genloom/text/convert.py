@@ -162,6 +162,12 @@ def export_hf(handle, out: str | Path) -> Path:
     template = getattr(handle, "chat_template", None)
     if isinstance(template, ModelChatTemplate):
         template.save(out)                 # a fine-tuned adapter's template wins over its base's
+    if not (out / "tokenizer_config.json").is_file():
+        # A genloom-made tokenizer: without this file AutoTokenizer takes the folder for GPT-2's tokenizer
+        # (its slow class, its pre-tokenizer), which drops the spaces of a character vocabulary.
+        (out / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": handle.model.config.block_size,
+             "clean_up_tokenization_spaces": False}, indent=2) + "\n")
     return out
 
 

@@ -30,6 +30,9 @@ def test_export_then_import_round_trip(style, corpus, tmp_path):
         assert torch.allclose(hf(tokens).logits, ours.model(tokens), atol=1e-4, rtol=0)
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(exported / "tokenizer.json"))
     assert fast("MACBETH:").input_ids == ours.tokenizer.encode("MACBETH:")
+    auto = transformers.AutoTokenizer.from_pretrained(exported)       # what lm-eval and most users call
+    text = "MACBETH:\nSo foul and fair a day"
+    assert auto(text).input_ids == ours.tokenizer.encode(text) and auto.decode(auto(text).input_ids) == text
 
     back = tmp_path / "back"
     result = run_cli("convert", "import", "--hf", str(exported), "--out", str(back))
