@@ -63,7 +63,9 @@ MaxMemory = Annotated[Optional[float], typer.Option(
     "--max-memory", min=0.0, help="GB of memory the run may use; it is refused before allocating anything when "
                                   "its model and batch need more (default: the memory available at start).")]
 MaxTime = Annotated[Optional[float], typer.Option(
-    "--max-time", help="Stop after this many seconds of wall time; the learning-rate schedule is fitted to it.")]
+    "--max-time", help="Stop after this many seconds of wall time, counted from the command (start-up included) "
+    "and keeping back time for the final evaluation and checkpoint; the learning-rate schedule is fitted to it, "
+    "and torch.compile (train.compile=auto) runs only when it pays within it.")]
 
 
 def sub_app(help: str) -> typer.Typer:
