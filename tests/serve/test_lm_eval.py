@@ -90,13 +90,11 @@ def test_lm_eval_local_completions_matches_its_hf_backend(exported, tmp_path, mo
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     hf = exported / "hf"
     handle = load(exported / "run")
-    if not (hf / "tokenizer_config.json").exists():
-        # `convert export` writes no tokenizer_config.json for genloom's own tokenizers yet, and without one
-        # AutoTokenizer takes config.json's model_type (gpt2) and reads tokenizer.json as GPT-2's tokenizer,
-        # dropping the spaces; until export writes it, the test says which class tokenizer.json is (and, as
-        # lm-eval's hf backend needs an end-of-text token, that the character model's is the newline).
-        (hf / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                                               "eos_token": "\n"}))
+    # `convert export` writes tokenizer_config.json (the fast tokenizer's class); lm-eval's hf backend also
+    # needs an end-of-text token, which a character model lacks: the test names the newline as one.
+    settings = json.loads((hf / "tokenizer_config.json").read_text())
+    assert settings["tokenizer_class"] == "PreTrainedTokenizerFast"
+    (hf / "tokenizer_config.json").write_text(json.dumps({**settings, "eos_token": "\n"}))
     auto = transformers.AutoTokenizer.from_pretrained(str(hf))
     assert auto("So foul, and fair")["input_ids"] == handle.tokenizer.encode("So foul, and fair")
     from lm_eval import simple_evaluate
