@@ -268,9 +268,8 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def load_tensors(path: Path, verify: bool = True) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file. With `verify` (the default) the file is first checked against the
-    SHA-256 that `commit` recorded for it, where one was (`checksums.json` beside it)."""
+def _checked_weights_file(path: Path, verify: bool) -> Path:
+    """`path`, refused in one line when it is missing or (with `verify`) unreadable or unlike its recorded SHA-256."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing (is {path.parent} a genloom checkpoint directory?)")
@@ -279,6 +278,13 @@ def load_tensors(path: Path, verify: bool = True) -> dict[str, torch.Tensor]:
             _verify(path)
         except OSError as e:
             raise CheckpointError(f"{path}: cannot be read ({e})") from None
+    return path
+
+
+def load_tensors(path: Path, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file. With `verify` (the default) the file is first checked against the
+    SHA-256 that `commit` recorded for it, where one was (`checksums.json` beside it)."""
+    path = _checked_weights_file(path, verify)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -289,14 +295,7 @@ def load_weights(module: torch.nn.Module, path: Path, prefix: str = "", verify: 
     """Load `module`'s weights from a safetensors file, naming every missing or misshapen tensor (`verify`: as
     in `load_tensors`). The file is read one tensor at a time into the module's own parameters (converted to
     their dtype), so loading needs the model's memory and one tensor more."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing (is {path.parent} a genloom checkpoint directory?)")
-    if verify:
-        try:
-            _verify(path)
-        except OSError as e:
-            raise CheckpointError(f"{path}: cannot be read ({e})") from None
+    path = _checked_weights_file(path, verify)
     with TensorFile(path) as file:
         tensors = {k[len(prefix):]: k for k in file.names() if k.startswith(prefix)}
         expected = module.state_dict(keep_vars=True)
