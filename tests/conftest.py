@@ -46,3 +46,14 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
     return subprocess.run([sys.executable, "-m", "genloom", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    """A user mistake as the CLI must report it: exit code 2, no traceback, one `genloom: error:` line holding
+    each of `expected`."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("genloom: error:")]
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]

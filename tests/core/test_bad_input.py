@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from conftest import one_line_error
+
 import genloom
 from genloom.core.errors import GenloomError
 
@@ -25,15 +27,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pre-layout"
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "genloom", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("genloom: error:")]
-    assert len(lines) == 1, result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from helpers_hf import hf_model_folder
 
 pytest.importorskip("huggingface_hub")
@@ -101,15 +101,6 @@ def hub_env(hub, tmp_path, **extra):
             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", **extra}
 
 
-def one_line(result, *expected):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("genloom: error:")]
-    assert len(lines) == 1, result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-
-
 def test_import_from_the_hub_then_offline_from_its_cache(hub, tmp_path):
     server, folder = hub
     env = hub_env(server, tmp_path)
@@ -134,17 +125,17 @@ def test_refusals_are_one_line_and_write_nothing(hub, tmp_path):
     server, _ = hub
     env = hub_env(server, tmp_path)
     out = tmp_path / "out"
-    one_line(run_cli("convert", "import", "--hf", "tiny-org/tiny-qwen@no-such-branch", "--out", str(out), env=env),
+    one_line_error(run_cli("convert", "import", "--hf", "tiny-org/tiny-qwen@no-such-branch", "--out", str(out), env=env),
              "no revision 'no-such-branch'")
-    one_line(run_cli("convert", "import", "--hf", "tiny-org/pickled", "--out", str(out), env=env),
+    one_line_error(run_cli("convert", "import", "--hf", "tiny-org/pickled", "--out", str(out), env=env),
              "only pickled weights (pytorch_model.bin)", "nothing was unpickled")
     assert not any(p.endswith(".bin") for p in server.requests), "a pickle is never downloaded"
-    one_line(run_cli("convert", "import", "--hf", "tiny-org/missing", "--out", str(out), env=env),
+    one_line_error(run_cli("convert", "import", "--hf", "tiny-org/missing", "--out", str(out), env=env),
              "no model repository tiny-org/missing")
-    one_line(run_cli("convert", "import", "--hf", "tiny-org/tiny-qwen", "--out", str(out),
+    one_line_error(run_cli("convert", "import", "--hf", "tiny-org/tiny-qwen", "--out", str(out),
                      env={**env, "HF_HOME": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}),
              "not in the Hugging Face cache")
-    one_line(run_cli("convert", "import", "--hf", "tiny-org/tiny-qwen", "--out", str(out),
+    one_line_error(run_cli("convert", "import", "--hf", "tiny-org/tiny-qwen", "--out", str(out),
                      env={**env, "HF_HOME": str(tmp_path / "empty-cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}),
              "not in the Hugging Face cache")
     assert not out.exists()
