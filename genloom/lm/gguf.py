@@ -151,23 +151,14 @@ def _weights_to_gguf(cfg: TransformerConfig, arch: str, state: dict[str, torch.T
                 out[g + theirs + ".weight"] = get(b + ours + ".weight")
                 out[g + theirs + ".bias"] = bias(b + ours + ".bias", size)
             continue
-        q, k, v = get(b + "attn.qkv.weight").split([q_size, kv_size, kv_size])
-        out[g + "attn_q.weight"] = interleave_heads(q, cfg.n_head)
-        out[g + "attn_k.weight"] = interleave_heads(k, cfg.kv_heads)
-        out[g + "attn_v.weight"] = v
-        out[g + "attn_output.weight"] = get(b + "attn.proj.weight")
-        gate, up = get(b + "mlp.up.weight").chunk(2)
-        out[g + "ffn_gate.weight"], out[g + "ffn_up.weight"] = gate, up
-        out[g + "ffn_down.weight"] = get(b + "mlp.down.weight")
-        if cfg.bias:
-            qb, kb, vb = get(b + "attn.qkv.bias").split([q_size, kv_size, kv_size])
-            out[g + "attn_q.bias"] = interleave_heads(qb, cfg.n_head)
-            out[g + "attn_k.bias"] = interleave_heads(kb, cfg.kv_heads)
-            out[g + "attn_v.bias"] = vb
-            out[g + "attn_output.bias"] = get(b + "attn.proj.bias")
-            gate_b, up_b = get(b + "mlp.up.bias").chunk(2)
-            out[g + "ffn_gate.bias"], out[g + "ffn_up.bias"] = gate_b, up_b
-            out[g + "ffn_down.bias"] = get(b + "mlp.down.bias")
+        for kind in ("weight", "bias") if cfg.bias else ("weight",):   # biases map exactly as their weights
+            q, k, v = get(f"{b}attn.qkv.{kind}").split([q_size, kv_size, kv_size])
+            out[f"{g}attn_q.{kind}"] = interleave_heads(q, cfg.n_head)
+            out[f"{g}attn_k.{kind}"] = interleave_heads(k, cfg.kv_heads)
+            out[f"{g}attn_v.{kind}"] = v
+            out[f"{g}attn_output.{kind}"] = get(f"{b}attn.proj.{kind}")
+            out[f"{g}ffn_gate.{kind}"], out[f"{g}ffn_up.{kind}"] = get(f"{b}mlp.up.{kind}").chunk(2)
+            out[f"{g}ffn_down.{kind}"] = get(f"{b}mlp.down.{kind}")
     return {name: t.contiguous() for name, t in out.items()}
 
 
