@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -440,23 +439,6 @@ def bench_decoding(bandwidth: float, work: Path, new_tokens: int = 256) -> list[
 
 
 # ----------------------------------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def run_length(run: Path) -> dict:
-    """{"steps", "train_seconds"} of a finished run, from the last row of its metrics.csv."""
-    rows = (Path(run) / "metrics.csv").read_text().splitlines()
-    header, last = rows[0].split(","), rows[-1].split(",")
-    return {"steps": int(last[header.index("step")]), "train_seconds": float(last[header.index("time_s")])}
-
 
 def markdown(results: dict) -> str:
     out = []

@@ -24,7 +24,7 @@ import torch
 from .cache import cache_folder
 from .io import write_json_atomic
 
-__all__ = ["machine_profile", "cpu_summary", "bf16_is_faster", "REFERENCE_GFLOPS"]
+__all__ = ["machine_profile", "cpu_summary", "cpu_has_amx", "bf16_is_faster", "REFERENCE_GFLOPS"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def _cpu() -> tuple[str, list[str]]:
     except OSError:
         pass
     return model, flags
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU advertises AMX tiles for bf16 (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in _cpu()[1]
 
 
 def cpu_summary() -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..core.machine import bf16_is_faster, machine_profile
+from ..core.machine import bf16_is_faster, cpu_has_amx, machine_profile
 
 __all__ = ["Runtime", "setup_runtime", "choose_precision", "cpu_has_amx", "autocast"]
 
@@ -99,18 +99,6 @@ def setup_runtime(device: str = "auto") -> Runtime:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
-
-
-def cpu_has_amx() -> bool:
-    """True when the CPU advertises AMX tiles for bf16 (Intel Sapphire Rapids and later)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
 
 
 def choose_precision(preference: str, device: torch.device) -> torch.dtype | None:
