@@ -19,7 +19,8 @@ from torch import nn
 
 from ..nn.attention import KVCache
 from ..nn.lora import lora_modules, route_rows
-from .decoding import Sampling, left_pad, sample_next
+from .decoding import Sampling, left_pad, process_logits, sample_next
+from .watermarking import mark_logits
 
 __all__ = ["Sequence", "ContinuousBatch"]
 
@@ -37,6 +38,7 @@ class Sequence:
     counts: torch.Tensor | None = field(default=None, repr=False)  # (V,): generated occurrences of each token
     top: int = 0                             # report this many most likely tokens at each step (`ContinuousBatch.top`)
     constraint: Any = None                   # a `constraints.TokenConstraint`: only its allowed tokens are sampled
+    watermark: Any = None                    # a `watermark.text.TextMarker`: marks this row's tokens
 
 
 def _shift(cache: KVCache, length: int) -> None:
@@ -159,6 +161,9 @@ class ContinuousBatch:
             for i, row in enumerate(self.rows):
                 if row.constraint is not None:
                     logits[i].masked_fill_(~row.constraint.allowed().to(logits.device), float("-inf"))
+        if any(r.watermark is not None for r in self.rows):           # each marked row: its watermark
+            logits = mark_logits(logits, [r.tokens[-16:] for r in self.rows], [r.watermark for r in self.rows],
+                                 [r.sampling for r in self.rows], seen, counts, process_logits)
         tokens = sample_next(logits, [r.generator for r in self.rows], [r.sampling for r in self.rows], seen,
                              counts)
         every = self.logits.float().log_softmax(-1)

@@ -126,7 +126,8 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
                     generators: Sequence[torch.Generator], sampling: Sampling | Sequence[Sampling] = Sampling(),
                     use_cache: bool = True,
                     first_allowed: torch.Tensor | None = None,
-                    constraints: Sequence | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    constraints: Sequence | None = None,
+                    watermarks: Sequence | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token (B,), its log-probability under the model (B,)) `max_new_tokens` times.
 
     `sampling` applies to every row, or (a sequence) one per row: the server batches requests with
@@ -138,6 +139,7 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     `first_allowed` (B, V) bool limits each row's first token to the True ones (token healing).
     `constraints[i]` (a `constraints.TokenConstraint` or None) limits row i to its grammar's tokens; once it is
     `done`, the row's further tokens are unconstrained and the caller ends the row.
+    `watermarks[i]` (a `watermark.text.TextMarker` or None) marks row i's tokens (`lm.watermarking`).
     """
     device = next(model.parameters()).device
     block = model.config.block_size
@@ -172,7 +174,11 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
             allowed = torch.stack([c.allowed() if c is not None and not c.done else
                                    torch.ones(logits.shape[-1], dtype=torch.bool) for c in constraints])
             logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-        next_token = sample_next(logits, generators, sampling, seen, counts)  # (B,)
+        marked = logits
+        if watermarks is not None:
+            from .watermarking import histories, mark_logits
+            marked = mark_logits(logits, histories(tokens, valid), watermarks, sampling, seen, counts, process_logits)
+        next_token = sample_next(marked, generators, sampling, seen, counts)  # (B,)
         if constraints is not None:
             for c, token in zip(constraints, next_token.tolist()):
                 if c is not None and not c.done:
@@ -291,17 +297,19 @@ class StopMatcher:
 def stream_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int, seed: int,
                 sampling: Sampling = Sampling(), stop: Sequence[str] = (), use_cache: bool = True,
                 matcher=None, prompt_ids: Sequence[int] | None = None, first_allowed: torch.Tensor | None = None,
-                skip: str = "") -> Iterator[str]:
+                skip: str = "", watermark=None) -> Iterator[str]:
     """Stream the continuation of `prompt` as text pieces, ending before any of the `stop` strings (or where
     `matcher`, an object with StopMatcher's push/flush/stopped, ends it). `prompt_ids`: the prompt's tokens
     when they are not simply its encoding (code prompts, fill-in-the-middle); `first_allowed` and `skip`: the
-    first token must be one of these, and the text `skip` (the prompt's end, healed) is not yielded again."""
+    first token must be one of these, and the text `skip` (the prompt's end, healed) is not yielded again.
+    `watermark`: a `watermark.text.TextWatermark` that marks the text."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     stream, matcher = TextStream(tokenizer), matcher or StopMatcher(stop)
     ids = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, prompt)
     for token, _ in generate_tokens(model, [ids], max_new_tokens, [generator], sampling, use_cache,
-                                    None if first_allowed is None else first_allowed[None]):
+                                    None if first_allowed is None else first_allowed[None],
+                                    watermarks=None if watermark is None else [watermark.marker()]):
         text = stream.push(int(token[0]))
         cut = min(len(text), len(skip))
         text, skip = text[cut:], skip[cut:]

@@ -17,7 +17,7 @@ from genloom.core.registry import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[2] / "genloom"
 ENGINES = ("train", "lm", "diffusion", "gan")
-SHARED = ("nn", "media", "metrics")
+SHARED = ("nn", "media", "metrics", "watermark")
 RANKS = {"core": 0, "shared": 1, "engine": 2, "handle": 3, "content": 4, "api": 5, "entry": 6}
 
 
