@@ -45,11 +45,16 @@ class TextDataConfig:
     vocab_size: int = 4096              # BPE vocabulary size (ignored for char)
     val_fraction: float = 0.1           # the last fraction of the text is the validation split
     cache_dir: str = ""                 # where token arrays are cached; "" = $GENLOOM_CACHE or ~/.cache/genloom
+    both_ways: bool = False             # builtin:biographies: write every birth fact in both directions (reversal)
+    counterfactual: str = ""            # "" off; "builtin" (builtin:biographies' first names) or a CSV of word pairs:
+    #                                     the training text once more with each word swapped for its partner
 
     def __post_init__(self) -> None:
         validate(self, "data")
         require(0 < self.val_fraction < 1, "data.val_fraction", "must be between 0 and 1 (e.g. 0.1)")
         require(self.vocab_size >= 260, "data.vocab_size", "must be at least 260 for byte-level BPE")
+        require(not self.both_ways or self.path.startswith("builtin:biographies"), "data.both_ways",
+                "only applies to builtin:biographies (it writes that data's facts both ways)")
 
 
 def _lines(chunks: Iterator[str], piece_chars: int = 1 << 16) -> Iterator[str]:
@@ -82,13 +87,27 @@ def _split_stream(chunks: Iterator[str], train_chars: int) -> Iterator[tuple[str
 
 
 
+def open_source(config: TextDataConfig):
+    """The text source `data.path` names (builtin:biographies included), with `data.counterfactual`'s copy."""
+    from .biographies import VARIANTS, BiographySource
+    from .counterfactual import CounterfactualSource, word_pairs
+
+    pairs = word_pairs(config.counterfactual, config.path) if config.counterfactual else ()
+    if config.path in VARIANTS:
+        return BiographySource(config.path, config.val_fraction, config.both_ways, pairs)
+    if config.path.startswith("builtin:biographies"):
+        raise DataError(f"data.path: unknown built-in data {config.path!r}; available: {', '.join(VARIANTS)}")
+    source = open_text_source(config.path)
+    return CounterfactualSource(source, pairs) if pairs else source
+
+
 class TextData(TokenWindows):
     """Token arrays for a text corpus, with random training windows and fixed validation windows."""
 
     def __init__(self, config: TextDataConfig, block_size: int, tokenizer: TextTokenizer | None = None):
         self.config = config
         self.block_size = block_size
-        self.source = open_text_source(config.path)
+        self.source = open_source(config)
         self.tokenizer = tokenizer
         self._arrays: dict[str, np.ndarray] = {}
         self.meta: dict = {}
