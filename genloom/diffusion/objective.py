@@ -67,17 +67,22 @@ class DiffusionObjective:
     def phase_parameters(self, phase: str, model: nn.Module) -> Iterable[nn.Parameter]:
         return model.parameters()
 
+    @staticmethod
+    def _dropped(model: nn.Module, labels: torch.Tensor, drop: torch.Tensor) -> torch.Tensor | None:
+        """The conditioning with the examples where `drop` is True set to "none" (the no-label class or the
+        null caption); None for an unconditional model."""
+        net = unwrap_model(model)
+        if getattr(net, "text", None) is not None:                                # captions (B, L)
+            return torch.where(drop[:, None], net.text.null_caption.to(labels), labels)
+        if net.config.num_classes:
+            return torch.where(drop, torch.full_like(labels, net.config.num_classes), labels)
+        return None
+
     def _loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, t: torch.Tensor,
               noise: torch.Tensor, drop: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted denoising loss; `vectors` (B, D): a conditioning vector per example for a model
         with one (a speaker embedding)."""
-        net = unwrap_model(model)
-        if getattr(net, "text", None) is not None:                                # captions (B, L)
-            labels = torch.where(drop[:, None], net.text.null_caption.to(labels), labels)
-        elif net.config.num_classes:
-            labels = torch.where(drop, torch.full_like(labels, net.config.num_classes), labels)
-        else:
-            labels = None
+        labels = self._dropped(model, labels, drop)
         noisy = self.schedule.add_noise(images, noise, t)                       # (B, C, H, W)
         output = model(noisy, t.float(), labels) if vectors is None else model(noisy, t.float(), labels, vectors)
         error = (output.float() - self.schedule.target(images, noise, t)).pow(2).mean(dim=(1, 2, 3))  # (B,)

@@ -5,6 +5,10 @@
 schedule's prediction type (eps, x0 or v). Each sampler below is one short loop that reads like its paper's
 algorithm, and each matches the diffusers scheduler named in its docstring: the same timesteps, the same
 arithmetic in float32, and the same random draws from the same generator, so a seed gives the same sample.
+
+With a `FlowSchedule` (flow matching) the network predicts a velocity and `t` is 1000 times the path time;
+only the ODE samplers euler and heun apply, as diffusers' FlowMatchEulerDiscreteScheduler and
+FlowMatchHeunDiscreteScheduler (with SD3's shift).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import torch
 from torch import Tensor
 
 from ..core.config import require
-from .schedules import NoiseSchedule, split_prediction
+from .schedules import FlowSchedule, NoiseSchedule, split_prediction
 
-__all__ = ["SAMPLERS", "SPACINGS", "sample", "function_evaluations", "timesteps_for", "karras_sigmas"]
+__all__ = ["SAMPLERS", "FLOW_SAMPLERS", "SPACINGS", "sample", "function_evaluations", "timesteps_for", "karras_sigmas"]
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
+FLOW_SAMPLERS = ("euler", "heun")        # the ODE samplers, the only ones that apply to a flow-matching model
 SPACINGS = ("leading", "trailing", "linspace")
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -238,6 +243,38 @@ def _sample_heun(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, sigmas: T
     return x
 
 
+def _sample_flow(denoise: Denoise, schedule: FlowSchedule, x: Tensor, sampler: str, steps: int,
+                 init: Tensor | None, skip: int, report: Callback) -> Tensor:
+    """Euler or Heun steps on the flow ODE dx/dt = v(x, t) from t = 1 (noise) to 0, over `schedule.sigmas`.
+    Euler: diffusers' FlowMatchEulerDiscreteScheduler; heun: FlowMatchHeunDiscreteScheduler (an Euler step, then
+    one with the mean of the velocities at both ends, except on the last step to t = 0). Image-to-image starts
+    at the (skip + 1)-th level from init noised to it, as diffusers' SD3 img2img pipeline."""
+    sigmas = schedule.sigmas(steps)[skip:]
+    times = schedule.model_time(sigmas[:-1]).tolist()           # what the network sees: 1000 t, float32
+    if init is not None:
+        x = (1 - sigmas[0]) * init.to(torch.float32) + sigmas[0] * x
+    for i, t in enumerate(times):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        dt = sigma_next - sigma
+        velocity = _evaluate(denoise, x, t)
+        x_next = x + dt * velocity
+        if sampler == "heun" and sigma_next > 0:
+            velocity_next = _evaluate(denoise, x_next, times[i + 1])
+            x_next = x + dt * (velocity + velocity_next) / 2
+        x = x_next
+        report(i + 1, len(times))
+    return x
+
+
+def _check_flow(sampler: str, spacing: str) -> None:
+    require(sampler in FLOW_SAMPLERS, "sampler",
+            f"{sampler!r} does not work with a flow-matching model (it predicts a velocity, which the ODE samplers "
+            f"integrate); use one of {', '.join(FLOW_SAMPLERS)}" if sampler in SAMPLERS else
+            f"{sampler!r} is unknown; valid samplers for a flow-matching model: {', '.join(FLOW_SAMPLERS)}")
+    require(spacing == "leading", "spacing", f"{spacing!r}: a flow-matching model spaces its steps evenly in t, "
+            "shifted by objective.shift; spacing applies to diffusion models only")
+
+
 # ----------------------------------------------------------------------------------------------
 # The entry point
 # ----------------------------------------------------------------------------------------------
@@ -256,9 +293,16 @@ def sample(denoise: Denoise, schedule: NoiseSchedule, shape: Sequence[int], gene
     Image-to-image (SDEdit, Meng et al. 2022): with `init` (clean data of `shape`), only the last
     round(steps * strength) steps run, starting from `init` noised to the level of the first of them, as
     diffusers' img2img pipelines do; strength 0 returns `init` unchanged.
+
+    With a `FlowSchedule` the samplers are euler and heun on the flow ODE (see `_sample_flow`).
     """
-    _check_sampler(sampler)
-    _check_steps(schedule, steps, spacing)
+    flow = isinstance(schedule, FlowSchedule)
+    if flow:
+        _check_flow(sampler, spacing)
+        require(steps >= 1, "steps", f"must be at least 1, got {steps}")
+    else:
+        _check_sampler(sampler)
+        _check_steps(schedule, steps, spacing)
     require(0 <= eta <= 1, "eta", f"must be between 0 (deterministic) and 1 (DDPM's variance), got {eta}")
     require(eta == 0 or sampler == "ddim", "eta", f"only the ddim sampler takes eta; {sampler} got eta={eta}")
     if x_T is None:
@@ -273,6 +317,8 @@ def sample(denoise: Denoise, schedule: NoiseSchedule, shape: Sequence[int], gene
     skip = 0 if init is None else steps - round(steps * strength)    # image-to-image: the steps left out
     if init is not None and skip == steps:
         return init.to(torch.float32).clone()
+    if flow:
+        return _sample_flow(denoise, schedule, x, sampler, steps, init, skip, report)
 
     if sampler in ("ddpm", "ddim", "dpmpp_2m"):
         grid = timesteps_for(schedule, steps, spacing) if sampler != "dpmpp_2m" else _dpm_timesteps(schedule, steps, spacing)

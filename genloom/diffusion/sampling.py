@@ -54,8 +54,7 @@ def inpainting_denoiser(denoise: Denoise, schedule: NoiseSchedule, known: torch.
     network on variance-preserving inputs.
     """
     def masked(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ab = schedule.alpha_bar_at(t).to(x).view(-1, *([1] * (x.dim() - 1)))
-        noisy_known = ab.sqrt() * known + (1 - ab).sqrt() * noise
+        noisy_known = schedule.noised(known, noise, t).to(x)          # flow models: (1 - t) known + t noise
         return denoise(torch.where(keep.bool(), noisy_known, x), t)
 
     return masked

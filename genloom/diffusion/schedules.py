@@ -6,6 +6,11 @@ everything here converts between those views. The tables are float32 and built t
 them (float32 linspace, float32 cumulative product), so that a model trained with diffusers' schedulers sees
 exactly the same noise levels here; the float32 rounding (about 1e-6 relative) is far below what a network
 notices.
+
+`FlowSchedule` is the other kind: the straight path of flow matching (rectified flow, Liu et al. 2022;
+Lipman et al. 2022), in the convention of SD3 (Esser et al. 2024) and diffusers'
+FlowMatchEulerDiscreteScheduler: x_t = (1 - t) x0 + t noise for t in [0, 1] (t = 1 is pure noise), and the
+network predicts the velocity v = dx_t/dt = noise - x0, seeing the timestep 1000 t.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 
 from ..core.config import require, validate
 
-__all__ = ["NoiseSchedule", "split_prediction"]
+__all__ = ["NoiseSchedule", "FlowSchedule", "split_prediction"]
 
 Prediction = Literal["eps", "x0", "v"]
 
@@ -153,6 +158,12 @@ class NoiseSchedule:
         log_sigma = log_sigmas[low] * (1 - weight) + log_sigmas[low + 1] * weight
         return 1 / (1 + (2 * log_sigma).exp())
 
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 noised to the level of the (possibly fractional) network timesteps `t` (B,): what a sampler's state
+        holds there (inpainting replaces the kept pixels by this)."""
+        ab = self.alpha_bar_at(t).to(x0).view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
     def timestep_at(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional training timestep whose sigma is `sigma` (any shape), found by interpolating
         log-sigma linearly between neighbouring timesteps and clamped to [0, T-1], as diffusers does."""
@@ -161,3 +172,68 @@ class NoiseSchedule:
         low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, self.timesteps - 2)
         weight = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])).clamp(0, 1)
         return low + weight
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """The straight path of flow matching: x_t = (1 - t) x0 + t noise, velocity target noise - x0.
+
+    `timesteps` only scales what the network sees (1000 t, as diffusers' `num_train_timesteps`), so a
+    denoiser's timestep embedding works unchanged. `shift` moves the sampling steps towards the noisy end
+    (SD3, eq. 23: t' = shift t / (1 + (shift - 1) t); 1 = evenly spaced in t, SD3 uses 3 at 1024 px).
+    """
+
+    shift: float = 1.0
+    timesteps: int = 1000
+
+    prediction = "velocity"          # what the network predicts (not a field: flow models predict nothing else)
+
+    def __post_init__(self) -> None:
+        validate(self, "objective")
+        require(self.shift > 0, "objective.shift", f"must be positive (1 = no shift, SD3 uses 3), got {self.shift}")
+        require(self.timesteps >= 2, "objective.timesteps", f"must be >= 2, got {self.timesteps}")
+
+    @staticmethod
+    def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.to(like).view(-1, *([1] * (like.dim() - 1)))
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 - t) x0 + t noise for t (B,) in [0, 1]."""
+        t = self._view(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity of the straight path, d x_t / dt = noise - x0 (the same at every t)."""
+        return noise - x0
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The timestep the network sees for path time t: timesteps * t, float32."""
+        return t.float() * self.timesteps
+
+    def shifted(self, t: torch.Tensor) -> torch.Tensor:
+        """SD3's timestep shift t' = shift t / (1 + (shift - 1) t), in t's dtype."""
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def to_x0_noise(self, velocity: torch.Tensor, x_t: torch.Tensor,
+                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, noise) from a predicted velocity at path time t: x0 = x_t - t v, noise = x_t + (1 - t) v."""
+        t = self._view(t, x_t)
+        return x_t - t * velocity, x_t + (1 - t) * velocity
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 noised to the level of the network timesteps `t` (B,) (= timesteps * path time)."""
+        return self.add_noise(x0, noise, t.double() / self.timesteps)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """The `steps` path times a sampler visits, then a final 0: (steps + 1,) float32, exactly as diffusers'
+        FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(steps) builds them: evenly spaced between
+        the largest and smallest shifted training levels (1 and shift(1 / timesteps)), then shifted (again)."""
+        import numpy as np
+
+        require(steps >= 1, "steps", f"must be at least 1, got {steps}")
+        N = self.timesteps
+        lowest = self.shifted(torch.tensor(1.0, dtype=torch.float32) / N).item()   # float32, as diffusers' table
+        highest = self.shifted(torch.tensor(float(N), dtype=torch.float32) / N).item()
+        times = np.linspace(highest * N, lowest * N, steps) / N                   # float64
+        levels = torch.from_numpy(self.shift * times / (1 + (self.shift - 1) * times)).float()
+        return torch.cat([levels, levels.new_zeros(1)])
