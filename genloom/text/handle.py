@@ -140,6 +140,18 @@ class TextModel(Handle):
                            "stop" if matchers[i].stopped else "length", seed + j)
                 for i, j in enumerate(offsets)]
 
+    def embed(self, texts: str | Sequence[str], *, pooling: str = "mean", normalize: bool = True,
+              adapter=CURRENT_ADAPTER) -> torch.Tensor:
+        """(N, d_model) float32 embeddings of `texts`: the hidden states the head reads, pooled by "mean" over
+        each text's tokens or taken at its "last" token, L2-normalised unless `normalize=False`
+        (`genloom.lm.embedding`). Each text is what it gives alone; at most `block_size` tokens each."""
+        from ..lm.embedding import embed_tokens
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        self._route(adapter)
+        return embed_tokens(self.model, [encode_prompt(self.tokenizer, t) for t in texts], pooling, normalize,
+                            self.adapter)
+
     def generate(self, prompt: str = "", *, num_samples: int = 1, **options) -> list[str]:
         """`num_samples` continuations of `prompt` as strings (the options of `complete`)."""
         return [c.text for c in self.complete(prompt, num_samples=num_samples, **options)]
