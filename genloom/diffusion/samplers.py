@@ -243,13 +243,13 @@ def _sample_heun(denoise: Denoise, schedule: NoiseSchedule, x: Tensor, sigmas: T
     return x
 
 
-def _sample_flow(denoise: Denoise, schedule: FlowSchedule, x: Tensor, sampler: str, steps: int,
+def _sample_flow(denoise: Denoise, schedule: FlowSchedule, x: Tensor, sampler: str, steps: int, spacing: str,
                  init: Tensor | None, skip: int, report: Callback) -> Tensor:
     """Euler or Heun steps on the flow ODE dx/dt = v(x, t) from t = 1 (noise) to 0, over `schedule.sigmas`.
     Euler: diffusers' FlowMatchEulerDiscreteScheduler; heun: FlowMatchHeunDiscreteScheduler (an Euler step, then
     one with the mean of the velocities at both ends, except on the last step to t = 0). Image-to-image starts
     at the (skip + 1)-th level from init noised to it, as diffusers' SD3 img2img pipeline."""
-    sigmas = schedule.sigmas(steps)[skip:]
+    sigmas = schedule.sigmas(steps, spacing)[skip:]
     times = schedule.model_time(sigmas[:-1]).tolist()           # what the network sees: 1000 t, float32
     if init is not None:
         x = (1 - sigmas[0]) * init.to(torch.float32) + sigmas[0] * x
@@ -266,13 +266,15 @@ def _sample_flow(denoise: Denoise, schedule: FlowSchedule, x: Tensor, sampler: s
     return x
 
 
-def _check_flow(sampler: str, spacing: str) -> None:
+def _check_flow(sampler: str, spacing: str) -> str:
+    """The flow grid for `spacing`: trailing (also for leading, the default everywhere: a flow model has no
+    grid that starts short of pure noise) or linspace."""
     require(sampler in FLOW_SAMPLERS, "sampler",
             f"{sampler!r} does not work with a flow-matching model (it predicts a velocity, which the ODE samplers "
             f"integrate); use one of {', '.join(FLOW_SAMPLERS)}" if sampler in SAMPLERS else
             f"{sampler!r} is unknown; valid samplers for a flow-matching model: {', '.join(FLOW_SAMPLERS)}")
-    require(spacing == "leading", "spacing", f"{spacing!r}: a flow-matching model spaces its steps evenly in t, "
-            "shifted by objective.shift; spacing applies to diffusion models only")
+    require(spacing in SPACINGS, "spacing", f"{spacing!r} is unknown; valid spacings: {', '.join(SPACINGS)}")
+    return "linspace" if spacing == "linspace" else "trailing"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,11 +296,12 @@ def sample(denoise: Denoise, schedule: NoiseSchedule, shape: Sequence[int], gene
     round(steps * strength) steps run, starting from `init` noised to the level of the first of them, as
     diffusers' img2img pipelines do; strength 0 returns `init` unchanged.
 
-    With a `FlowSchedule` the samplers are euler and heun on the flow ODE (see `_sample_flow`).
+    With a `FlowSchedule` the samplers are euler and heun on the flow ODE (see `_sample_flow`), and `spacing`
+    picks the grid of `FlowSchedule.sigmas`: trailing (the default; leading gives it too) or linspace.
     """
     flow = isinstance(schedule, FlowSchedule)
     if flow:
-        _check_flow(sampler, spacing)
+        spacing = _check_flow(sampler, spacing)
         require(steps >= 1, "steps", f"must be at least 1, got {steps}")
     else:
         _check_sampler(sampler)
@@ -318,7 +321,7 @@ def sample(denoise: Denoise, schedule: NoiseSchedule, shape: Sequence[int], gene
     if init is not None and skip == steps:
         return init.to(torch.float32).clone()
     if flow:
-        return _sample_flow(denoise, schedule, x, sampler, steps, init, skip, report)
+        return _sample_flow(denoise, schedule, x, sampler, steps, spacing, init, skip, report)
 
     if sampler in ("ddpm", "ddim", "dpmpp_2m"):
         grid = timesteps_for(schedule, steps, spacing) if sampler != "dpmpp_2m" else _dpm_timesteps(schedule, steps, spacing)

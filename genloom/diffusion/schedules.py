@@ -224,16 +224,26 @@ class FlowSchedule:
         """x0 noised to the level of the network timesteps `t` (B,) (= timesteps * path time)."""
         return self.add_noise(x0, noise, t.double() / self.timesteps)
 
-    def sigmas(self, steps: int) -> torch.Tensor:
-        """The `steps` path times a sampler visits, then a final 0: (steps + 1,) float32, exactly as diffusers'
-        FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(steps) builds them: evenly spaced between
-        the largest and smallest shifted training levels (1 and shift(1 / timesteps)), then shifted (again)."""
+    def sigmas(self, steps: int, spacing: str = "trailing") -> torch.Tensor:
+        """The `steps` path times a sampler visits, then a final 0: (steps + 1,) float32, as diffusers'
+        FlowMatchEulerDiscreteScheduler(shift=shift) builds them.
+
+        trailing: 1, 1 - 1/steps, ..., 1/steps, shifted (`set_timesteps(sigmas=linspace(1, 1/steps, steps))`,
+        the grid of diffusers' Flux pipeline): evenly spaced steps that end at 0. linspace: evenly spaced between
+        the largest and smallest shifted training levels (1 and shift(1 / timesteps)), then shifted again
+        (`set_timesteps(steps)`, the SD3 pipeline's grid); its last step, from about 0.001 to 0, does little,
+        which matters at a few steps.
+        """
         import numpy as np
 
         require(steps >= 1, "steps", f"must be at least 1, got {steps}")
         N = self.timesteps
-        lowest = self.shifted(torch.tensor(1.0, dtype=torch.float32) / N).item()   # float32, as diffusers' table
-        highest = self.shifted(torch.tensor(float(N), dtype=torch.float32) / N).item()
-        times = np.linspace(highest * N, lowest * N, steps) / N                   # float64
-        levels = torch.from_numpy(self.shift * times / (1 + (self.shift - 1) * times)).float()
+        if spacing == "trailing":
+            times = np.linspace(1.0, 1 / steps, steps).astype(np.float32)
+            levels = torch.from_numpy(self.shift * times / (1 + (self.shift - 1) * times)).float()
+        else:
+            lowest = self.shifted(torch.tensor(1.0, dtype=torch.float32) / N).item()   # float32, as diffusers
+            highest = self.shifted(torch.tensor(float(N), dtype=torch.float32) / N).item()
+            times = np.linspace(highest * N, lowest * N, steps) / N                   # float64
+            levels = torch.from_numpy(self.shift * times / (1 + (self.shift - 1) * times)).float()
         return torch.cat([levels, levels.new_zeros(1)])

@@ -97,22 +97,21 @@ def gaussian_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (t * centred / variance - (MEAN + (1 - t) * STD ** 2 * centred / variance)).float()
 
 
-def error_from_exact_flow(sampler: str, steps: int, shift: float = 1.0) -> float:
+def error_from_exact_flow(sampler: str, steps: int, shift: float, spacing: str) -> float:
     """The flow of Gaussian data is affine: the noise n at t = 1 goes to MEAN + STD n at t = 0."""
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     result = sample(gaussian_velocity, FlowSchedule(shift=shift), noise.shape, torch.Generator(), sampler=sampler,
-                    steps=steps, x_T=noise)
+                    steps=steps, spacing=spacing, x_T=noise)
     return (result - (MEAN + STD * noise)).abs().max().item()
 
 
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
 @pytest.mark.parametrize("shift", [1.0, 3.0])
-def test_euler_and_heun_converge_to_the_exact_flow_of_gaussian_data_at_their_order(shift):
-    # The path ends at t = shift(shift(1/1000)) > 0, not 0 (diffusers' grid); its last Euler step is exact
-    # up to that level's error, which is far below the tolerances here.
-    euler = [error_from_exact_flow("euler", n, shift) for n in (20, 40)]
-    heun = [error_from_exact_flow("heun", n, shift) for n in (10, 20)]
+def test_euler_and_heun_converge_to_the_exact_flow_of_gaussian_data_at_their_order(shift, spacing):
+    euler = [error_from_exact_flow("euler", n, shift, spacing) for n in (20, 40)]
+    heun = [error_from_exact_flow("heun", n, shift, spacing) for n in (10, 20)]
     assert euler[1] < 0.15 and euler[1] < 0.55 * euler[0]          # first order: halves
-    assert heun[1] < 0.006 and heun[1] < 0.3 * heun[0]             # second order: quarters
+    assert heun[1] < 0.08 and heun[1] < 0.3 * heun[0]              # second order: quarters
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
@@ -123,32 +122,71 @@ def test_every_sampler_lands_on_the_only_data_point(sampler):
     torch.testing.assert_close(result, c.expand(SHAPE), rtol=0, atol=1e-5)
 
 
-def run_diffusers(sampler: str, shift: float, steps: int, calls: list) -> tuple[torch.Tensor, torch.Tensor]:
+def diffusers_scheduler(sampler: str, shift: float, steps: int, spacing: str):
+    """diffusers' flow-matching scheduler set up for `steps`: linspace is `set_timesteps(steps)` (the SD3
+    pipeline), trailing `set_timesteps(sigmas=linspace(1, 1/steps, steps))` (the Flux pipeline). The Heun
+    scheduler takes no custom sigmas, so for trailing its grid is built from the Euler scheduler's levels the
+    way its own set_timesteps interleaves them (each inner level twice)."""
+    import numpy as np
+
     diffusers = pytest.importorskip("diffusers")
-    cls = diffusers.FlowMatchEulerDiscreteScheduler if sampler == "euler" else diffusers.FlowMatchHeunDiscreteScheduler
-    scheduler = cls(num_train_timesteps=1000, shift=shift)
-    scheduler.set_timesteps(steps)
+    euler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    if spacing == "trailing":
+        euler.set_timesteps(sigmas=list(np.linspace(1.0, 1 / steps, steps)))
+    else:
+        euler.set_timesteps(steps)
+    if sampler == "euler":
+        return euler
+    heun = diffusers.FlowMatchHeunDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    heun.set_timesteps(steps)
+    if spacing == "trailing":
+        levels, times = euler.sigmas, euler.timesteps
+        heun.timesteps = torch.cat([times[:1], times[1:].repeat_interleave(2)])
+        heun.sigmas = torch.cat([levels[:1], levels[1:-1].repeat_interleave(2), levels[-1:]])
+    return heun
+
+
+def run_diffusers(scheduler, calls: list) -> torch.Tensor:
+    """The pipelines' loop: noise, then the model and a scheduler step at every timestep."""
     model = recording_model(calls)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     for t in scheduler.timesteps:
         x = scheduler.step(model(x, t.expand(SHAPE[0])), t, x).prev_sample
-    return x, scheduler.sigmas
+    return x
 
 
-@pytest.mark.parametrize("sampler, shift, steps", list(itertools.product(["euler", "heun"], [1.0, 3.0], [1, 4, 10])))
-def test_every_step_matches_diffusers_flow_match_schedulers(sampler, shift, steps):
+@pytest.mark.parametrize("sampler, shift, steps, spacing", list(itertools.product(
+    ["euler", "heun"], [1.0, 3.0], [1, 2, 10], ["trailing", "linspace"])))
+def test_every_step_matches_diffusers_flow_match_schedulers(sampler, shift, steps, spacing):
     reference_calls, calls = [], []
-    expected, sigmas = run_diffusers(sampler, shift, steps, reference_calls)
+    scheduler = diffusers_scheduler(sampler, shift, steps, spacing)
+    expected = run_diffusers(scheduler, reference_calls)
     schedule = FlowSchedule(shift=shift)
     if sampler == "euler":
-        assert torch.equal(schedule.sigmas(steps), sigmas)       # the same levels to the last bit
+        assert torch.equal(schedule.sigmas(steps, spacing), scheduler.sigmas)     # the same levels to the last bit
     result = sample(recording_model(calls), schedule, SHAPE, torch.Generator().manual_seed(0), sampler=sampler,
-                    steps=steps)
+                    steps=steps, spacing=spacing)
     assert len(calls) == len(reference_calls) == function_evaluations(sampler, steps)
+    # diffusers' Heun scheduler takes the velocity through x0 and back, (x - (x - v sigma)) / sigma, which
+    # loses digits at sigma ~ 0.001 (linspace's last level); genloom uses v itself.
+    atol = 1e-5 if sampler == "euler" else 1e-4
     for (x, t), (x_ref, t_ref) in zip(calls, reference_calls):
         torch.testing.assert_close(t, t_ref.float(), rtol=0, atol=1e-4)
-        torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-5)
-    torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(x, x_ref, rtol=0, atol=atol)
+    torch.testing.assert_close(result, expected, rtol=0, atol=atol)
+
+
+def test_the_default_grid_is_trailing_and_two_steps_stop_half_way():
+    schedule = FlowSchedule()
+    assert torch.equal(schedule.sigmas(2), torch.tensor([1.0, 0.5, 0.0]))
+    calls_default, calls_trailing = [], []
+    sample(recording_model(calls_default), schedule, SHAPE, torch.Generator(), sampler="euler", steps=3)   # leading
+    sample(recording_model(calls_trailing), schedule, SHAPE, torch.Generator(), sampler="euler", steps=3,
+           spacing="trailing")
+    assert [t[0].item() for _, t in calls_default] == [t[0].item() for _, t in calls_trailing] == \
+        pytest.approx([1000.0, 666.6667, 333.3333])
+    shifted = FlowSchedule(shift=3.0).sigmas(2)
+    assert shifted[1].item() == pytest.approx(3 * 0.5 / (1 + 2 * 0.5))
 
 
 def test_guidance_image_to_image_and_inpainting_run_on_a_flow_model():
@@ -176,7 +214,7 @@ def test_guidance_image_to_image_and_inpainting_run_on_a_flow_model():
     ({"sampler": "ddpm"}, r"sampler: 'ddpm' does not work with a flow-matching model .*use one of euler, heun"),
     ({"sampler": "dpmpp_2m"}, r"sampler: 'dpmpp_2m' does not work with a flow-matching model"),
     ({"sampler": "plms"}, r"sampler: 'plms' is unknown; valid samplers for a flow-matching model: euler, heun"),
-    ({"spacing": "trailing"}, r"spacing: 'trailing': a flow-matching model spaces its steps evenly in t"),
+    ({"spacing": "uniform"}, r"spacing: 'uniform' is unknown; valid spacings: leading, trailing, linspace"),
     ({"steps": 0}, r"steps: must be at least 1, got 0"),
     ({"sampler": "euler", "eta": 0.5}, r"eta: only the ddim sampler takes eta"),
 ])
