@@ -184,6 +184,15 @@ class TrainConfig:
     tensorboard: bool = False        # also log to TensorBoard (needs the `tensorboard` extra)
     progress: bool = True            # show a progress bar
     max_memory: float = 0.0          # GB the run may use, checked before allocating; 0 = what is available at start
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun: ddp (a whole copy per process), fsdp (the
+    #                                weights, gradients and optimizer state sharded over the processes); auto: ddp
+    #                                when a whole copy fits the device, else fsdp (docs/scaling.md)
+    fsdp_reshard_after_forward: bool = True  # fsdp: free a block's gathered weights after its forward (gather
+    #                                again for the backward); false: keep them (less communication, more memory)
+    fsdp_offload: bool = False       # fsdp on GPUs: keep the sharded weights, gradients and optimizer state in CPU memory
+    activation_checkpointing: bool = False  # keep only each block's input and recompute the block in the backward
+    #                                pass: much less activation memory for about one more forward pass
+    dist_timeout: float = 600.0      # under torchrun: seconds a process waits for the others before the run stops
 
     def __post_init__(self) -> None:
         validate(self, "train")
@@ -199,6 +208,7 @@ class TrainConfig:
         require(self.eval_batches >= 1, "train.eval_batches", "must be at least 1")
         require(self.log_interval >= 1, "train.log_interval", "must be at least 1")
         require(self.max_memory >= 0, "train.max_memory", "must be 0 (what is available) or a number of GB")
+        require(self.dist_timeout > 0, "train.dist_timeout", "must be a positive number of seconds")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 "train.device", f"expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError
 
 __all__ = ["CONFIG_FILE", "MODEL_FILE", "EMA_FILE", "STATE_FILE", "STATE_JSON", "CHECKSUMS_FILE", "CHECKPOINT_FILES",
-           "journal_name_problem", "commit", "recover", "save_tensors", "load_tensors", "load_weights", "sha256_file",
+           "STATE_SHARD", "journal_name_problem", "commit", "begin_commit", "finish_commit", "recover", "fsync", "save_tensors", "load_tensors", "load_weights", "sha256_file",
            "recorded_sha256", "write_json_atomic", "TensorFile", "save_tensors_streamed", "DTYPES"]
 
 CONFIG_FILE = "config.json"
@@ -65,8 +65,10 @@ def checkpoint_files() -> frozenset[str]:
 
     return CHECKPOINT_FILES | {name for record in registry.modalities() for name in record.assets}
 _NETWORK_FILE = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}\.(?:safetensors|json)", re.ASCII)
-_MAX_MARKER_BYTES = 64 * 1024
-_MAX_FILES = 64
+# A sharded run's optimizer state: one file per rank (`genloom.train.checkpoint`).
+STATE_SHARD = re.compile(r"train_state-[0-9]{5}-of-[0-9]{5}\.safetensors", re.ASCII)
+_MAX_MARKER_BYTES = 4 << 20
+_MAX_FILES = 70000                    # a checkpoint of a sharded run holds one state file per rank
 
 
 def journal_name_problem(name: object) -> str | None:
@@ -75,7 +77,7 @@ def journal_name_problem(name: object) -> str | None:
     never a path (no '/', '\\', '..'), never hidden, never absolute, no other characters."""
     if not isinstance(name, str):
         return f"{_shown(name)} is not a file name"
-    if name in checkpoint_files() or _NETWORK_FILE.fullmatch(name):
+    if name in checkpoint_files() or STATE_SHARD.fullmatch(name) or _NETWORK_FILE.fullmatch(name):
         return None
     if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         return f"{_shown(name)} is a path, not a plain file name"
@@ -87,7 +89,7 @@ def _shown(value: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -98,7 +100,7 @@ def _fsync(path: Path) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    _fsync(tmp)
+    fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -184,6 +186,43 @@ def recover(folder: Path) -> None:
         _roll_forward(folder)
 
 
+def begin_commit(folder: Path) -> Path:
+    """Finish or discard any earlier commit and return an empty `.staging/` folder to write the new files into
+    (the first half of `commit`; a sharded save has every rank write its own files there, then one rank calls
+    `finish_commit`)."""
+    folder = Path(folder)
+    recover(folder)
+    staging = folder / STAGING
+    _check_staging_folder(folder)
+    shutil.rmtree(staging, ignore_errors=True)  # an unfinished earlier attempt
+    staging.mkdir(parents=True)
+    return staging
+
+
+def finish_commit(folder: Path, names: list[str], sums: dict[str, str] | None = None) -> None:
+    """Move the files `names` staged by `begin_commit` into place together: the checksums, then the marker
+    (last), then the moves. `sums`: SHA-256s already computed where each file was written (the others are
+    computed here). Every name must pass `journal_name_problem` and be staged (fsynced by its writer)."""
+    folder = Path(folder)
+    staging = folder / STAGING
+    for name in names:
+        problem = journal_name_problem(name)
+        if problem or name == CHECKSUMS_FILE:
+            raise CheckpointError(f"commit to {folder}: {problem or f'{CHECKSUMS_FILE} is written by commit itself'}")
+        if not _is_regular(staging / name):
+            raise CheckpointError(f"commit to {folder}: {name} was not staged (a process did not write its part)")
+    names = list(names)
+    given = sums or {}
+    sums = {name: given.get(name) or sha256_file(staging / name) for name in names if name.endswith(".safetensors")}
+    kept = {name: digest for name, digest in (_read_checksums(folder, strict=False) or {}).items()
+            if name not in names and journal_name_problem(name) is None and _is_regular(folder / name)}
+    if sums or kept or (folder / CHECKSUMS_FILE).exists():
+        write_json_atomic(staging / CHECKSUMS_FILE, {"format": CHECKSUMS_FORMAT, "sha256": dict(sorted({**kept, **sums}.items()))})
+        names.append(CHECKSUMS_FILE)
+    write_json_atomic(staging / COMMIT_MARK, {"files": names})
+    _roll_forward(folder)
+
+
 def commit(folder: Path, writers: dict[str, Callable[[Path], None]]) -> None:
     """Write the files named in `writers` so that they replace the old ones all together or not at all.
 
@@ -194,23 +233,11 @@ def commit(folder: Path, writers: dict[str, Callable[[Path], None]]) -> None:
         problem = journal_name_problem(name)
         if problem or name == CHECKSUMS_FILE:
             raise CheckpointError(f"commit to {folder}: {problem or f'{CHECKSUMS_FILE} is written by commit itself'}")
-    recover(folder)
-    staging = folder / STAGING
-    _check_staging_folder(folder)
-    shutil.rmtree(staging, ignore_errors=True)  # an unfinished earlier attempt
-    staging.mkdir(parents=True)
+    staging = begin_commit(folder)
     for name, write in writers.items():
         write(staging / name)
-        _fsync(staging / name)
-    names = list(writers)
-    sums = {name: sha256_file(staging / name) for name in names if name.endswith(".safetensors")}
-    kept = {name: digest for name, digest in (_read_checksums(folder, strict=False) or {}).items()
-            if name not in writers and journal_name_problem(name) is None and _is_regular(folder / name)}
-    if sums or kept or (folder / CHECKSUMS_FILE).exists():
-        write_json_atomic(staging / CHECKSUMS_FILE, {"format": CHECKSUMS_FORMAT, "sha256": dict(sorted({**kept, **sums}.items()))})
-        names.append(CHECKSUMS_FILE)
-    write_json_atomic(staging / COMMIT_MARK, {"files": names})
-    _roll_forward(folder)
+        fsync(staging / name)
+    finish_commit(folder, list(writers))
 
 
 # -- integrity -----------------------------------------------------------------------------------------------

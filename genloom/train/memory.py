@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.memory import gigabytes, require
 
-__all__ = ["meta_model", "training_bytes", "check_training_fits", "check_weights_fit"]
+__all__ = ["meta_model", "training_bytes", "estimate_training", "check_training_fits", "check_weights_fit"]
 
 log = logging.getLogger(__name__)
 
@@ -71,34 +71,45 @@ def activation_bytes(model: nn.Module, objective, example: Any, micro_batch: int
     return total[0]
 
 
-def training_bytes(parameters: int, trainable: int, activations: int | None, ema: bool) -> int:
+def training_bytes(parameters: int, trainable: int, activations: int | None, ema: bool, shards: int = 1) -> int:
     """Weights (fp32), gradients and optimizer moments of the trainable ones, an EMA copy, and activations
-    kept for the backward pass (counted twice: outputs and their gradients)."""
-    return 4 * parameters + 4 * trainable * (1 + OPTIMIZER_STATES) + (4 * parameters if ema else 0) \
-        + 2 * (activations or 0)
+    kept for the backward pass (counted twice: outputs and their gradients). `shards`: the processes FSDP
+    splits the weights, gradients, moments and EMA copy over (activations are each process's own)."""
+    state = 4 * parameters + 4 * trainable * (1 + OPTIMIZER_STATES) + (4 * parameters if ema else 0)
+    return -(-state // max(1, shards)) + 2 * (activations or 0)
+
+
+def estimate_training(config, data, build_model: Callable[[], nn.Module], build_objective: Callable[[], Any],
+                      micro_batch: int) -> tuple[int, int | None] | None:
+    """(parameters, activation bytes of one micro-batch or None) counted on the meta device; None when the
+    model cannot be built there."""
+    with torch.random.fork_rng(devices=[]):        # the estimate must not change what the run draws
+        model = meta_model(build_model)
+        if model is None:
+            return None
+        parameters = sum(p.numel() for p in model.parameters())
+        example = data.batch(data.sample_indices(torch.Generator().manual_seed(0), 1))
+        return parameters, activation_bytes(model, build_objective(), example, micro_batch)
 
 
 def check_training_fits(config, data, build_model: Callable[[], nn.Module], build_objective: Callable[[], Any],
-                        micro_batch: int, device: str) -> None:
-    """Refuse, in one line, a run whose model and micro-batch cannot fit in memory (before building them)."""
-    with torch.random.fork_rng(devices=[]):        # the estimate must not change what the run draws
-        _check_training_fits(config, data, build_model, build_objective, micro_batch, device)
-
-
-def _check_training_fits(config, data, build_model, build_objective, micro_batch: int, device: str) -> None:
+                        micro_batch: int, device: str, shards: int = 1,
+                        estimate: tuple[int, int | None] | None = None) -> None:
+    """Refuse, in one line, a run whose model and micro-batch cannot fit in memory (before building them).
+    `shards`: FSDP's number of processes; `estimate`: `estimate_training`'s answer where it was already counted."""
     t = config.train
-    model = meta_model(build_model)
-    if model is None:
+    estimate = estimate or estimate_training(config, data, build_model, build_objective, micro_batch)
+    if estimate is None:
         return
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters, activations = estimate
     hint = ("shrink the model (model.d_model, model.n_layer, ...) or the micro-batch (train.micro_batch_size, "
             "train.batch_size), or give --max-memory GB")
-    require(training_bytes(parameters, parameters, None, t.ema_decay > 0),
+    if shards > 1:
+        hint = "use more processes, " + hint
+    require(training_bytes(parameters, parameters, None, t.ema_decay > 0, shards),
             f"model.kind = {config.model.kind!r} with {parameters:,} parameters (weights, gradients, optimizer)",
             hint, t.max_memory, device)
-    example = data.batch(data.sample_indices(torch.Generator().manual_seed(0), 1))
-    activations = activation_bytes(model, build_objective(), example, micro_batch)
-    need = training_bytes(parameters, parameters, activations, t.ema_decay > 0)
+    need = training_bytes(parameters, parameters, activations, t.ema_decay > 0, shards)
     log.debug("memory estimate: %s (%s parameters, %s of activations per micro-batch of %d)", gigabytes(need),
               f"{parameters:,}", gigabytes(activations or 0), micro_batch)
     require(need, f"training {parameters:,} parameters with micro-batches of {micro_batch} example(s)", hint,

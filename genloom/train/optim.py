@@ -3,7 +3,7 @@
 Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers in neural networks") keeps SGD
 momentum and replaces each matrix update by its nearest semi-orthogonal matrix, computed with a
 few Newton-Schulz iterations. It applies to the 2-D weights inside the network; embeddings, the
-output head, norms and biases keep AdamW.
+output head, norms and biases keep AdamW. Under FSDP each matrix is gathered whole before its iteration.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .parallel import full_tensor, is_sharded, shard_rows_like
 
 __all__ = ["Muon", "orthogonalize", "build_optimizer", "parameter_groups", "optimizer_to_tensors", "optimizer_from_tensors"]
 
@@ -72,9 +74,13 @@ class Muon(torch.optim.Optimizer):
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
         for shape, indices in by_shape.items():             # one batched Newton-Schulz per shape
-            ortho = orthogonalize(torch.stack([updates[i] for i in indices]), group["ns_steps"], self.ns_dtype)
+            # A sharded matrix (FSDP) is gathered whole first: the iteration needs the full matrix, not a rank's
+            # rows (every rank runs the same iteration, in the same order, and keeps its own rows of the result).
+            whole = [full_tensor(updates[i]) for i in indices]
+            ortho = list(orthogonalize(torch.stack(whole), group["ns_steps"], self.ns_dtype).unbind(0))
+            ortho = [shard_rows_like(o, params[i]) if is_sharded(params[i]) else o for o, i in zip(ortho, indices)]
             scale = math.sqrt(max(1.0, shape[0] / shape[1]))                     # same RMS for tall matrices
-            torch._foreach_add_([params[i] for i in indices], list(ortho.unbind(0)), alpha=-lr * scale)
+            torch._foreach_add_([params[i] for i in indices], ortho, alpha=-lr * scale)
 
     def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]

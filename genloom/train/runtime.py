@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False        # this runtime joined the process group (and leaves it in `close`)
 
     @property
     def distributed(self) -> bool:
@@ -71,12 +73,13 @@ class Runtime:
         return out
 
     def close(self) -> None:
-        if self.distributed and dist.is_initialized():
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def setup_runtime(device: str = "auto") -> Runtime:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1) and pick this rank's device."""
+def setup_runtime(device: str = "auto", timeout: float = 600.0) -> Runtime:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1) and pick this rank's device.
+    `timeout`: seconds a collective waits for the other processes (a rank that died) before failing."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -92,13 +95,16 @@ def setup_runtime(device: str = "auto") -> Runtime:
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    owns = False
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout))
+        owns = True
         if dev.type == "cpu":
             # Share the cores between the local processes instead of oversubscribing them.
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
 
 
 def choose_precision(preference: str, device: torch.device) -> torch.dtype | None:

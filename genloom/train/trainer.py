@@ -39,10 +39,29 @@ from .finetune import (
     adapter_payload,
     start_from_base,
 )
-from .memory import check_training_fits
+from .checkpoint import (
+    StateReader,
+    decode_rng,
+    load_weights_sharded,
+    shard_name,
+    stale_state_files,
+    state_json,
+    write_gathered,
+    write_state_shard,
+)
+from .memory import check_training_fits, estimate_training, training_bytes
 from .metrics import MetricsLog, plot_losses
 from .optim import build_optimizer, optimizer_from_tensors, optimizer_to_tensors
 from .compiling import AutoCompile, compile_for_training, use_persistent_cache
+from .parallel import (
+    apply_activation_checkpointing,
+    apply_fsdp,
+    choose_parallel,
+    full_tensor,
+    is_sharded,
+    local_rows,
+    set_gradient_sync,
+)
 from .runtime import Runtime, autocast, choose_precision, setup_runtime
 
 __all__ = ["Trainer", "TrainResult", "lr_factor", "resolve_config"]
@@ -179,17 +198,43 @@ class Trainer:
         build_model = registry.lookup("model", cfg.model.kind).build
         build_objective = registry.lookup("objective", cfg.objective.kind).build
         per_rank = max(1, cfg.train.batch_size // rt.world_size)
-        check_training_fits(cfg, self.data, lambda: build_model(cfg.model, cfg),
-                            lambda: build_objective(cfg.objective, cfg), cfg.train.micro_batch_size or per_rank,
-                            str(rt.device))
+        model_fn, objective_fn = lambda: build_model(cfg.model, cfg), lambda: build_objective(cfg.objective, cfg)
+        micro_batch = cfg.train.micro_batch_size or per_rank
+        estimate = estimate_training(cfg, self.data, model_fn, objective_fn, micro_batch)
+        self.parallel, why = self._choose_parallel(rt, estimate)
+        check_training_fits(cfg, self.data, model_fn, objective_fn, micro_batch, str(rt.device),
+                            shards=rt.world_size if self.parallel == "fsdp" else 1, estimate=estimate)
         self.model = build_model(cfg.model, cfg)
         if cfg.finetune is not None:
             self.finetune_info = start_from_base(self.model, cfg)
-        self.model.to(rt.device)
+        if self.parallel != "fsdp":          # (FSDP moves each rank's shards to the device itself)
+            self.model.to(rt.device)
         self.objective = registry.lookup("objective", cfg.objective.kind).build(cfg.objective, cfg)
         if hasattr(self.objective, "setup"):     # e.g. DPO keeps the starting model as its reference
+            if self.parallel == "fsdp":
+                raise ConfigError(f"train.parallel=fsdp: objective.kind={cfg.objective.kind!r} keeps a whole reference "
+                                  "copy of the model, which genloom does not shard; use train.parallel=ddp")
             self.objective.setup(self.model)
         self.dtype = choose_precision(cfg.train.precision, rt.device)
+        t = cfg.train
+        if self.parallel == "fsdp" and t.compile:
+            raise ConfigError(f"train.compile={str(t.compile).lower()}: genloom does not compile FSDP-sharded models "
+                              "yet; set train.compile=false (or train.parallel=ddp)")
+        if t.fsdp_offload and self.parallel != "fsdp":
+            raise ConfigError(f"train.fsdp_offload=true applies to sharded runs, and this one is {self.parallel} "
+                              f"({why}); set train.parallel=fsdp under torchrun, or train.fsdp_offload=false")
+        if rt.is_main and rt.distributed:
+            log.info("parallel: %s (%s)", self.parallel, why)
+        self.parallel_reason = why
+        # The weight average is copied from the whole model, then sharded like it.
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        if self.parallel == "fsdp":
+            for module in [self.model] + ([self.ema.model] if self.ema is not None else []):
+                apply_fsdp(module, rt.device, self.dtype, t.fsdp_reshard_after_forward, t.fsdp_offload)
+        if t.activation_checkpointing:
+            count = apply_activation_checkpointing(self.model)
+            if rt.is_main:
+                log.info("activation checkpointing: %d blocks recompute their forward pass in the backward pass", count)
         self.optimizers = {phase: build_optimizer(self.model, [p for p in self.objective.phase_parameters(phase, self.model)
                                                                if p.requires_grad], cfg.train, self.dtype)
                            for phase in self.objective.phases}
@@ -198,19 +243,19 @@ class Trainer:
                 group["base_lr"] *= scale
                 group["lr"] = group["base_lr"]
 
-        t = cfg.train
         per_rank, remainder = divmod(t.batch_size, rt.world_size)
         micro = t.micro_batch_size or per_rank
         if remainder or per_rank % micro:
             raise ConfigError(f"train.batch_size={t.batch_size} must split evenly into {rt.world_size} process(es) "
                               f"x micro-batches of train.micro_batch_size={micro}")
         self.per_rank, self.micro, self.accumulation = per_rank, micro, per_rank // micro
-        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.config = cfg = dataclasses.replace(cfg, machine=self._machine_record(rt, cfg))
 
     def _machine_record(self, rt: Runtime, cfg: RunConfig) -> dict[str, Any]:
         """What the run measured of its machine and chose from it (kept in config.json)."""
         record: dict[str, Any] = {"precision": "bf16" if self.dtype is not None else "fp32"}
+        if rt.distributed:
+            record.update(parallel=self.parallel, parallel_reason=self.parallel_reason, world_size=rt.world_size)
         if rt.device.type == "cuda":
             record["gpu"] = torch.cuda.get_device_name(rt.device)
         else:
@@ -229,39 +274,77 @@ class Trainer:
                 "device": str(rt.device), "machine": self.config.machine, "torch": torch.__version__,
                 "cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")}
 
+    def _choose_parallel(self, rt: Runtime, estimate: tuple[int, int | None] | None) -> tuple[str, str]:
+        """DDP or FSDP (`train.parallel`); auto compares a whole copy's memory with what one process may use,
+        and every rank takes rank 0's answer."""
+        from ..core.memory import limit
+
+        t = self.config.train
+        need = training_bytes(estimate[0], estimate[0], estimate[1], t.ema_decay > 0) if estimate else 0
+        available = None
+        if rt.distributed and t.parallel == "auto":
+            available = limit(t.max_memory, str(rt.device))
+            if available is not None and rt.device.type == "cpu" and not t.max_memory:   # the local ranks share it
+                available //= int(os.environ.get("LOCAL_WORLD_SIZE", rt.world_size))
+        choice = choose_parallel(t.parallel, rt.world_size, need, available)
+        return tuple(rt.broadcast(list(choice))) if rt.distributed and t.parallel == "auto" else choice
+
     def _save(self, rt: Runtime, step: int, tokens: int, elapsed: float, data_rng: torch.Generator) -> None:
-        """Write a checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+        """Write a checkpoint with every rank (`train.checkpoint`): rank 0 prepares the staging folder, every rank
+        writes its part (its optimizer shard; its share of the gathers of the whole weights), and rank 0 commits
+        once all have finished (the marker last)."""
+        sharded = self.parallel == "fsdp"
         rng_states = rt.gather(torch.get_rng_state())
+        tensors: dict[str, torch.Tensor] = {}
+        optimizer_meta = {}
+        for phase, optimizer in self.optimizers.items():
+            opt_tensors, optimizer_meta[phase] = optimizer_to_tensors(optimizer.state_dict(), f"optimizer.{phase}")
+            tensors.update(opt_tensors)
+        files = [shard_name(r, rt.world_size) for r in range(rt.world_size)] if sharded else [ckpt.STATE_FILE]
+        staging = self.out_dir / ckpt.STAGING
         if rt.is_main:
-            tensors: dict[str, torch.Tensor] = {"rng.data": data_rng.get_state()}
-            for rank, state in enumerate(rng_states):
-                tensors[f"rng.torch.{rank}"] = state
-            optimizer_meta = {}
-            for phase, optimizer in self.optimizers.items():
-                opt_tensors, optimizer_meta[phase] = optimizer_to_tensors(optimizer.state_dict(), f"optimizer.{phase}")
-                tensors.update(opt_tensors)
-            state = {"step": step, "tokens": tokens, "elapsed": elapsed, "world_size": rt.world_size,
-                     "optimizers": optimizer_meta, "precision": str(self.dtype)}
-            writers = {
-                ckpt.STATE_FILE: lambda p: ckpt.save_tensors(tensors, p),
-                ckpt.STATE_JSON: lambda p: p.write_text(json.dumps(state, indent=2)),
-            }
-            if self.lora:     # the adapter alone: the base weights stay where they are
-                adapter = adapter_payload(self.model, self.finetune_info)
+            ckpt.begin_commit(self.out_dir)
+        rt.barrier()
+        own_sum = None
+        if sharded:
+            path = staging / files[rt.rank]
+            write_state_shard(tensors, path, rt.is_main)
+            ckpt.fsync(path)
+            own_sum = ckpt.sha256_file(path)
+        elif rt.is_main:
+            ckpt.save_tensors(tensors, staging / ckpt.STATE_FILE)
+            ckpt.fsync(staging / ckpt.STATE_FILE)
+        names = list(files)
+
+        def whole(name: str, values: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+            write_gathered(values, staging / name if rt.is_main else None, metadata)
+            names.append(name)
+
+        weights_meta = {"format": "genloom", "step": str(step)}
+        if self.lora:     # the adapter alone: the base weights stay where they are
+            whole(ADAPTER_FILE, adapter_payload(self.model, self.finetune_info), {"format": "genloom-adapter"})
+        else:
+            whole(ckpt.MODEL_FILE, self.model.state_dict(), weights_meta)
+        if self.ema is not None:
+            whole(ckpt.EMA_FILE, self.ema.model.state_dict(), weights_meta)
+        sums = rt.gather(own_sum)
+        if rt.is_main:
+            state = state_json(step, tokens, elapsed, rt.world_size, self.parallel, optimizer_meta, str(self.dtype),
+                               data_rng.get_state(), rng_states, files)
+            ckpt.write_json_atomic(staging / ckpt.STATE_JSON, state)
+            names.append(ckpt.STATE_JSON)
+            if self.lora:
                 meta = adapter_metadata(self.config, self.finetune_info, step)
-                writers[ADAPTER_FILE] = lambda p: ckpt.save_tensors(adapter, p, {"format": "genloom-adapter"})
-                writers[ADAPTER_JSON] = lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")
-            else:
-                model_tensors = self.model.state_dict()
-                writers[ckpt.MODEL_FILE] = lambda p: ckpt.save_tensors(model_tensors, p,
-                                                                       {"format": "genloom", "step": str(step)})
-            if self.ema is not None:
-                ema_tensors = self.ema.model.state_dict()
-                writers[ckpt.EMA_FILE] = lambda p: ckpt.save_tensors(ema_tensors, p, {"format": "genloom", "step": str(step)})
-            ckpt.commit(self.out_dir, writers)
+                ckpt.write_json_atomic(staging / ADAPTER_JSON, meta)
+                names.append(ADAPTER_JSON)
+            ckpt.finish_commit(self.out_dir, names, {files[r]: digest for r, digest in enumerate(sums) if digest})
+            for stale in stale_state_files(self.out_dir, files):     # an earlier checkpoint's, on another world size
+                stale.unlink(missing_ok=True)
         rt.barrier()
 
     def _restore(self, rt: Runtime, data_rng: torch.Generator) -> tuple[int, int, float]:
+        sharded = self.parallel == "fsdp"
+        load = load_weights_sharded if sharded else ckpt.load_weights
         if self.lora:
             saved = ckpt.load_tensors(self.out_dir / ADAPTER_FILE)
             current = adapter_payload(self.model, self.finetune_info)
@@ -269,26 +352,50 @@ class Trainer:
                 raise CheckpointError(f"--resume: {self.out_dir / ADAPTER_FILE} does not hold this run's adapter")
             with torch.no_grad():
                 for key, value in current.items():
-                    value.copy_(saved[key])
+                    if is_sharded(value):
+                        local, begin = local_rows(value)
+                        local.copy_(saved[key][begin:begin + local.shape[0]])
+                    else:
+                        value.copy_(saved[key])
         else:
-            ckpt.load_weights(self.model, self.out_dir / ckpt.MODEL_FILE)
+            load(self.model, self.out_dir / ckpt.MODEL_FILE)
         if self.ema is not None:
-            ckpt.load_weights(self.ema.model, self.out_dir / ckpt.EMA_FILE)
-        tensors = ckpt.load_tensors(self.out_dir / ckpt.STATE_FILE)
+            load(self.ema.model, self.out_dir / ckpt.EMA_FILE)
         state = read_train_state(self.out_dir / ckpt.STATE_JSON, list(self.optimizers))
+        files = state.get("state_files") or [ckpt.STATE_FILE]
         try:
-            for phase, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(optimizer_from_tensors(tensors, state["optimizers"][phase],
-                                                                 f"optimizer.{phase}"))
-            data_rng.set_state(tensors["rng.data"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            with StateReader(self.out_dir, files) as reader:
+                keys = reader.keys()
+                for phase, optimizer in self.optimizers.items():
+                    params = [p for group in optimizer.param_groups for p in group["params"]]
+                    prefix = f"optimizer.{phase}."
+                    tensors = {}
+                    for key in keys:
+                        if key.startswith(prefix):
+                            param = params[int(key[len(prefix):].split(".", 1)[0])]
+                            like = param if reader.shape(key) == tuple(param.shape) else None
+                            tensors[key] = reader.read(key, like)
+                    optimizer.load_state_dict(optimizer_from_tensors(tensors, state["optimizers"][phase],
+                                                                     f"optimizer.{phase}"))
+                rng = state.get("rng")
+                if isinstance(rng, dict):
+                    data_rng.set_state(decode_rng(rng["data"]))
+                    own = rng["torch"][rt.rank] if rt.rank < len(rng["torch"]) else None
+                    own = decode_rng(own) if own is not None else None
+                else:                      # checkpoints written before the random state moved to JSON
+                    data_rng.set_state(reader.read("rng.data"))
+                    own = reader.read(f"rng.torch.{rt.rank}") if f"rng.torch.{rt.rank}" in keys else None
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
             raise CheckpointError(f"--resume: {self.out_dir / ckpt.STATE_FILE} and {ckpt.STATE_JSON} do not hold "
                                   f"this run's optimizer and random state ({type(error).__name__}: "
                                   f"{str(error)[:120]})") from None
-        own = tensors.get(f"rng.torch.{rt.rank}")
         if own is not None:
             torch.set_rng_state(own)
-        log.info("resumed %s at step %d", self.out_dir, state["step"])
+        if rt.is_main:
+            saved_world = state.get("world_size", 1)
+            log.info("resumed %s at step %d%s", self.out_dir, state["step"],
+                     f" (saved by {saved_world} process(es), continued on {rt.world_size})"
+                     if saved_world != rt.world_size else "")
         return state["step"], state["tokens"], state["elapsed"]
 
     # -- the loop ------------------------------------------------------------------------------
@@ -303,16 +410,37 @@ class Trainer:
         t = self.config.train
         indices = self.data.val_indices(t.eval_batches * self.micro)
         total = torch.zeros(2, dtype=torch.float64)
-        for b in range(rt.rank, t.eval_batches, rt.world_size):
-            batch = _to_device(self.data.batch(indices[b * self.micro:(b + 1) * self.micro], "val"), rt.device)
+        mine = list(range(rt.rank, t.eval_batches, rt.world_size))
+        if self.parallel == "fsdp":    # every rank makes as many passes (they gather the weights together)
+            mine += [None] * (math.ceil(t.eval_batches / rt.world_size) - len(mine))
+        for b in mine:
+            first = b if b is not None else 0            # a pass that only takes part: its loss is not counted
+            batch = _to_device(self.data.batch(indices[first * self.micro:(first + 1) * self.micro], "val"), rt.device)
             with autocast(rt.device, self.dtype):
-                total[0] += float(self.objective.eval_loss(model, batch))
-            total[1] += 1
+                loss = float(self.objective.eval_loss(model, batch))
+            if b is not None:
+                total[0] += loss
+                total[1] += 1
         rt.all_reduce_sum(total)
         return float(total[0] / total[1])
 
+    def _sample_sharded(self, rt: Runtime, model: nn.Module, step: int) -> str:
+        """Samples from a sharded model: every rank runs the same generation from the same random state (so all
+        make the same forward passes); rank 0's files are kept, the others' go to a scratch folder."""
+        import tempfile
+
+        t = self.config.train
+        with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), \
+                tempfile.TemporaryDirectory(prefix="genloom-samples-") as scratch:
+            torch.manual_seed(t.seed + 3 + step)
+            folder = self.out_dir / "samples" if rt.is_main else Path(scratch)
+            return self.objective.write_samples(model, self.data, folder, step, t.sample_length, t.sample_prompt)
+
     def fit(self) -> TrainResult:
-        rt = setup_runtime(self.config.train.device)
+        t = self.config.train
+        if t.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            choose_parallel(t.parallel, 1, 0, None)       # the one-line refusal, before any work
+        rt = setup_runtime(t.device, t.dist_timeout)
         previous_handlers = {}
         try:
             if rt.is_main:
@@ -345,8 +473,9 @@ class Trainer:
         model = self.model
         # With several optimizer phases (a GAN) each backward pass touches one network only, which DDP's
         # bucketed reducer does not allow; there the loop averages each phase's gradients itself.
-        manual_sync = rt.distributed and len(self.objective.phases) > 1
-        if rt.distributed and not manual_sync:
+        fsdp = self.parallel == "fsdp"     # the model is sharded: no wrapper, FSDP syncs in its own hooks
+        manual_sync = self.parallel == "ddp" and len(self.objective.phases) > 1
+        if self.parallel == "ddp" and not manual_sync:
             model = DistributedDataParallel(self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         auto_compile = None
         if t.compile == "auto" and t.max_time:
@@ -364,6 +493,10 @@ class Trainer:
             log.info("model: %.2fM parameters; batch %d x %d %s per step (%d process(es) x %d micro-batch(es) of %d); "
                      "precision %s", n_params / 1e6, t.batch_size, self.data.items_per_example, self.data.item_name,
                      rt.world_size, self.accumulation, self.micro, "bf16 autocast" if self.dtype else "fp32")
+            if fsdp:
+                log.info("fsdp: each of the %d processes holds 1/%d of the weights, gradients and optimizer state%s",
+                         rt.world_size, rt.world_size, "; bf16 weights in the passes, fp32 reductions"
+                         if self.dtype else "")
 
         start = time.perf_counter()
         bar = tqdm(total=int(t.max_time) if t.max_time else t.max_steps, initial=0 if t.max_time else step,
@@ -391,11 +524,13 @@ class Trainer:
             sampled = self.ema.model if self.ema is not None else self.model   # what users will sample from
             sampled.eval()
             last_val = self._evaluate(rt, sampled)
+            if fsdp and t.sample_length:    # a sharded model samples on every rank (they gather its weights together)
+                sample = self._sample_sharded(rt, sampled, step)
             if rt.is_main:
                 metrics.write(step=step, time_s=elapsed(), tokens=tokens, val_loss=last_val)
                 if writer:
                     writer.add_scalar("val/loss", last_val, step)
-                if t.sample_length:
+                if t.sample_length and not fsdp:
                     sample = self.objective.write_samples(sampled, self.data, out / "samples", step,
                                                           t.sample_length, t.sample_prompt)
                 plot_losses(out / "metrics.csv", out / "loss.png", title=f"{cfg.recipe or 'run'}: loss")
@@ -431,7 +566,9 @@ class Trainer:
                 for i, micro_indices in enumerate(micro_batches):
                     batch = _to_device(self.data.batch(micro_indices), rt.device)
                     sync = not rt.distributed or manual_sync or i == self.accumulation - 1
-                    with (contextlib.nullcontext() if sync else model.no_sync()):
+                    if fsdp:
+                        set_gradient_sync(self.model, sync)
+                    with (contextlib.nullcontext() if sync or fsdp else model.no_sync()):
                         with autocast(rt.device, self.dtype):
                             loss = self.objective.loss(phase, model, batch)
                         (loss / self.accumulation).backward()
@@ -439,7 +576,7 @@ class Trainer:
                 params = [p for group in optimizer.param_groups for p in group["params"]]
                 if manual_sync:
                     rt.average_gradients(params)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+                grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf))
                 loss_sum[1] += 0 if math.isfinite(float(grad_norm)) else 1
                 rt.all_reduce_sum(loss_sum)
                 mean_loss = float(loss_sum[0]) / (self.accumulation * rt.world_size)
