@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .tokenizers import END_OF_TEXT, TextTokenizer
 
 __all__ = ["Sampling", "process_logits", "sample_next", "generate_tokens", "start_token", "encode_prompt",
-           "TextStream", "StopMatcher", "failure_table", "advance"]
+           "TextStream", "StopMatcher", "failure_table", "advance", "ban_repeated_ngrams", "contrastive_search"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    no_repeat_ngram: int = 0         # > 0: never a token that repeats an n-gram already in the text (prompt included)
 
     def __post_init__(self) -> None:
         if isinstance(self.logit_bias, dict):
@@ -45,7 +47,8 @@ class Sampling:
                   (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
                   (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
                   (all(token >= 0 and -100 <= bias <= 100 for token, bias in self.logit_bias),
-                   "logit_bias maps token ids (>= 0) to biases in [-100, 100]")]
+                   "logit_bias maps token ids (>= 0) to biases in [-100, 100]"),
+                  (self.no_repeat_ngram >= 0, "no_repeat_ngram must be >= 0")]
         for ok, message in checks:
             if not ok:
                 from ..core.errors import GenloomError
@@ -178,6 +181,8 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
         if watermarks is not None:
             from .watermarking import histories, mark_logits
             marked = mark_logits(logits, histories(tokens, valid), watermarks, sampling, seen, counts, process_logits)
+        if any(s.no_repeat_ngram for s in rows):
+            marked = ban_repeated_ngrams(marked, tokens, valid, [s.no_repeat_ngram for s in rows] * (B // len(rows)))
         next_token = sample_next(marked, generators, sampling, seen, counts)  # (B,)
         if constraints is not None:
             for c, token in zip(constraints, next_token.tolist()):
@@ -191,6 +196,53 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
             counts[torch.arange(B, device=device), next_token] += 1
         pending = next_token[:, None]
         yield next_token, logprob
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, sizes: Sequence[int]
+                        ) -> torch.Tensor:
+    """Mask (-inf) each row's tokens that would complete an n-gram (n = sizes[row]) already in its text."""
+    logits = logits.clone()
+    for row, n in enumerate(sizes):
+        if not n:
+            continue
+        seq = tokens[row, valid[row]].tolist()
+        if len(seq) < n:
+            continue
+        tail = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+        banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == tail}
+        if banned:
+            logits[row, list(banned)] = float("-inf")
+    return logits
+
+
+@torch.no_grad()
+def contrastive_search(model: nn.Module, prompt: Sequence[int], max_new_tokens: int, top_k: int = 4,
+                       alpha: float = 0.6) -> list[int]:
+    """Contrastive search (Su et al. 2022, eq. 5): of the `top_k` most likely next tokens, the one maximising
+    (1 - alpha) * p(v) - alpha * max_j cos(h_v, h_j), h the final hidden states (after the last norm) of the
+    candidate and of the text before it; alpha 0 is greedy. Past the context the model reads (and compares
+    with) the last `block_size` tokens. Returns the generated token ids."""
+    block = model.config.block_size
+    device = next(model.parameters()).device
+    hidden: list[torch.Tensor] = []
+    hook = model.final_norm.register_forward_hook(lambda module, inputs, output: hidden.append(output))
+    try:
+        tokens = list(prompt)
+        for _ in range(max_new_tokens):
+            context = torch.tensor([tokens[-(block - 1):]], device=device)      # room for one candidate
+            hidden.clear()
+            probs = model(context)[0, -1].float().softmax(-1)                   # (V,)
+            past = F.normalize(hidden[-1][0].float(), dim=-1)                   # (T, d)
+            p, candidates = probs.topk(top_k)                                   # (k,)
+            hidden.clear()
+            model(torch.cat([context.expand(top_k, -1), candidates[:, None]], dim=1))
+            h = F.normalize(hidden[-1][:, -1].float(), dim=-1)                  # (k, d)
+            degeneration = (h @ past.T).max(-1).values                          # (k,)
+            score = (1 - alpha) * p - alpha * degeneration
+            tokens.append(int(candidates[int(score.argmax())]))
+    finally:
+        hook.remove()
+    return tokens[len(prompt):]
 
 
 def start_token(tokenizer: TextTokenizer) -> int:

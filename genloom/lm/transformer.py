@@ -66,7 +66,7 @@ class TransformerConfig:
     #                                      2nd or 6th)
     rope_local_theta: float = 0.0        # rotary base of the windowed layers, unscaled (Gemma 3); 0: as the others
     rotary_dim: int = 0                  # rotate only the first rotary_dim dims of each head (Phi); 0: all of them
-    rope_scaling: Literal["none", "linear", "llama3", "yarn", "longrope"] = "none"  # stretched rotary frequencies
+    rope_scaling: Literal["none", "linear", "ntk", "llama3", "yarn", "longrope"] = "none"  # stretched rotary frequencies
     rope_factor: float = 1.0             # how much longer than rope_original_context the context becomes
     rope_original_context: int = 0       # the context the model was pre-trained on (llama3, yarn, longrope)
     rope_low_freq_factor: float = 1.0    # llama3
@@ -103,7 +103,7 @@ class TransformerConfig:
         if self.rope_scaling != "none":
             require(self.position == "rope", "model.rope_scaling", "needs model.position=rope")
             require(self.rope_factor > 0, "model.rope_factor", "must be positive")
-            require(self.rope_scaling == "linear" or self.rope_original_context > 0, "model.rope_original_context",
+            require(self.rope_scaling in ("linear", "ntk") or self.rope_original_context > 0, "model.rope_original_context",
                     f"must be set for rope_scaling={self.rope_scaling}")
         if self.rope_scaling == "longrope":
             half = (self.rotary_dim or self.head_dim) // 2

@@ -3,6 +3,7 @@ over a whole split (what text, code and music data share)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -12,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.errors import DataError
+from ..core.errors import DataError, GenloomError
 from ..train.data import SPLITS
 from .tokenizers import TextTokenizer
 
-__all__ = ["TokenWindows", "score_split"]
+__all__ = ["TokenWindows", "score_split", "extend_context", "position_losses", "text_perplexity"]
 
 
 class TokenWindows:
@@ -100,3 +101,72 @@ def score_split(model: nn.Module, data: TokenWindows, batch_size: int = 16, prog
         bar.update(len(group))
     bar.close()
     return total_nats, total_tokens
+
+
+MAX_CONTEXT_FACTOR = 64          # how far past its training context a rotary model is stretched at most
+
+
+def extend_context(model: nn.Module, length: int, scaling: str = "keep", factor: float = 1.0) -> nn.Module:
+    """A copy of a rotary transformer that reads `length` positions: its own rotary frequencies ("keep"),
+    plain extrapolation ("none"), or stretched by `scaling` (linear, ntk, yarn, ...) by `factor` from the
+    context it was trained on (`rope_original_context`, else its block size). The weights are shared."""
+    import copy
+    import dataclasses
+
+    from ..nn.attention import RotaryEmbedding
+
+    cfg = model.config
+    if cfg.position != "rope":
+        raise GenloomError(f"a model with {cfg.position} positions cannot be scaled past its context of "
+                           f"{cfg.block_size}; only rotary positions can")
+    original = cfg.rope_original_context or cfg.block_size
+    if length > original * MAX_CONTEXT_FACTOR:
+        raise GenloomError(f"a context of {length} tokens is longer than this model can be scaled to ({MAX_CONTEXT_FACTOR}x "
+                           f"its training context of {original}: {original * MAX_CONTEXT_FACTOR})")
+    if scaling == "keep":
+        new = dataclasses.replace(cfg, block_size=max(length, cfg.block_size))
+    else:
+        new = dataclasses.replace(cfg, block_size=max(length, cfg.block_size), rope_scaling=scaling,
+                                  rope_factor=factor, rope_original_context=original if scaling != "none" else 0)
+    extended = copy.copy(model)              # a shallow copy: the same blocks (weights), new rotary tables
+    extended._modules = dict(model._modules)
+    extended.config = new
+    device = next(model.parameters()).device
+    extended.rotary = RotaryEmbedding(new.rotary_dim or new.head_dim, new.block_size, new.rope_theta,
+                                      new.rope()).to(device)
+    if model.rotary_local is not None:
+        extended.rotary_local = RotaryEmbedding(new.rotary_dim or new.head_dim, new.block_size,
+                                                new.rope_local_theta).to(device)
+    return extended
+
+
+@torch.no_grad()
+def position_losses(model: nn.Module, windows: list[torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss (nats) at each position over token windows (each of length L + 1): (L,)."""
+    device = next(model.parameters()).device
+    total = None
+    for window in windows:
+        window = window.to(device)
+        logits = model(window[None, :-1])[0].float()                         # (L, V)
+        loss = F.cross_entropy(logits, window[1:], reduction="none")        # (L,)
+        total = loss if total is None else total + loss
+    return total / len(windows)
+
+
+@torch.no_grad()
+def text_perplexity(model: nn.Module, tokens: list[int]) -> float:
+    """Perplexity of a token sequence of any length: windows of the context length that advance by half a
+    context, each scoring only the tokens the one before did not."""
+    block = model.config.block_size
+    device = next(model.parameters()).device
+    ids = torch.tensor(tokens, device=device)
+    nats, count, scored = 0.0, 0, 1          # the first token has nothing before it
+    while scored < len(ids):
+        start = max(0, scored - block // 2) if scored > block else 0
+        end = min(len(ids), start + block + 1)
+        window = ids[start:end]
+        logits = model(window[None, :-1])[0].float()
+        losses = F.cross_entropy(logits, window[1:], reduction="none")     # loss of tokens start+1 .. end-1
+        new = losses[scored - start - 1:]
+        nats, count, scored = nats + float(new.sum()), count + len(new), end
+    return math.exp(nats / max(count, 1))

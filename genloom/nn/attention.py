@@ -22,6 +22,8 @@ class RopeScaling:
     """How rotary frequencies are stretched to reach past the context a model was trained on.
 
     linear: every frequency divided by `factor` (position interpolation, Chen et al. 2023).
+    ntk: the base theta raised to theta * factor^(dim / (dim - 2)) ("NTK-aware" scaling, bloc97 2023): the
+    lowest frequency is interpolated by `factor`, the highest kept.
     llama3: low frequencies divided by `factor`, high ones kept, a smooth ramp between (Llama 3.1).
     yarn: per-frequency blend of interpolation and extrapolation with a ramp set by `beta_fast` /
     `beta_slow` rotations, and cos/sin scaled by `attention_factor` (Peng et al. 2023).
@@ -31,7 +33,7 @@ class RopeScaling:
     `attention_factor` 0 means the value the method's paper derives from `factor`.
     """
 
-    kind: Literal["none", "linear", "llama3", "yarn", "longrope"] = "none"
+    kind: Literal["none", "linear", "ntk", "llama3", "yarn", "longrope"] = "none"
     factor: float = 1.0
     original_context: int = 0
     low_freq_factor: float = 1.0
@@ -55,6 +57,8 @@ def rope_frequencies(dim: int, theta: float, scaling: RopeScaling | None = None
     s = scaling
     if kind == "linear":
         return inv_freq / s.factor, 1.0, None
+    if kind == "ntk":
+        return 1.0 / ((theta * s.factor ** (dim / (dim - 2))) ** exponents), 1.0, None
     if kind == "llama3":
         low_wavelen, high_wavelen = s.original_context / s.low_freq_factor, s.original_context / s.high_freq_factor
         wavelen = 2 * math.pi / inv_freq
