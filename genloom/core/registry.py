@@ -49,6 +49,7 @@ ENGINE_MODULES = (
     "genloom.diffusion.unet",
     "genloom.diffusion.dit",
     "genloom.diffusion.objective",
+    "genloom.diffusion.autoencoder",
     "genloom.diffusion.flow",
     "genloom.gan.model",
     "genloom.gan.objective",

@@ -48,6 +48,8 @@ class DiTConfig:
     text_dim: int = 128              # width of the text tokens (projected to d_model and joined to the image's)
     text_layers: int = 2             # transformer blocks of the joint text encoder
     text_heads: int = 4
+    autoencoder: str = ""            # latent diffusion: a genloom autoencoder run or diffusers AutoencoderKL
+                                     # folder; the model then works on its (scaled) latents
 
     def __post_init__(self) -> None:
         validate(self, "model")

@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..core.errors import GenloomError
+from .latents import latent_codec
 from .samplers import sample
 from .schedules import NoiseSchedule
 
@@ -73,6 +75,8 @@ def generate_images(model: nn.Module, schedule: NoiseSchedule, labels: Sequence[
     `negative` (N, L): caption ids the guidance steers away from (a negative prompt). `init` (N, C, H, W)
     in [-1, 1]: start from these images, noised to `strength` (image-to-image); with `mask` (N, 1, H, W),
     1 = redraw and 0 = keep, only the masked pixels change (inpainting; the others are copied from `init`).
+    A latent denoiser (`model.config.autoencoder`) samples latents, decoded at the end; `init` is encoded and
+    `mask` downsampled to the latent grid, and the kept pixels are copied from `init` after decoding.
 
     Sample i starts from noise drawn with seed + i, so with the deterministic samplers (ddim with eta 0,
     dpmpp_2m, euler, heun) it is the same image whatever else is in the batch. The per-step noise of
@@ -82,6 +86,17 @@ def generate_images(model: nn.Module, schedule: NoiseSchedule, labels: Sequence[
     device = next(model.parameters()).device
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     text = getattr(model, "text", None) is not None
+    if mask is not None and (init is None or mask.shape[-2:] != init.shape[-2:]):
+        raise GenloomError(f"the mask is {tuple(mask.shape[-2:])} but the init image is "
+                           f"{None if init is None else tuple(init.shape[-2:])}; inpainting needs both, the same size")
+    codec = latent_codec(model)                 # latent diffusion: sample latents, decode them at the end
+    pixel_init, pixel_mask = init, mask
+    if codec is not None and init is not None:
+        if init.shape[-1] != cfg.image_size * codec.factor or init.shape[-2] != cfg.image_size * codec.factor:
+            raise GenloomError(f"the init image is {tuple(init.shape[-2:])} but this latent model makes "
+                               f"{cfg.image_size * codec.factor}-pixel images")
+        init = codec.encode(init.to(device))
+        mask = codec.downsample_mask(mask) if mask is not None else None
     images = []
     for start in range(0, num_samples, batch_size):
         rows = range(start, min(num_samples, start + batch_size))
@@ -105,5 +120,9 @@ def generate_images(model: nn.Module, schedule: NoiseSchedule, labels: Sequence[
                    eta=eta, callback=callback, x_T=noise, init=batch_init, strength=strength)
         if mask is not None:
             x = torch.where(keep.bool(), batch_init, x)
+        if codec is not None:
+            x = codec.decode(x)
+            if pixel_mask is not None:
+                x = torch.where(pixel_mask[start:rows.stop].to(device).bool(), x, pixel_init[start:rows.stop].to(x))
         images.append(x.clamp(-1, 1).float().cpu())
     return torch.cat(images)

@@ -44,6 +44,8 @@ class UNetConfig:
     text_heads: int = 4
     coordinates: bool = False            # feed x, y coordinate maps to the first layer (CoordConv, Liu et al. 2018):
                                          # lets attention tell left from right (prompts that name places)
+    autoencoder: str = ""                # latent diffusion: a genloom autoencoder run or diffusers AutoencoderKL
+                                         # folder; the model then works on its (scaled) latents
 
     def __post_init__(self) -> None:
         validate(self, "model")

@@ -27,7 +27,7 @@ from ..core.config import require, validate
 from ..core.errors import ConfigError
 from ..core.registry import register
 
-__all__ = ["GANConfig", "GAN", "Generator", "Discriminator"]
+__all__ = ["GANConfig", "GAN", "Generator", "Discriminator", "PatchDiscriminator"]
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,29 @@ class GAN(nn.Module):
         """The latents of seeds seed .. seed + n - 1 (one generator per sample: a sample's seed fixes it)."""
         z = [torch.randn(self.config.latent_dim, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)]
         return torch.stack(z).to(device)
+
+
+class PatchDiscriminator(nn.Module):
+    """A fully convolutional discriminator that scores every overlapping patch of an image (pix2pix's
+    PatchGAN, Isola et al. 2017; the one taming/LDM autoencoders train against): `layers` stride-2 conv4x4
+    blocks (widths doubling up to 8x), one stride-1 block, then a conv4x4 to one logit per patch. GroupNorm
+    instead of BatchNorm, so real and reconstructed batches never mix statistics."""
+
+    def __init__(self, channels: int, width: int = 64, layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        current = width
+        for i in range(1, layers + 1):
+            out = width * min(2 ** i, 8)
+            blocks += [nn.Conv2d(current, out, 4, stride=2 if i < layers else 1, padding=1, bias=False),
+                       nn.GroupNorm(next(g for g in (32, 16, 8, 4, 2, 1) if out % g == 0), out), nn.LeakyReLU(0.2)]
+            current = out
+        blocks.append(nn.Conv2d(current, 1, 4, stride=1, padding=1))
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) -> patch logits (B, 1, h, w)."""
+        return self.blocks(images)
 
 
 @register("model", "gan", GANConfig)

@@ -27,7 +27,8 @@ from ..core.config import require, validate
 from ..core.registry import register
 from ..train.objective import unwrap_model
 
-__all__ = ["GANObjectiveConfig", "GANObjective", "diff_augment", "AUGMENTATIONS", "class_coverage", "class_diversity"]
+__all__ = ["GANObjectiveConfig", "GANObjective", "diff_augment", "AUGMENTATIONS", "class_coverage", "class_diversity",
+           "discriminator_loss", "generator_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,21 @@ class GANObjectiveConfig:
         require(self.coverage_samples >= 0, "objective.coverage_samples", "must be 0 (off) or more")
         require(0 < self.coverage_threshold <= 1, "objective.coverage_threshold", "must be in (0, 1]")
         require(self.diversity_threshold >= 0, "objective.diversity_threshold", "must be 0 (off) or positive")
+
+
+# -- the two losses -------------------------------------------------------------------------------
+
+def discriminator_loss(kind: str, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """The discriminator's loss on logits of real and fake images (or patches): hinge (Lim & Ye 2017) or the
+    non-saturating logistic loss (Goodfellow et al. 2014)."""
+    if kind == "hinge":
+        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+    return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+
+
+def generator_loss(kind: str, fake_scores: torch.Tensor) -> torch.Tensor:
+    """The generator's loss on the discriminator's logits of its images, for the same two kinds."""
+    return -fake_scores.mean() if kind == "hinge" else F.softplus(-fake_scores).mean()
 
 
 # -- differentiable augmentation -----------------------------------------------------------------
@@ -155,12 +171,10 @@ class GANObjective:
         return diff_augment(images, self.config.augment) if self.config.augment else images
 
     def _d_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
-        if self.config.loss == "hinge":
-            return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
-        return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+        return discriminator_loss(self.config.loss, real_scores, fake_scores)
 
     def _g_loss(self, fake_scores: torch.Tensor) -> torch.Tensor:
-        return -fake_scores.mean() if self.config.loss == "hinge" else F.softplus(-fake_scores).mean()
+        return generator_loss(self.config.loss, fake_scores)
 
     def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch

@@ -12,9 +12,10 @@ MODALITY = register_modality(Modality(
     components=("genloom.images.data",),
     open="genloom.images.handle:open_checkpoint",
     evaluate="genloom.images.handle:score",
-    assets=("labels.json",),
+    assets=("labels.json", "autoencoder.json", "autoencoder.safetensors"),
     cli="genloom.images.cli",
     serve="images",
     adapters=True,
-    handles=("genloom.images.handle:ImageModel", "genloom.images.handle:GANModel"),
+    handles=("genloom.images.handle:ImageModel", "genloom.images.handle:GANModel",
+             "genloom.images.handle:AutoencoderModel"),
 ))

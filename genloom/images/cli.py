@@ -20,7 +20,7 @@ from ..cli.options import (
 )
 from ..core.errors import GenloomError
 from ..media.image import save_gif, save_image_grid, to_pil_image
-from .handle import GANModel, ImageHandle
+from .handle import AutoencoderModel, GANModel, ImageHandle
 
 __all__ = ["register"]
 
@@ -69,6 +69,9 @@ def generate_image(
     OUT/PROMPT_SEED.png) for each sample and OUT/grid.png."""
     model = load_handle(checkpoint, device, ImageHandle, "an image model; use `genloom generate text` for text models",
                         adapter, verify=not no_verify)
+    if isinstance(model, AutoencoderModel):
+        raise GenloomError(f"{checkpoint} is an autoencoder: it makes no images on its own; train a latent diffusion "
+                           f"model on it (e.g. the glyphs64-latent recipe, model.autoencoder={checkpoint})")
     if model.prompted:
         _from_prompts(model, checkpoint, label, prompt, negative_prompt, init_image, strength, mask, num_samples, steps,
                       sampler, guidance, eta, spacing, seed, out, scale, truncation)
@@ -93,7 +96,7 @@ def generate_image(
         images = model.generate(labels, num_samples=num_samples, steps=steps, sampler=sampler, guidance=guidance,
                                 seed=seed, spacing=spacing, eta=eta, progress=True)
     seed = model.last_seed
-    scale = scale or max(1, 64 // model.model.config.image_size)
+    scale = scale or max(1, 64 // model.image_size)
     out.mkdir(parents=True, exist_ok=True)
     # Sample i (label-major) comes from seed + i: `--label L --num-samples 1 --seed S` redraws L_S.png.
     requested = [name for name in (labels or ["sample"]) for _ in range(num_samples)]
@@ -118,7 +121,7 @@ def _from_prompts(model, checkpoint, label, prompt, negative_prompt, init_image,
                             seed=seed, spacing=spacing, eta=eta, progress=True, negative_prompt=negative_prompt,
                             init_image=init_image, strength=strength, mask=mask)
     seed = model.last_seed
-    scale = scale or max(1, 64 // model.model.config.image_size)
+    scale = scale or max(1, 64 // model.image_size)
     out.mkdir(parents=True, exist_ok=True)
     slugs = ["-".join(re.findall(r"[A-Za-z0-9]+", p))[:48] or "prompt" for p in prompt]
     names = [f"{slug}_{seed + i * num_samples + j}" for i, slug in enumerate(slugs) for j in range(num_samples)]

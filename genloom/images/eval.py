@@ -32,7 +32,7 @@ from .inception import InceptionFeatures
 __all__ = [
     "FeatureClassifierConfig", "FeatureClassifier", "train_feature_classifier", "feature_classifier",
     "frechet_distance", "kernel_inception_distance", "precision_recall", "class_accuracy",
-    "ImageEvalResult", "evaluate_images",
+    "ImageEvalResult", "evaluate_images", "AutoencoderEvalResult", "evaluate_reconstructions", "psnr",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,20 +212,25 @@ def data_name(data_config) -> str:
 
 def training_images(data) -> tuple[Tensor, Tensor]:
     """Every training image of a prepared ImageData and its labels: the reference the metrics compare with."""
-    return data.batch(torch.arange(data.num_examples("train")), "train")
+    return data.pixel_batch(torch.arange(data.num_examples("train")), "train")
 
 
 def data_feature_classifier(data, reference: tuple[Tensor, Tensor] | None = None,
-                            progress: bool = True) -> FeatureClassifier:
+                            progress: bool = True, seed: int = 0) -> FeatureClassifier:
     """The cached feature classifier of a prepared ImageData, keyed by its settings: the same network
-    `genloom eval`, the benchmarks and the GAN's collapse watch use. `reference` is
-    `training_images(data)` where the caller already has it (it is only read to train a new classifier)."""
+    `genloom eval`, the benchmarks and the GAN's collapse watch use (`seed` 0; an autoencoder's perceptual
+    loss uses the one of seed 1). `reference` is `training_images(data)` where the caller already has it
+    (it is only read to train a new classifier). Data without classes gets the untrained network of `seed`."""
     import hashlib
 
     fields = {k: v for k, v in dataclasses.asdict(data.config).items() if k != "kind"}
     key = f"{data_name(data.config)}-{hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]}"
     images, labels = reference if reference is not None else training_images(data)
-    return feature_classifier(key, images, labels, max(len(data.classes), 1), progress=progress)
+    if len(data.classes) < 2 and seed:
+        torch.manual_seed(seed)
+        return FeatureClassifier(FeatureClassifierConfig.for_images(images.shape[1], images.shape[-1], 2)).eval()
+    return feature_classifier(key if not seed else f"{key}-seed{seed}", images, labels, max(len(data.classes), 1),
+                              seed=seed, progress=progress)
 
 
 # -- metrics on features -----------------------------------------------------------------------
@@ -324,3 +329,53 @@ def evaluate_images(fake_images: Tensor, fake_labels: Tensor | None, real_images
         accuracy=class_accuracy(classifier, fake_images, fake_labels, batch_size) if conditional else None,
         real_accuracy=class_accuracy(classifier, real_images, real_labels, batch_size) if scale else None,
         fid_inception=fid_inception)
+
+
+# -- autoencoders --------------------------------------------------------------------------------
+
+def psnr(reconstructions: Tensor, images: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio in dB per image (N,) of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (reconstructions.float() - images.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
+@dataclass(frozen=True)
+class AutoencoderEvalResult:
+    data_name: str
+    num_images: int                  # validation images reconstructed
+    psnr: float                      # mean over images, dB
+    psnr_std: float
+    reconstructions: ImageEvalResult  # FID-<data> etc. of the reconstructions against the training images
+    originals_fid: float             # the same FID of the validation images themselves: the floor
+
+    def summary(self) -> str:
+        r = self.reconstructions
+        return "\n".join([
+            f"reconstruction PSNR: {self.psnr:.2f} dB ± {self.psnr_std:.2f} over {self.num_images:,} validation "
+            f"images",
+            f"{r.fid_name} of the reconstructions: {r.fid:.4f}  (the validation images themselves: "
+            f"{self.originals_fid:.4f}; genloom's {self.data_name} classifier features, not the standard FID)",
+            f"KID-{self.data_name}: {r.kid:.5f} ± {r.kid_std:.5f}  precision: {r.precision:.4f}  recall: {r.recall:.4f}"
+            + (f"\nclass accuracy of the reconstructions: {r.accuracy:.4f} (real images: {r.real_accuracy:.4f})"
+               if r.accuracy is not None and r.real_accuracy is not None else ""),
+        ])
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def evaluate_reconstructions(data, images: Tensor, labels: Tensor, reconstructions: Tensor,
+                             progress: bool = True) -> AutoencoderEvalResult:
+    """PSNR of `reconstructions` of `images` (validation images of the prepared ImageData `data`) and their
+    FID-<data> against the training images, beside the FID of `images` themselves."""
+    real_images, real_labels = training_images(data)
+    classifier = data_feature_classifier(data, (real_images, real_labels), progress=progress)
+    classes = max(len(data.classes), 1)
+    conditional = len(data.classes) >= 2
+    name = data_name(data.config)
+    result = evaluate_images(reconstructions, labels if conditional else None, real_images,
+                             real_labels if conditional else None, classifier, classes, data_name=name)
+    originals = evaluate_images(images, None, real_images, None, classifier, classes, data_name=name)
+    values = psnr(reconstructions, images)
+    return AutoencoderEvalResult(name, images.shape[0], float(values.mean()), float(values.std()), result,
+                                 originals.fid)

@@ -1,5 +1,6 @@
-"""The handles of image models: diffusion (ImageModel) and GANs (GANModel), both drawing images of a class
-(or unconditional ones) from a seed; `open_checkpoint` makes them and `score` is `genloom eval` for them."""
+"""The handles of image models: diffusion (ImageModel, in pixel or latent space) and GANs (GANModel), both
+drawing images of a class (or unconditional ones) from a seed, and autoencoders (AutoencoderModel: encode,
+decode, reconstruct); `open_checkpoint` makes them and `score` is `genloom eval` for them."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from .data import load_labels
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .eval import ImageEvalResult
+    from .eval import AutoencoderEvalResult, ImageEvalResult
 
-__all__ = ["ImageHandle", "ImageModel", "GANModel", "picture", "open_checkpoint", "score", "progress_bar"]
+__all__ = ["ImageHandle", "ImageModel", "GANModel", "AutoencoderModel", "picture", "open_checkpoint", "score",
+           "progress_bar", "attach_checkpoint_autoencoder"]
 
 
 def progress_bar(steps: int, total: int, desc: str, progress: bool, callback=None):
@@ -49,6 +51,22 @@ class ImageHandle(Handle):
     @property
     def num_classes(self) -> int:
         return self.model.config.num_classes
+
+    @property
+    def image_size(self) -> int:
+        """The side in pixels of the images the model makes (for a latent model: its latents' side x the
+        autoencoder's downsampling)."""
+        from ..diffusion.latents import latent_codec
+
+        codec = latent_codec(self.model)
+        return self.model.config.image_size * (codec.factor if codec is not None else 1)
+
+    @property
+    def image_channels(self) -> int:
+        from ..diffusion.latents import latent_codec
+
+        codec = latent_codec(self.model)
+        return codec.channels if codec is not None else self.model.config.channels
 
     def label_index(self, label: str | int) -> int:
         """The class index of a label name such as "7" or "A" (or an index given as an int)."""
@@ -101,11 +119,11 @@ class ImageHandle(Handle):
         data = ImageData(data_config)
         data.prepare()
         settings = data.model_settings()
-        mine = self.model.config
-        if (settings["image_size"], settings["channels"]) != (mine.image_size, mine.channels):
+        size, channels = self.image_size, self.image_channels
+        if (settings["image_size"], settings["channels"]) != (size, channels):
             raise GenloomError(f"{data_config.path} has {settings['channels']}x{settings['image_size']}x"
-                               f"{settings['image_size']} images but the model makes {mine.channels}x"
-                               f"{mine.image_size}x{mine.image_size}; set --data to matching images")
+                               f"{settings['image_size']} images but the model makes {channels}x"
+                               f"{size}x{size}; set --data to matching images")
         real_images, real_labels = training_images(data)
         name = data_name(data_config)
         classes = settings["num_classes"]
@@ -267,10 +285,82 @@ class GANModel(ImageHandle):
         return gan.generator(z, labels).float().clamp(-1, 1).cpu()
 
 
+class AutoencoderModel(ImageHandle):
+    """A trained autoencoder: images <-> latents, reconstructions, and their quality (`genloom eval`)."""
+
+    serves = ""            # nothing to serve: it makes no new images on its own
+    described = "an autoencoder"
+    eval_options = ("num_samples", "seed", "data")
+
+    @property
+    def num_classes(self) -> int:
+        return 0
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, *, sample: bool = False, seed: int = 0) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] -> latents (N, L, H/f, W/f), unscaled: the mean, or with `sample`
+        a draw from the latent Gaussian (seeded)."""
+        self._check(images)
+        mean, logvar = self.model.encode(images.to(self.device).float())
+        if not sample:
+            return mean.cpu()
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed)).to(mean)
+        return (mean + torch.exp(0.5 * logvar) * noise).cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents -> images in [-1, 1]."""
+        L = self.model.config.latent_channels
+        if latents.dim() != 4 or latents.shape[1] != L:
+            raise GenloomError(f"latents must be (N, {L}, h, w), got {tuple(latents.shape)}")
+        return self.model.decode(latents.to(self.device).float()).clamp(-1, 1).cpu()
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+    def _check(self, images: torch.Tensor) -> None:
+        cfg = self.model.config
+        if images.dim() != 4 or images.shape[1] != cfg.channels or images.shape[-1] % cfg.downsampling \
+                or images.shape[-2] % cfg.downsampling:
+            raise GenloomError(f"images must be (N, {cfg.channels}, H, W) with H and W multiples of "
+                               f"{cfg.downsampling}, got {tuple(images.shape)}")
+
+    def evaluate(self, *, num_samples: int = 1000, seed: int = 0, data_path: str | None = None,
+                 progress: bool = True) -> "AutoencoderEvalResult":
+        """Reconstruct up to `num_samples` validation images (all of them when fewer): PSNR, and FID-<data>
+        (with KID, precision/recall, class accuracy) of the reconstructions against the training images."""
+        import dataclasses
+
+        from .data import ImageData
+        from .eval import evaluate_reconstructions
+
+        if num_samples < 4:
+            raise GenloomError(f"num_samples={num_samples}: reconstruction metrics need at least 4 images")
+        data_config = self.config.data if data_path is None else dataclasses.replace(self.config.data, path=data_path)
+        data = ImageData(data_config, progress=progress)
+        data.prepare()
+        count = min(num_samples, data.num_examples("val"))
+        images, labels = data.pixel_batch(torch.arange(count), "val")
+        self._check(images)
+        reconstructions = torch.cat([self.reconstruct(images[i:i + 64]) for i in range(0, count, 64)])
+        return evaluate_reconstructions(data, images, labels, reconstructions, progress=progress)
+
+
 def open_checkpoint(checkpoint) -> ImageHandle:
-    """The handle of an opened image checkpoint: a GANModel for a GAN, else an ImageModel."""
-    handle_class = GANModel if checkpoint.base_config.objective.kind == "gan" else ImageModel
+    """The handle of an opened image checkpoint: a GANModel for a GAN, an AutoencoderModel for an autoencoder,
+    else an ImageModel (a latent one gets the autoencoder copy kept beside its weights)."""
+    kind = checkpoint.base_config.objective.kind
+    handle_class = {"gan": GANModel, "autoencoder": AutoencoderModel}.get(kind, ImageModel)
+    attach_checkpoint_autoencoder(checkpoint.model, checkpoint.path)
     return handle_class(checkpoint.path, checkpoint.config, checkpoint.model, load_labels(checkpoint.path))
+
+
+def attach_checkpoint_autoencoder(model: torch.nn.Module, path: Path) -> None:
+    """A latent denoiser decodes with the autoencoder copy in its checkpoint folder (where the run wrote one)."""
+    from ..diffusion.latents import COPY_CONFIG, attach_autoencoder, open_autoencoder
+
+    if getattr(model.config, "autoencoder", "") and (Path(path) / COPY_CONFIG).is_file():
+        attach_autoencoder(model, open_autoencoder(path))
 
 
 def score(handle: ImageHandle, request: EvalRequest) -> "ImageEvalResult":

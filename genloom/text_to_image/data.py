@@ -28,7 +28,7 @@ from PIL import Image
 from ..core.config import require, validate
 from ..core.errors import CheckpointError, DataError
 from ..core.registry import register
-from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, image_files
+from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, LatentTable, image_files
 from ..media.image import PICTURE_FORMATS, conform_array, conform_image
 from ..train.data import split_examples
 from .scenes import (
@@ -327,8 +327,10 @@ class CaptionedImageData:
     items_per_example = 1
 
     def __init__(self, config: CaptionedImageDataConfig, tokenizer_kind: Literal["words", "minilm"] = "words",
-                 tokenizer: CaptionTokenizer | None = None):
+                 tokenizer: CaptionTokenizer | None = None, model_config=None):
         self.config = config
+        self.model_config = model_config               # a latent run's names its autoencoder
+        self.latents: LatentTable | None = None        # latent runs: the images' cached latents
         self.tokenizer_kind = tokenizer.kind if tokenizer is not None else tokenizer_kind
         self.given_tokenizer = tokenizer       # a base model's tokenizer (fine-tuning), else one is built
         self.tokenizer: CaptionTokenizer | None = None
@@ -372,6 +374,8 @@ class CaptionedImageData:
         log.info("%s: %d captioned images of %dx%dx%d (%d caption variants, %d-token vocabulary); "
                  "%d for training, %d for validation", source.description, count, *self._pixels.shape[1:],
                  variants, self.tokenizer.vocab_size, count - num_val, num_val)
+        if getattr(self.model_config, "autoencoder", ""):
+            self.latents = LatentTable(self._pixels, cfg, self.model_config.autoencoder, self.model_config, False)
 
     # -- what the trainer and the model need ----------------------------------------------------
     def num_examples(self, split: str) -> int:
@@ -380,14 +384,16 @@ class CaptionedImageData:
 
     def model_settings(self) -> dict:
         self.prepare()
-        _, channels, height, _ = self._pixels.shape
+        _, channels, height, _ = self._pixels.shape if self.latents is None else self.latents.shape
         return {"image_size": height, "channels": channels, "num_classes": 0,
                 "text_vocab_size": self.tokenizer.vocab_size, "text_length": self.config.max_caption_tokens}
 
     def save_assets(self, folder: Path) -> None:
-        settings = self.model_settings()
-        payload = {"classes": [], "captions": True, "image_size": settings["image_size"],
-                   "channels": settings["channels"], "source": self.config.path}
+        self.prepare()
+        payload = {"classes": [], "captions": True, "image_size": self._pixels.shape[2],
+                   "channels": self._pixels.shape[1], "source": self.config.path}
+        if self.latents is not None:
+            payload["latent"] = self.latents.save(Path(folder))
         (Path(folder) / LABELS_FILE).write_text(json.dumps(payload, indent=2))
         self.tokenizer.save(Path(folder) / CAPTION_TOKENIZER_FILE)
 
@@ -406,6 +412,8 @@ class CaptionedImageData:
     def batch(self, indices: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) float32 in [-1, 1] and caption token ids (B, L) int64."""
         ids, variants = self.example_ids(indices, split)
+        if self.latents is not None:
+            return self.latents.rows(ids, torch.zeros_like(ids, dtype=torch.bool)), self._tokens[ids, variants]
         return self._pixels[ids].float() / 127.5 - 1, self._tokens[ids, variants]
 
     def sample_prompts(self, n: int) -> list[str]:
@@ -418,7 +426,8 @@ class CaptionedImageData:
 def build_captioned_data(config: CaptionedImageDataConfig, run=None,
                          tokenizer: CaptionTokenizer | None = None) -> CaptionedImageData:
     encoder = getattr(getattr(run, "model", None), "text_encoder", "joint")
-    return CaptionedImageData(config, "minilm" if encoder == "minilm" else "words", tokenizer)
+    return CaptionedImageData(config, "minilm" if encoder == "minilm" else "words", tokenizer,
+                              getattr(run, "model", None))
 
 
 def finetune_assets(base: Path, data_config, finetune=None) -> dict:

@@ -13,7 +13,7 @@ from ..core.config import RunConfig
 from ..core.errors import GenloomError
 from ..handle import EvalRequest
 from ..images.eval import ImageEvalResult
-from ..images.handle import ImageModel, picture, progress_bar
+from ..images.handle import ImageModel, attach_checkpoint_autoencoder, picture, progress_bar
 from .concept import ConceptEvalResult
 from .data import load_caption_tokenizer
 
@@ -50,7 +50,7 @@ class TextToImageModel(ImageModel):
         from ..media.image import conform_image
 
         image = picture(source, what)
-        size, channels = self.model.config.image_size, self.model.config.channels
+        size, channels = self.image_size, self.image_channels                            # pixels (latent models too)
         pixels = conform_image(image, size, 1 if mode == "mask" else channels)          # (S, S, C) uint8
         tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float()
         if mode == "mask":
@@ -131,7 +131,7 @@ class TextToImageModel(ImageModel):
             raise GenloomError(f"{self.path}: text-to-image scoring works on models of builtin:scenes (each "
                                "prompted attribute is checked by a classifier of rendered scenes) and "
                                f"builtin:digits; this model was trained on {source}")
-        if (self.model.config.channels, self.model.config.image_size) != (3, 32):
+        if (self.image_channels, self.image_size) != (3, 32):
             raise GenloomError(f"{self.path}: scene scoring needs 3x32x32 images")
 
         def generate(prompts: list[str], scale: float) -> torch.Tensor:
@@ -206,6 +206,7 @@ class ConceptReport:
 def open_checkpoint(checkpoint) -> TextToImageModel:
     """The handle of an opened text-to-image checkpoint: its caption tokenizer, with the new words of any adapter."""
     tokenizer = load_caption_tokenizer(checkpoint.path)
+    attach_checkpoint_autoencoder(checkpoint.model, checkpoint.path)
     base_words = list(tokenizer.vocab)
     new_words = [w for meta in checkpoint.adapter_metas.values() for w in meta.get("new_words", [])]
     if new_words:

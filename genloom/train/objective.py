@@ -21,6 +21,8 @@ class Objective(Protocol):
     Optional: `lr_scales` ({phase: factor}) scales a phase's learning rate (a GAN's two time-scale
     rule); `begin_step(step)` is called before each optimizer step (e.g. for penalties applied every
     k steps), so that what an objective does at a step depends only on the step and resumes exactly.
+    `setup(model)` runs once after the model is built, `setup_data(data)` once with the prepared data module
+    (e.g. for a network the data provides, such as an autoencoder's perceptual features).
     """
 
     phases: tuple[str, ...]

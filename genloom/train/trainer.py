@@ -215,6 +215,8 @@ class Trainer:
                 raise ConfigError(f"train.parallel=fsdp: objective.kind={cfg.objective.kind!r} keeps a whole reference "
                                   "copy of the model, which genloom does not shard; use train.parallel=ddp")
             self.objective.setup(self.model)
+        if hasattr(self.objective, "setup_data"):   # e.g. an autoencoder's perceptual network comes from the data
+            self.objective.setup_data(self.data)
         self.dtype = choose_precision(cfg.train.precision, rt.device)
         t = cfg.train
         if self.parallel == "fsdp" and t.compile:
