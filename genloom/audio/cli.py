@@ -20,6 +20,7 @@ from ..cli.options import (
     load_handle,
     sample_files,
 )
+from ..cli.watermark import Watermark
 from ..core.errors import GenloomError
 from .handle import AudioModel, save_sound
 
@@ -51,6 +52,7 @@ def generate_audio(
     seed: Seed = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the clips: a WAV file and a spectrogram PNG "
                                       "each.")] = Path("sounds"),
+    watermark: Watermark = None,
     no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
@@ -59,11 +61,17 @@ def generate_audio(
                         "sound-effects recipe", verify=not no_verify)
     if not prompt:
         raise GenloomError("give --prompt, e.g. --prompt \"seven\"")
+    mark = None
+    if watermark is not None:
+        from ..watermark.audio import AudioWatermark
+        mark = AudioWatermark(watermark)
     seed = announce_seed(model, seed)
     waves, pictures = model.generate(prompt, num_samples=num_samples, seed=seed, steps=steps, sampler=sampler,
                                      guidance=guidance, voice=voice, vocoder_iterations=vocoder_iterations,
                                      voice_guidance=voice_guidance, vocoder=vocoder)
     for wave, picture, stem in zip(waves, pictures, sample_files(prompt, num_samples, seed, out)):
+        if mark is not None:                    # a spread-spectrum mark 32 dB under the clip (docs/watermarks.md)
+            wave = mark.mark(wave.detach().cpu().numpy() if hasattr(wave, "detach") else wave, model.sample_rate)
         typer.echo(" ".join(str(p) for p in save_sound(wave, picture, stem, model.sample_rate)))
 
 

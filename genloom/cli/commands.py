@@ -256,6 +256,11 @@ def serve(
                                                             "only (a guard against DNS rebinding), plus the --host "
                                                             "address when it is a specific one.")] = None,
     quantize: Quantize = None,
+    watermark: Annotated[Optional[str], typer.Option("--watermark", metavar="KEY", envvar="GENLOOM_WATERMARK_KEY",
+                                                     help="Mark every text the server writes with this secret key "
+                                                     "(green scheme unless a request's watermark field picks "
+                                                     "another); POST /v1/detect checks with it. Never logged or "
+                                                     "returned.")] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions,
     /v1/images/generations), with /health, /metrics and a web page at / to try every model."""
@@ -265,13 +270,17 @@ def serve(
         raise GenloomError("genloom serve needs FastAPI and uvicorn: pip install 'genloom[serve]'")
     from ..serve import load_models
     from ..serve import serve as run_server
+    from ..watermark.keys import check_key
+
+    if watermark is not None:
+        check_key(watermark)
 
     models = load_models(model, device, adapter or [], verify=not no_verify, quantize=quantize)
     typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
     run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
                max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,
                queue_size=queue_size, max_batch=max_batch, max_stop_length=max_stop_length,
-               allowed_hosts=allow_host or None)
+               allowed_hosts=allow_host or None, watermark=watermark)
 
 
 def _eval_help() -> str:
@@ -287,3 +296,5 @@ def register(app: typer.Typer) -> None:
         app.command()(friendly(command))
     app.command("eval", help=_eval_help())(friendly(evaluate))
     app.command("serve")(friendly(serve))
+    from .watermark import detect
+    app.command("detect")(friendly(detect))

@@ -10,7 +10,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StreamOptions", "SamplingRequest", "CompletionRequest", "ContentPart", "Message", "ChatRequest",
+__all__ = ["StreamOptions", "WatermarkField", "SamplingRequest", "CompletionRequest", "ContentPart", "Message", "ChatRequest",
            "ImageRequest", "BODIES", "OPENAI_FIELDS", "accepted_fields"]
 
 
@@ -20,6 +20,16 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: bool = False
+
+
+class WatermarkField(_Body):
+    """A text request's `watermark` (genloom's; serve/detect.py): the key, unless the server has one."""
+
+    key: Optional[str] = None
+    scheme: Literal["green", "gumbel"] = "green"
+    context: int = Field(0, ge=0, le=16)
+    gamma: float = Field(0.25, gt=0, lt=1)
+    delta: float = Field(2.0, ge=0, le=20)
 
 
 class SamplingRequest(_Body):
@@ -40,6 +50,7 @@ class SamplingRequest(_Body):
     top_k: int = Field(0, ge=0)
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0, le=10)
+    watermark: Union[bool, WatermarkField, None] = None     # mark the text (serve/detect.py)
 
 
 class CompletionRequest(SamplingRequest):

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from ..core.errors import GenloomError
 from ..lm.constraints import Grammar, TokenConstraint
 from ..lm.decoding import Sampling, encode_prompt
+from .detect import request_watermark
 from .errors import APIError
 from .events import collect, event_stream, failure, sse
 from .limits import Limits
@@ -159,7 +160,8 @@ class _Run:
                 raise APIError(400, "the client closed the request", code="client_closed")
         self.job = TextJob([ids for ids in encoded for _ in range(body.n)],
                            [self.seed + j for _ in encoded for j in range(body.n)], max_tokens, sampling, stops,
-                           emit, deadline=self.deadline, adapter=entry.adapter, top=top, grammar=text)
+                           emit, deadline=self.deadline, adapter=entry.adapter, top=top, grammar=text,
+                           watermark=request_watermark(self.request, body.watermark, body.temperature))
         if max_tokens > 0:
             self._submit(self.job)
 

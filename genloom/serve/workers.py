@@ -64,6 +64,7 @@ class TextJob:
     adapter: str | None = None            # the LoRA adapter to decode with (None: the base model)
     top: int = 0                          # each event also carries the `top` likeliest tokens (top_logprobs)
     grammar: str | None = None            # a checked llguidance grammar every row is constrained to
+    watermark: Any = None                 # a `watermark.text.TextWatermark` every row is marked with
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     remaining: int = 0                    # rows not finished yet
@@ -227,7 +228,8 @@ class TextWorker(_Worker):
                          owner=(job, i, TextStream(self.handle.tokenizer), StopMatcher(job.stop), [0]),
                          adapter=job.adapter, top=job.top,
                          constraint=None if job.grammar is None else
-                         TokenConstraint(job.grammar, self.handle.tokenizer, self.handle.model.config.vocab_size))
+                         TokenConstraint(job.grammar, self.handle.tokenizer, self.handle.model.config.vocab_size),
+                         watermark=None if job.watermark is None else job.watermark.marker())
                 for i, (prompt, seed) in enumerate(zip(job.prompts, job.seeds))]
 
     def _score(self, job: ScoreJob) -> list[Sequence]:

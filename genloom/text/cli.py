@@ -20,6 +20,7 @@ from ..cli.options import (
     group,
     load_handle,
 )
+from ..cli.watermark import Watermark, WatermarkScheme, text_watermark_option
 from ..core.errors import GenloomError
 from ..lm.gguf import check_quant
 from .convert import export_gguf_file, export_hf, import_gguf, import_hf
@@ -123,6 +124,8 @@ def generate_text(
                                                  "expression.")] = None,
     choice: Annotated[Optional[list[str]], typer.Option("--choice", help="Constrain every sample to one of these "
                                                         "strings (repeatable).")] = None,
+    watermark: Watermark = None,
+    watermark_scheme: WatermarkScheme = "green",
     quantize: Quantize = None,
     no_verify: NoVerify = False,
     device: Device = "auto",
@@ -140,6 +143,9 @@ def generate_text(
         stop += [s for s in model.chat_template.stop if s not in stop]
     elif system is not None:
         raise GenloomError("--system goes with --chat (a system message is part of a chat template)")
+    mark = text_watermark_option(watermark, watermark_scheme, temperature)
+    if mark is not None and (num_beams > 1 or draft is not None):
+        raise GenloomError("--watermark marks sampled text; it does not go with --num-beams or --draft")
     if num_beams > 1:
         for text, logprob in model.beam_search(prompt, max_new_tokens=max_new_tokens,
                                                num_beams=num_beams)[:num_samples]:
@@ -162,14 +168,15 @@ def generate_text(
         elif logprobs or grammar is not None:
             (completion,) = model.complete(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                            top_k=top_k, top_p=top_p, seed=seed + i, min_p=min_p,
-                                           repetition_penalty=repetition_penalty, stop=stop or (), grammar=grammar)
+                                           repetition_penalty=repetition_penalty, stop=stop or (), grammar=grammar,
+                                           watermark=mark)
             typer.echo(completion.text, nl=False)
             for token, logprob in zip(completion.tokens, completion.logprobs) if logprobs else ():
                 typer.echo(f"{model.tokenizer.decode([token])!r}\t{logprob:.4f}", err=True)
         else:
             for piece in model.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                       top_p=top_p, seed=seed + i, min_p=min_p,
-                                      repetition_penalty=repetition_penalty, stop=stop or ()):
+                                      repetition_penalty=repetition_penalty, stop=stop or (), watermark=mark):
                 typer.echo(piece, nl=False)
         typer.echo("")
 

@@ -65,25 +65,29 @@ class TextModel(Handle):
 
     def stream(self, prompt: str = "", *, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
-               stop: Sequence[str] = (), use_cache: bool = True, adapter=CURRENT_ADAPTER) -> Iterator[str]:
+               stop: Sequence[str] = (), use_cache: bool = True, adapter=CURRENT_ADAPTER,
+               watermark=None) -> Iterator[str]:
         """Yield pieces of the continuation of `prompt` as they are sampled. `adapter` names a loaded LoRA
-        adapter (None: the base model); by default the one chosen with `use_adapter` applies."""
+        adapter (None: the base model); by default the one chosen with `use_adapter` applies. `watermark`: a
+        key, or a `genloom.watermark.text.TextWatermark`, that marks the text (`genloom detect` finds it)."""
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
+        watermark = text_watermark(watermark, temperature)
         self._route(adapter)
         return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self.draw_seed(seed), sampling, stop,
-                           use_cache)
+                           use_cache, watermark=watermark)
 
     def complete(self, prompts: str | Sequence[str] = "", *, max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
                  min_p: float = 0.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
-                 use_cache: bool = True, adapter=CURRENT_ADAPTER, grammar=None) -> list[Completion]:
+                 use_cache: bool = True, adapter=CURRENT_ADAPTER, grammar=None, watermark=None) -> list[Completion]:
         """Continue each prompt `num_samples` times, all in one batch (prompt-major order).
 
         Sample j of every prompt uses seed + j, so it is the text that prompt alone with that seed
         gives. Without a seed, one is drawn at random (kept in `last_seed`). `grammar`
         (`genloom.lm.constraints.Grammar`: a JSON schema, any JSON object, a regex, a choice of strings, a Lark
         grammar) constrains every token to it (a grammar it cannot enforce raises GrammarError first); a
-        completion ends where the grammar does (finish_reason "stop").
+        completion ends where the grammar does (finish_reason "stop"). `watermark`: a key, or a
+        `genloom.watermark.text.TextWatermark`, that marks every completion (`genloom detect` finds it).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         rows = [(prompt, j) for prompt in prompts for j in range(num_samples)]
@@ -91,12 +95,13 @@ class TextModel(Handle):
                                    [StopMatcher(stop) for _ in rows], [j for _, j in rows],
                                    max_new_tokens=max_new_tokens,
                                    sampling=Sampling(temperature, top_k, top_p, min_p, repetition_penalty), seed=seed,
-                                   use_cache=use_cache, adapter=adapter, grammar=grammar)
+                                   use_cache=use_cache, adapter=adapter, grammar=grammar,
+                                   watermark=text_watermark(watermark, temperature))
 
     def _complete_rows(self, encoded: list[list[int]], matchers: list, offsets: list[int], *, max_new_tokens: int,
                        sampling: Sampling, seed: int | None, use_cache: bool = True, adapter=CURRENT_ADAPTER,
                        first_allowed: torch.Tensor | None = None, skips: Sequence[str] = (),
-                       grammar=None) -> list[Completion]:
+                       grammar=None, watermark=None) -> list[Completion]:
         """Decode token prompts together; row i draws from seed + offsets[i] and ends where matchers[i]
         (a StopMatcher or anything with its push/flush/stopped) says. Token healing: `first_allowed` (B, V)
         limits the first tokens, and skips[i] (text the prompt already has) is cut from row i's start."""
@@ -116,7 +121,9 @@ class TextModel(Handle):
             constraints = [TokenConstraint(text, self.tokenizer, self.model.config.vocab_size) for _ in encoded]
             matchers = [_GrammarEnd(m, c) for m, c in zip(matchers, constraints)]
         for step_tokens, step_logprobs in generate_tokens(self.model, encoded, max_new_tokens, generators, sampling,
-                                                          use_cache, first_allowed, constraints):
+                                                          use_cache, first_allowed, constraints,
+                                                          None if watermark is None else
+                                                          [watermark.marker() for _ in encoded]):
             for i, (token, logprob) in enumerate(zip(step_tokens.tolist(), step_logprobs.tolist())):
                 if matchers[i].stopped:
                     continue
@@ -201,6 +208,17 @@ class TextModel(Handle):
 
         return evaluate_safety(lambda requests: self.reply([[{"role": "user", "content": r}] for r in requests]),
                                progress=progress)
+
+
+def text_watermark(watermark, temperature: float):
+    """A `TextWatermark` from a key string (the green scheme) or one given as it is; None stays None."""
+    if watermark is None:
+        return None
+    from ..watermark.text import TextWatermark
+
+    watermark = watermark if isinstance(watermark, TextWatermark) else TextWatermark(watermark)
+    watermark.check_sampling(temperature)
+    return watermark
 
 
 def open_checkpoint(checkpoint, handle_class: type[TextModel] = TextModel) -> TextModel:
