@@ -19,6 +19,7 @@ from torch import nn
 
 from ..nn.attention import KVCache
 from ..nn.lora import lora_modules, route_rows
+from .constraints import mask_logits
 from .decoding import Sampling, left_pad, process_logits, sample_next
 from .watermarking import mark_logits
 
@@ -37,7 +38,7 @@ class Sequence:
     seen: torch.Tensor | None = field(default=None, repr=False)   # (V,) bool: tokens in the text so far
     counts: torch.Tensor | None = field(default=None, repr=False)  # (V,): generated occurrences of each token
     top: int = 0                             # report this many most likely tokens at each step (`ContinuousBatch.top`)
-    constraint: Any = None                   # a `constraints.TokenConstraint`: only its allowed tokens are sampled
+    constraint: Any = None                   # a `constraints.Constraint`: only its allowed tokens are sampled
     watermark: Any = None                    # a `watermark.text.TextMarker`: marks this row's tokens
 
 
@@ -155,12 +156,7 @@ class ContinuousBatch:
         if any(r.counts is not None for r in self.rows):
             zeros = torch.zeros(self.vocab, device=self.device)
             counts = torch.stack([r.counts if r.counts is not None else zeros for r in self.rows])
-        logits = self.logits
-        if any(r.constraint is not None for r in self.rows):          # each constrained row: its grammar's tokens
-            logits = logits.clone()
-            for i, row in enumerate(self.rows):
-                if row.constraint is not None:
-                    logits[i].masked_fill_(~row.constraint.allowed().to(logits.device), float("-inf"))
+        logits = mask_logits(self.logits, [r.constraint for r in self.rows])   # each row: its grammar's tokens
         if any(r.watermark is not None for r in self.rows):           # each marked row: its watermark
             logits = mark_logits(logits, [r.tokens[-16:] for r in self.rows], [r.watermark for r in self.rows],
                                  [r.sampling for r in self.rows], seen, counts, process_logits)

@@ -8,9 +8,11 @@ outlines-core are in docs/serving.md and bench/grammar_bench.py). It reads the t
 error when the grammar is built (`GrammarError`), before any decoding, never a silently looser grammar.
 
 A `TokenConstraint` is one row's state: `allowed()` the (V,) bool mask of the next token, `advance(token)`
-after sampling, `done` once the grammar is complete (the row ends there, `finish_reason: "stop"`).
-Character tokenizers have no end-of-text token: the grammar is given one past the vocabulary, and a row
-whose grammar admits nothing but the end is done.
+after sampling, `done` once the grammar is complete (the row ends there, `finish_reason: "stop"`). It follows
+the `Constraint` protocol, as music's token grammar does, and `mask_logits` applies any of them: decoding,
+continuous batching and music mask logits through that one function.
+A tokenizer without an end-of-text token (a character vocabulary, or a byte-level BPE without one) is given
+one past the vocabulary as the grammar's end, and a row whose grammar admits nothing but the end is done.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import re
 import weakref
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,11 +29,43 @@ import torch
 from ..core.errors import GenloomError
 from .tokenizers import END_OF_TEXT, TextTokenizer
 
-__all__ = ["GrammarError", "Grammar", "TokenConstraint"]
+__all__ = ["GrammarError", "Grammar", "Constraint", "TokenConstraint", "mask_logits"]
 
 
 class GrammarError(GenloomError):
     """The grammar cannot be enforced (an unsupported schema feature, a bad regex): refused before decoding."""
+
+
+@runtime_checkable
+class Constraint(Protocol):
+    """What decoding asks of a constraint on one row, whatever makes it (an llguidance grammar here, music's
+    token grammar in `genloom.music.generate`): `allowed()` the (V,) bool mask of the next token, `advance(token)`
+    once it is chosen, `done` when the constraint is complete, `ended_by` the token that ends the text without
+    being part of it (None: none), and `forced()` the only token allowed where the constraint knows it without
+    a mask (None: sample among `allowed()`), which a decoder may append without running the model."""
+
+    done: bool
+
+    def allowed(self) -> torch.Tensor: ...
+
+    def advance(self, token: int) -> None: ...
+
+    @property
+    def ended_by(self) -> int | None: ...
+
+    def forced(self) -> int | None: ...
+
+
+def mask_logits(logits: torch.Tensor, constraints: Sequence[Constraint | None]) -> torch.Tensor:
+    """`logits` (B, V) with row i's tokens outside `constraints[i]` at -inf (rows without a constraint, or whose
+    constraint is done, as they are): the one place decoding, continuous batching and music apply a mask."""
+    if not any(c is not None and not c.done for c in constraints):
+        return logits
+    logits = logits.clone()
+    for row, constraint in enumerate(constraints):
+        if constraint is not None and not constraint.done:
+            logits[row].masked_fill_(~constraint.allowed().to(logits.device), float("-inf"))
+    return logits
 
 
 def _engine():
@@ -78,24 +112,77 @@ class Grammar:
         except Exception as error:            # llguidance raises ValueError/RuntimeError with its reason
             raise GrammarError(f"the {self.kind.replace('_', ' ')} cannot be enforced: {error}") from None
         failed, messages = ll.LLMatcher.validate_grammar_with_warnings(grammar)
+        # Token references (<[id]>: a chat template's end-of-turn token) are checked against the model's
+        # tokenizer when a TokenConstraint is made; here there is none.
+        messages = [m for m in messages if not m.startswith("no tokenizer")]
         if failed or messages:
             raise GrammarError(f"the {self.kind.replace('_', ' ')} cannot be enforced: {'; '.join(messages)}")
         return grammar
 
 
 _TOKENIZERS: "weakref.WeakKeyDictionary[TextTokenizer, tuple]" = weakref.WeakKeyDictionary()
+# Tokens that end a text, in the order one is taken as the grammar's end where the tokenizer has no END_OF_TEXT.
+END_TOKENS = (END_OF_TEXT, "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "<|im_end|>")
+
+
+class _TokenBytes:
+    """llguidance's view of a tokenizer it cannot read from tokenizer.json by itself (a character vocabulary,
+    or a byte-level BPE without an end-of-text token): each token's bytes, and one extra end token."""
+
+    def __init__(self, tokenizer: TextTokenizer, vocab_size: int):
+        hf, added = tokenizer.hf, tokenizer.hf.get_added_tokens_decoder()
+        byte_of = {c: b for b, c in _byte_level_alphabet().items()}
+        tokens, special = [], []
+        for i in range(vocab_size):
+            piece = hf.id_to_token(i)
+            if piece is None or i in added or piece == "<unk>":
+                tokens.append((piece or f"<[{i}]>").encode())
+                special.append(i)
+            elif tokenizer.kind == "char":
+                tokens.append(piece.encode())
+            else:
+                tokens.append(bytes(byte_of[c] for c in piece))
+        tokens.append(b"<|end|>")                      # the end of the text: one past the model's vocabulary
+        self.tokens, self.special_token_ids = tokens, [*special, vocab_size]
+        self.eos_token_id, self.bos_token_id = vocab_size, None
+        self.encode = tokenizer.encode
+
+    def __call__(self, text: str) -> list[int]:
+        if isinstance(text, bytes):
+            raise TypeError("text only")
+        return self.encode(text)
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-level BPE alphabet: byte -> the character that stands for it in the vocabulary."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    out, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
 
 
 def _engine_tokenizer(tokenizer: TextTokenizer, vocab_size: int):
     """llguidance's view of `tokenizer` (built once per tokenizer: about a second for a large vocabulary) and
-    its end-of-text id (one past the model's vocabulary where the tokenizer has none)."""
+    its end-of-text id: END_OF_TEXT or another usual end token where the tokenizer has one, else one past the
+    model's vocabulary (character vocabularies, and byte-level BPE without any end token)."""
     cached = _TOKENIZERS.get(tokenizer)
     if cached is None or cached[2] != vocab_size:
         ll = _engine()
-        eos = tokenizer.token_id(END_OF_TEXT)
-        n_vocab = vocab_size if eos is not None else vocab_size + 1
-        eos = eos if eos is not None else vocab_size
-        cached = (ll.LLTokenizer(tokenizer.hf.to_str(), n_vocab=n_vocab, eos_token=eos), eos, vocab_size)
+        eos = next((t for t in map(tokenizer.token_id, END_TOKENS) if t is not None and t < vocab_size), None)
+        if eos is not None and tokenizer.kind == "bpe":
+            engine = ll.LLTokenizer(tokenizer.hf.to_str(), n_vocab=vocab_size, eos_token=eos)
+        else:
+            decoder = json.loads(tokenizer.hf.to_str()).get("decoder") or {}
+            if tokenizer.kind == "bpe" and decoder.get("type") != "ByteLevel":
+                raise GrammarError("constrained decoding needs an end-of-text token in this tokenizer (its "
+                                   f"{decoder.get('type')} decoder is not byte-level BPE and it has none of "
+                                   f"{', '.join(END_TOKENS)})")
+            eos = vocab_size
+            engine = ll.LLTokenizer(ll.TokenizerWrapper(_TokenBytes(tokenizer, vocab_size)))
+        cached = (engine, eos, vocab_size)
         _TOKENIZERS[tokenizer] = cached
     return cached[0], cached[1]
 
@@ -138,3 +225,6 @@ class TokenConstraint:
     def ended_by(self) -> int | None:
         """The end-of-text id when it is a real token of the model (sampled: not part of the text)."""
         return self.eos if self.eos < self.vocab else None
+
+    def forced(self) -> int | None:
+        return None                             # a grammar's mask is always computed (llguidance is fast)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .constraints import mask_logits
 from .tokenizers import END_OF_TEXT, TextTokenizer
 
 __all__ = ["Sampling", "process_logits", "sample_next", "generate_tokens", "start_token", "encode_prompt",
@@ -140,7 +141,7 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
     window moves by half a context at a time and the cache is refilled.
 
     `first_allowed` (B, V) bool limits each row's first token to the True ones (token healing).
-    `constraints[i]` (a `constraints.TokenConstraint` or None) limits row i to its grammar's tokens; once it is
+    `constraints[i]` (a `constraints.Constraint` or None) limits row i to its grammar's tokens; once it is
     `done`, the row's further tokens are unconstrained and the caller ends the row.
     `watermarks[i]` (a `watermark.text.TextMarker` or None) marks row i's tokens (`lm.watermarking`).
     """
@@ -174,9 +175,7 @@ def generate_tokens(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
             logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
             first_allowed = None
         if constraints is not None:
-            allowed = torch.stack([c.allowed() if c is not None and not c.done else
-                                   torch.ones(logits.shape[-1], dtype=torch.bool) for c in constraints])
-            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+            logits = mask_logits(logits, constraints)
         marked = logits
         if watermarks is not None:
             from .watermarking import histories, mark_logits

@@ -1,7 +1,8 @@
 """Making music with a trained model and writing it out to be heard and seen.
 
 - `compose`: a piece from nothing, or continuing an opening, or harmonising a soprano melody. With the
-  grid encoding, decoding follows the grid's grammar: `BAR` is placed at every bar, every step gets one
+  grid encoding, decoding follows the grid's grammar (a `SlotGrammar`, a `genloom.lm.constraints.Constraint`
+  like the text grammars, masked by the same `mask_logits`): `BAR` is placed at every bar, every step gets one
   token per voice from {a new pitch, HOLD, REST}, the piece ends after the requested bars, and when
   harmonising, the soprano's tokens are the melody's (only alto, tenor and bass are sampled).
 - `synthesize`: genloom's own synthesizer in numpy (additive timbres with attack/decay/release envelopes,
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ..core.errors import GenloomError
+from ..lm.constraints import mask_logits
 from ..media.audio import write_wav
 from .tokens import (
     PITCH_CLASSES,
@@ -34,7 +36,7 @@ from .tokens import (
     grid_tokens,
 )
 
-__all__ = ["compose", "synthesize", "render_wav", "piano_roll", "write_piece", "to_music21",
+__all__ = ["compose", "SlotGrammar", "synthesize", "render_wav", "piano_roll", "write_piece", "to_music21",
            "TIMBRES", "find_soundfont"]
 
 SAMPLE_RATE = 22050           # genloom's own synthesizer's rate (FluidSynth renders at 44.1 kHz)
@@ -43,36 +45,67 @@ GRID_VOICE = PITCHES | torch.tensor([t in ("HOLD", "REST") for t in VOCAB])
 REMI_BODY = torch.tensor([t.startswith(("BAR", "POS_", "V_", "P_", "D_")) or t == "<end>" for t in VOCAB])
 
 
+class SlotGrammar:
+    """Music's token grammar as a `genloom.lm.constraints.Constraint`: one slot per token to come, where an int
+    slot forces that token, a boolean mask slot allows its True tokens and a callable slot gives that mask from
+    the tokens so far (voice leading); `stop(tokens)` may end it early."""
+
+    ended_by = None                       # every token of a piece is part of it
+
+    def __init__(self, prompt: Sequence[int], slots: Sequence, stop=None):
+        self.tokens, self.slots, self.stop, self.at = list(prompt), list(slots), stop, 0
+        self.done = not self.slots
+        self._mask: torch.Tensor | None = None
+
+    def forced(self) -> int | None:
+        slot = self.slots[self.at]
+        return slot if isinstance(slot, int) else None
+
+    def allowed(self) -> torch.Tensor:
+        if self._mask is None:
+            slot = self.slots[self.at]
+            if isinstance(slot, int):
+                slot = torch.arange(len(VOCAB)) == slot
+            elif callable(slot):
+                slot = slot(self.tokens)                    # a mask that depends on what came before
+            self._mask = slot
+        return self._mask
+
+    def advance(self, token: int) -> None:
+        self.tokens.append(int(token))
+        self.at, self._mask = self.at + 1, None
+        self.done = self.at == len(self.slots) or (self.stop is not None and self.stop(self.tokens))
+
+
 @torch.no_grad()
-def _sample(model: nn.Module, prompt: list[int], slots: Sequence, generator: torch.Generator, temperature: float,
-            stop=None) -> list[int]:
-    """Extend `prompt` slot by slot: an int slot is forced, a boolean mask slot is sampled among its True
-    tokens (a callable slot gives that mask from the tokens so far). Forced tokens are fed in one pass with the next sampled one (KV cache; past the context the
-    window moves by half a context). `stop(tokens)` may end early."""
+def _sample(model: nn.Module, prompt: list[int], grammar: SlotGrammar, generator: torch.Generator,
+            temperature: float) -> list[int]:
+    """Extend `prompt` until `grammar` is done: a token it forces is appended without sampling, any other is
+    sampled among the tokens it allows (`mask_logits`, as text decoding masks). Forced tokens are fed in one
+    pass with the next sampled one (KV cache; past the context the window moves by half a context)."""
     device = next(model.parameters()).device
     block = model.config.block_size
     tokens = list(prompt)
     cache, pending = None, list(prompt)
-    for slot in slots:
-        if isinstance(slot, int):
-            tokens.append(slot)
-            pending.append(slot)
+    while not grammar.done:
+        forced = grammar.forced()
+        if forced is not None:
+            tokens.append(forced)
+            pending.append(forced)
+            grammar.advance(forced)
             continue
-        if callable(slot):
-            slot = slot(tokens)                             # a mask that depends on what came before
         if cache is None or cache.length + len(pending) > block:
             cache = model.new_cache(1, block)               # (re)fill: the last half context, or all that fits
             pending = tokens[-(block // 2):] if len(tokens) > block else tokens
         logits = model(torch.tensor([pending], device=device), cache)[0, -1].float()
-        logits = logits.masked_fill(~slot.to(device), float("-inf"))
+        logits = mask_logits(logits[None], [grammar])[0]
         if temperature == 0:
             choice = int(logits.argmax())
         else:
             choice = int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator))
         tokens.append(choice)
         pending = [choice]
-        if stop is not None and stop(tokens):
-            break
+        grammar.advance(choice)
     return tokens
 
 
@@ -159,7 +192,7 @@ def compose(model: nn.Module, encoding: str, voices: int = 4, bars: int = 8, see
             for v in range(voices):
                 slots.append(TOKEN_ID[soprano[t]] if melody is not None and v == 0 else rule or GRID_VOICE)
         slots.append(TOKEN_ID["<end>"])
-        tokens = _sample(model, prompt, slots, generator, temperature)
+        tokens = _sample(model, prompt, SlotGrammar(prompt, slots), generator, temperature)
     else:
         budget = bars * bar * voices * 4
 
@@ -167,7 +200,7 @@ def compose(model: nn.Module, encoding: str, voices: int = 4, bars: int = 8, see
             return tokens[-1] == TOKEN_ID["<end>"] or tokens.count(TOKEN_ID["BAR"]) > bars + (
                 opening_bars if opening is not None else 0)
 
-        tokens = _sample(model, prompt, [REMI_BODY] * budget, generator, temperature, stop)
+        tokens = _sample(model, prompt, SlotGrammar(prompt, [REMI_BODY] * budget, stop), generator, temperature)
         if tokens[-1] == TOKEN_ID["BAR"]:
             tokens = tokens[:-1]
     return decode(tokens, encoding, voices)

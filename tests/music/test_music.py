@@ -170,6 +170,30 @@ def test_a_music_model_composes_continues_harmonises_and_is_scored(music_run, tm
         model.harmonize(high)
 
 
+def test_the_grid_grammar_is_a_constraint_that_text_decoding_follows_too(music_run):
+    """Music's token grammar is a `Constraint` like llguidance's: lm's generate_tokens, which knows nothing of
+    music, keeps to it through the same mask_logits (a bar line first, one voice token per voice and step, the
+    end last), and the tokens decode to one bar of notes."""
+    import torch
+
+    from genloom.lm.constraints import Constraint
+    from genloom.lm.decoding import Sampling, generate_tokens
+    from genloom.music.generate import GRID_VOICE, SlotGrammar
+
+    model = genloom.load(music_run[0])
+    prompt = [TOKEN_ID["<piece>"], TOKEN_ID["KEY_0_major"], TOKEN_ID["TS_16"]]
+    slots = [TOKEN_ID["BAR"], *[GRID_VOICE] * (16 * model.voices), TOKEN_ID["<end>"]]
+    grammar = SlotGrammar(prompt, slots)
+    assert isinstance(grammar, Constraint) and grammar.forced() == TOKEN_ID["BAR"]
+    steps = generate_tokens(model.model, [prompt], len(slots), [torch.Generator().manual_seed(0)], Sampling(),
+                            constraints=[grammar])
+    tokens = [int(token[0]) for token, _ in steps]
+    assert grammar.done and tokens[0] == TOKEN_ID["BAR"] and tokens[-1] == TOKEN_ID["<end>"]
+    assert all(GRID_VOICE[t] for t in tokens[1:-1])
+    piece = decode(prompt + tokens, "grid", model.voices)
+    assert piece.length <= 16 and all(21 <= n.pitch <= 108 for n in piece.notes)
+
+
 def test_generate_music_cli_writes_midi_musicxml_wav_and_png(music_run, tmp_path):
     out, _ = music_run
     runner = CliRunner()
