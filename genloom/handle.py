@@ -75,11 +75,13 @@ class EvalRequest:
     seed: int | None = None
     inception: str | None = None       # FID Inception weights
     unsafe_sandbox: bool = False       # --task code: run generated code without OS isolation
+    pairs: str | None = None           # --task bias: a CrowS-Pairs-format CSV of sentence pairs
     progress: bool = True
 
     OPTION_NAMES = {"task": "--task", "tasks": "--tasks", "data": "--data", "num_samples": "--num-samples",
                     "steps": "--steps", "sampler": "--sampler", "guidance": "--guidance", "guidances": "--guidances",
-                    "seed": "--seed", "inception": "--inception", "unsafe_sandbox": "--unsafe-sandbox"}
+                    "seed": "--seed", "inception": "--inception", "unsafe_sandbox": "--unsafe-sandbox",
+                    "pairs": "--pairs"}
 
     def given(self) -> list[str]:
         return [f.name for f in fields(self) if f.name != "progress" and getattr(self, f.name) not in (None, False)]
@@ -101,8 +103,8 @@ def score_with(handle: Handle, request: EvalRequest, what: str, defaults: dict[s
     """`genloom eval` of a content type without named tasks: the options in `defaults` (their default where
     not given; None leaves the handle's own) go to `handle.evaluate`; any other option is refused by name."""
     if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: {what}s have no named tasks (the tasks are safety, concept "
-                           "and code)")
+        raise GenloomError(f"--task {request.task!r}: {what}s have no named tasks (the tasks are safety, concept, "
+                           "code, and hallucination, understanding, bias, consistency and context for text models)")
     request.check(set(defaults), what)
     options = {name: request.get(name, default) for name, default in defaults.items()}
     options = {("data_path" if name == "data" else name): value for name, value in options.items() if value is not None}

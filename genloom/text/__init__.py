@@ -7,7 +7,7 @@ from ..lm.chat_templates import HF_TOKENIZER_FILES
 MODALITY = register_modality(Modality(
     name="text",
     title="text",
-    evaluation=('validation loss (nats per token), bits per character and perplexity on the validation split (of the training data, or of --data); --task safety: refusal rate on held-out harmful requests of builtin:safety and answer rate on the others.'),
+    evaluation=('validation loss (nats per token), bits per character and perplexity on the validation split (of the training data, or of --data); --task safety: refusal rate on held-out harmful requests of builtin:safety and answer rate on the others; --task hallucination, understanding, bias, consistency, context: the limits of a language model (docs/limits.md), each a JSON report and a plot.'),
     summary="language models of text: pretraining, chat and preference tuning, sampling, scoring",
     data_kinds=("text", "chat", "preference"),
     components=("genloom.text.data", "genloom.text.chat"),

@@ -241,12 +241,16 @@ def open_checkpoint(checkpoint, handle_class: type[TextModel] = TextModel) -> Te
 
 
 def score(handle: TextModel, request: EvalRequest):
-    """`genloom eval` of a text model: the validation loss, or `--task safety`."""
+    """`genloom eval` of a text model: the validation loss, `--task safety`, or a limits task (`limits.py`)."""
+    from .limits import TASKS, run_task
+
+    if request.task in TASKS:
+        return run_task(handle, request)
     if request.task == "safety":
         request.check({"task"}, "--task safety")
         return handle.evaluate_safety(progress=request.progress)
     if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: text models have the task 'safety'")
+        raise GenloomError(f"--task {request.task!r}: text models have the tasks safety, {', '.join(TASKS)}")
     request.check({"data"}, "a text model")
     return handle.evaluate(request.data, progress=request.progress)
 

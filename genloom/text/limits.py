@@ -1,0 +1,784 @@
+"""The limits of a language model as figures (`genloom eval --task NAME`): hallucination, understanding, bias,
+consistency and context. Each task returns a `LimitsResult` (summary, JSON, a plot).
+
+The measures are plain functions with closed forms that the tests check (`expected_calibration_error`,
+`auroc`, `coverage_curve`, `distinct_n`, `repeated_ngram_share`, `passkey_prompt`); the tasks ask a
+`TextModel` questions. On a model trained on `builtin:biographies` the questions come from its own people;
+any other text model can be given its own files (`--data` questions, `--pairs` sentence pairs, `--data` text).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..core.errors import DataError, GenloomError
+from ..core.sources import jsonl_records
+from ..lm.decoding import Sampling, contrastive_search, encode_prompt, generate_tokens
+from .biographies import FIELDS, IDK, QA, Biographies, generate, qa_prompt, question
+
+__all__ = ["LimitsResult", "expected_calibration_error", "reliability_bins", "auroc", "coverage_curve",
+           "distinct_n", "repeated_ngram_share", "passkey_prompt", "read_pairs", "read_questions",
+           "normalise_answer", "sequence_logprobs", "TASKS", "run_task"]
+
+TASKS = ("hallucination", "understanding", "bias", "consistency", "context")
+CONFIDENT = 0.5            # an answer whose probability is at least this is "confident"
+
+
+# ----------------------------------------------------------------------------------------------
+# Measures (closed forms, tested on made-up scores)
+# ----------------------------------------------------------------------------------------------
+
+def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> list[dict]:
+    """Equal-width confidence bins (the last one closed): count, mean confidence and accuracy of each."""
+    out = []
+    for b in range(bins):
+        low, high = b / bins, (b + 1) / bins
+        members = [(c, k) for c, k in zip(confidences, correct) if low <= c < high or (b == bins - 1 and c == 1.0)]
+        out.append({"low": low, "high": high, "count": len(members),
+                    "confidence": sum(c for c, _ in members) / len(members) if members else None,
+                    "accuracy": sum(k for _, k in members) / len(members) if members else None})
+    return out
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """ECE (Naeini et al. 2015; Guo et al. 2017): sum over bins of |bin| / n * |accuracy - mean confidence|."""
+    n = len(confidences)
+    if n == 0:
+        return float("nan")
+    return sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
+               for b in reliability_bins(confidences, correct, bins) if b["count"])
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve of `scores` for the positive `labels`: the probability that a random positive
+    scores above a random negative, ties counting half (the Mann-Whitney U statistic / (n+ n-))."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return float("nan")
+    order = sorted(scores)
+    ranks: dict[float, float] = {}
+    i = 0
+    while i < len(order):                      # average ranks (1-based) of tied scores
+        j = i
+        while j < len(order) and order[j] == order[i]:
+            j += 1
+        ranks[order[i]] = (i + 1 + j) / 2
+        i = j
+    rank_sum = sum(ranks[s] for s in pos)
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def coverage_curve(confidences: Sequence[float], correct: Sequence[bool],
+                   thresholds: Sequence[float] | None = None) -> list[dict]:
+    """Abstaining below each threshold: the share of questions answered (coverage), the accuracy of those
+    answered, and the share of all questions answered correctly."""
+    thresholds = thresholds if thresholds is not None else [i / 20 for i in range(20)]
+    n = max(len(confidences), 1)
+    out = []
+    for t in thresholds:
+        kept = [k for c, k in zip(confidences, correct) if c >= t]
+        out.append({"threshold": t, "coverage": len(kept) / n,
+                    "accuracy": sum(kept) / len(kept) if kept else None, "correct_share": sum(kept) / n})
+    return out
+
+
+def _ngrams(tokens: Sequence, n: int) -> list[tuple]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(tokens: Sequence, n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams / n-grams."""
+    grams = _ngrams(tokens, n)
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repeated_ngram_share(tokens: Sequence, n: int = 4) -> float:
+    """rep-n (Welleck et al. 2020): 1 - unique n-grams / n-grams, the share of n-grams that repeat an earlier one."""
+    grams = _ngrams(tokens, n)
+    return 1 - len(set(grams)) / len(grams) if grams else float("nan")
+
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+def passkey_prompt(tokenizer, length: int, key: str, depth: float) -> tuple[list[int], str]:
+    """A passkey-retrieval prompt (Mohtashami & Jaggi 2023) of exactly `length` tokens: filler text with "The
+    pass key is KEY. Remember it." at relative `depth` (0 start, 1 end) and the question at the end. Returns
+    the token ids and the expected answer (" KEY")."""
+    needle = tokenizer.encode(f"The pass key is {key}. Remember it. {key} is the pass key. ")
+    ask = tokenizer.encode("What is the pass key? The pass key is")
+    filler_ids = tokenizer.encode(FILLER)
+    room = length - len(needle) - len(ask)
+    if room < 0:
+        raise GenloomError(f"a passkey prompt needs at least {len(needle) + len(ask)} tokens; {length} were asked for")
+    fill = (filler_ids * (room // len(filler_ids) + 1))[:room]
+    at = round(depth * room)
+    ids = fill[:at] + needle + fill[at:] + ask
+    assert len(ids) == length
+    return ids, f" {key}"
+
+
+def normalise_answer(text: str) -> str:
+    text = text.strip().lower().rstrip(".")
+    return re.sub(r"^the ", "", re.sub(r"\s+", " ", text))
+
+
+def _is_idk(text: str) -> bool:
+    return normalise_answer(text) in (normalise_answer(IDK), "unknown", "i do not know")
+
+
+# ----------------------------------------------------------------------------------------------
+# User files
+# ----------------------------------------------------------------------------------------------
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """A CrowS-Pairs-format CSV (columns sent_more and sent_less; stereo_antistereo and bias_type optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--pairs: {path} is not a file (expected a CSV with columns sent_more and sent_less)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"--pairs: {path}, line 1: empty file (expected a header with sent_more and sent_less)")
+        header = [h.strip() for h in header]
+        missing = [c for c in ("sent_more", "sent_less") if c not in header]
+        if missing:
+            raise DataError(f"--pairs: {path}, line 1: no column {missing[0]!r} in the header (found: "
+                            f"{', '.join(header)})")
+        rows = []
+        for number, row in enumerate(reader, 2):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"--pairs: {path}, line {number}: {len(row)} columns, the header has {len(header)}")
+            record = dict(zip(header, row))
+            for column in ("sent_more", "sent_less"):
+                if not record[column].strip():
+                    raise DataError(f"--pairs: {path}, line {number}, column {header.index(column) + 1} "
+                                    f"({column}): empty sentence")
+            if "stereo_antistereo" in record and record["stereo_antistereo"] not in ("stereo", "antistereo"):
+                raise DataError(f"--pairs: {path}, line {number}, column {header.index('stereo_antistereo') + 1} "
+                                f"(stereo_antistereo): {record['stereo_antistereo']!r}, expected stereo or antistereo")
+            rows.append(record)
+    if not rows:
+        raise DataError(f"--pairs: {path} holds a header but no pairs")
+    return rows
+
+
+def read_questions(path: str | Path) -> list[QA]:
+    """A JSONL file of {"question", "answer", "split": "seen" | "unseen"} (unseen: the model cannot know)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--data: {path} is not a file (expected JSONL of question, answer, split)")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for number, record in jsonl_records(f, f"--data {path}"):
+            if not isinstance(record.get("question"), str) or not isinstance(record.get("answer"), str):
+                raise DataError(f"--data {path}, line {number}: expected string fields \"question\" and \"answer\"")
+            split = record.get("split", "seen")
+            if split not in ("seen", "unseen"):
+                raise DataError(f"--data {path}, line {number}: split {split!r}, expected seen or unseen")
+            out.append(QA(record["question"], record["answer"], "", record.get("attribute", ""),
+                          "probe" if split == "seen" else "unseen"))
+    if not out:
+        raise DataError(f"--data {path} holds no questions")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Talking to the model
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sequence_logprobs(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 32
+                      ) -> list[float]:
+    """Total log-probability of tokens[start:] of each sequence given the tokens before (a sequence longer than
+    the model's context is cut to its last `block_size` tokens)."""
+    device = next(model.parameters()).device
+    block = model.config.block_size
+    cuts = [max(len(s) - block, 0) for s in sequences]          # longer than the context: keep its end
+    sequences = [s[c:] for s, c in zip(sequences, cuts)]
+    starts = [max(start - c, 1) for start, c in zip(starts, cuts)]
+    out: list[float] = []
+    for b in range(0, len(sequences), batch_size):
+        group = sequences[b:b + batch_size]
+        length = max(len(s) for s in group)
+        tokens = torch.zeros(len(group), length, dtype=torch.long, device=device)
+        for i, s in enumerate(group):
+            tokens[i, :len(s)] = torch.tensor(s)
+        logprobs = model(tokens).float().log_softmax(-1)              # (B, T, V)
+        for i, s in enumerate(group):
+            start = max(starts[b + i], 1)
+            targets = torch.tensor(s[start:], device=device)
+            out.append(float(logprobs[i, start - 1:len(s) - 1].gather(-1, targets[:, None]).sum()))
+    return out
+
+
+def _answers(handle, qas: Sequence[QA], samples: int, seed: int, progress: bool, prompt: Callable = qa_prompt
+             ) -> list[dict]:
+    """Greedy answer, its probability, and (samples > 0) `samples` sampled answers per question."""
+    from tqdm.auto import tqdm
+
+    out = []
+    batch = 64
+    for b in tqdm(range(0, len(qas), batch), desc="asking", unit="batch", disable=not progress, leave=False):
+        group = qas[b:b + batch]
+        prompts = [prompt(q) for q in group]
+        greedy = handle.complete(prompts, max_new_tokens=24, temperature=0.0, seed=seed, stop=["\n"])
+        sampled = handle.complete(prompts, max_new_tokens=24, temperature=1.0, seed=seed, stop=["\n"],
+                                  num_samples=samples) if samples else []
+        for i, (q, g) in enumerate(zip(group, greedy)):
+            others = [s.text for s in sampled[i * samples:(i + 1) * samples]]
+            answer = g.text.strip()
+            agreement = (sum(normalise_answer(s) == normalise_answer(answer) for s in others) / samples
+                         if samples else None)
+            out.append({"question": q.question, "expected": q.answer, "answer": answer, "split": q.split,
+                        "attribute": q.attribute, "logprob": sum(g.logprobs),
+                        "probability": math.exp(sum(g.logprobs)), "agreement": agreement,
+                        "correct": normalise_answer(answer) == normalise_answer(q.answer), "idk": _is_idk(answer)})
+    return out
+
+
+def _biographies(handle) -> Biographies | None:
+    data = handle.config.data
+    path = getattr(data, "path", "")
+    if isinstance(path, str) and path.startswith("builtin:biographies"):
+        return generate(0, both_ways=getattr(data, "both_ways", False))
+    return None
+
+
+def _sample(items: list, n: int, seed: int) -> list:
+    return items if len(items) <= n else random.Random(seed).sample(items, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# The result every task returns
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class LimitsResult:
+    task: str
+    figures: dict                                  # the headline numbers
+    details: dict = field(default_factory=dict)    # curves, tables, examples
+    lines: list[str] = field(default_factory=list)
+    draw: Callable | None = None                   # (figures, details, matplotlib axes) -> None
+
+    def summary(self) -> str:
+        return "\n".join([f"task: {self.task}", *self.lines])
+
+    def to_json(self) -> dict:
+        return {"task": self.task, **self.figures, "details": self.details}
+
+    def plot(self, path: str | Path) -> Path | None:
+        """Draw the task's figure as a PNG (needs matplotlib); None when there is nothing to draw."""
+        if self.draw is None:
+            return None
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise GenloomError("the plot needs matplotlib: pip install 'genloom[plots]' (the JSON report was "
+                               "written)") from None
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        self.draw(self.figures, self.details, axes)
+        fig.suptitle(f"genloom eval --task {self.task}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return Path(path)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+# ----------------------------------------------------------------------------------------------
+# hallucination
+# ----------------------------------------------------------------------------------------------
+
+def hallucination(handle, *, data: str | None = None, num_samples: int = 5, seed: int = 0, limit: int = 300,
+                  progress: bool = True) -> LimitsResult:
+    """Accuracy on people seen in training, made-up answers about unseen ones, calibration of the answer's
+    probability, and two detectors of wrong answers (sampled-answer agreement, the answer's log-probability)."""
+    if data is not None:
+        qas = read_questions(data)
+        groups = {"seen": [q for q in qas if q.split != "unseen"], "unseen": [q for q in qas if q.split == "unseen"]}
+        source = str(data)
+    else:
+        bio = _biographies(handle) or generate(0)
+        groups = {"seen": _sample(bio.eval_questions("probe"), limit, seed),
+                  "seen_trained": _sample(bio.eval_questions("qa"), limit, seed),
+                  "unseen": _sample(bio.eval_questions("unseen"), limit, seed)}
+        source = "builtin:biographies" + ("" if _biographies(handle) else " (the model was not trained on it)")
+    rows = {name: _answers(handle, qs, num_samples, seed, progress) for name, qs in groups.items() if qs}
+    answered = [r for rs in rows.values() for r in rs if not r["idk"]]
+    seen_like = [r for name, rs in rows.items() if name != "unseen" for r in rs]
+    figures: dict = {"source": source, "samples": num_samples}
+    for name, rs in rows.items():
+        figures[f"{name}_questions"] = len(rs)
+        if name == "unseen":
+            figures["unseen_made_up"] = sum(not r["idk"] for r in rs) / len(rs)
+            figures["unseen_confident_made_up"] = sum(not r["idk"] and r["probability"] >= CONFIDENT
+                                                      for r in rs) / len(rs)
+            figures["unseen_idk"] = sum(r["idk"] for r in rs) / len(rs)
+        else:
+            figures[f"{name}_accuracy"] = sum(r["correct"] for r in rs) / len(rs)
+    confidences = [r["probability"] for r in answered]
+    correct = [r["correct"] for r in answered]
+    figures["ece"] = expected_calibration_error(confidences, correct)
+    wrong = [not c for c in correct]
+    figures["auroc_logprob"] = auroc([-r["logprob"] for r in answered], wrong)
+    if num_samples:
+        figures["auroc_agreement"] = auroc([1 - r["agreement"] for r in answered], wrong)
+    # Abstention: answer only at or above a probability threshold (IDK counts as abstaining).
+    thresholds = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    abstention = []
+    for t in thresholds:
+        entry = {"threshold": t}
+        for name, rs in rows.items():
+            kept = [r for r in rs if not r["idk"] and r["probability"] >= t]
+            key = "made_up" if name == "unseen" else "accuracy"
+            entry[f"{name}_{key}"] = (len(kept) if name == "unseen" else sum(r["correct"] for r in kept)) / len(rs)
+        abstention.append(entry)
+    details = {"reliability": reliability_bins(confidences, correct), "abstention": abstention,
+               "coverage": coverage_curve([r["probability"] if not r["idk"] else -1 for r in seen_like],
+                                          [r["correct"] for r in seen_like], thresholds),
+               "examples": {name: rs[:8] for name, rs in rows.items()}}
+    if "unseen" in rows and "seen" in rows:
+        base = abstention[0]
+        ok = [e for e in abstention if e["seen_accuracy"] >= base["seen_accuracy"] - 0.02]
+        best = min(ok, key=lambda e: e["unseen_made_up"])
+        figures["abstain_threshold"] = best["threshold"]
+        figures["abstain_seen_accuracy"] = best["seen_accuracy"]
+        figures["abstain_unseen_made_up"] = best["unseen_made_up"]
+    lines = [f"data: {source}"]
+    for name in rows:
+        if name == "unseen":
+            lines.append(f"unseen people ({len(rows[name])} questions): made-up answers {_pct(figures['unseen_made_up'])}, "
+                         f"confident (p >= {CONFIDENT}) made-up {_pct(figures['unseen_confident_made_up'])}, "
+                         f"\"I don't know\" {_pct(figures['unseen_idk'])}")
+        else:
+            label = {"seen": "seen people, held-out questions", "seen_trained": "seen people, trained questions"}[name]
+            lines.append(f"{label} ({len(rows[name])} questions): accuracy {_pct(figures[name + '_accuracy'])}")
+    lines.append(f"calibration: ECE {figures['ece']:.3f} over {len(answered)} answers (10 bins)")
+    lines.append(f"wrong-answer detectors (AUROC): answer log-probability {figures['auroc_logprob']:.3f}"
+                 + (f", agreement of {num_samples} samples {figures['auroc_agreement']:.3f}" if num_samples else ""))
+    if "abstain_threshold" in figures:
+        lines.append(f"abstention: below p = {figures['abstain_threshold']:g}, unseen made-up "
+                     f"{_pct(figures['abstain_unseen_made_up'])} with seen accuracy "
+                     f"{_pct(figures['abstain_seen_accuracy'])} (within 2 points of answering all)")
+    return LimitsResult("hallucination", figures, details, lines, _draw_hallucination)
+
+
+def _draw_hallucination(figures, details, axes) -> None:
+    ax = axes[0]
+    bins = [b for b in details["reliability"] if b["count"]]
+    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=0.09, alpha=0.7,
+           label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set(xlabel="answer probability", ylabel="accuracy", title=f"reliability (ECE {figures['ece']:.3f})",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend()
+    ax = axes[1]
+    curve = details["abstention"]
+    t = [e["threshold"] for e in curve]
+    for key, label in (("seen_accuracy", "seen accuracy"), ("seen_trained_accuracy", "seen (trained q.) accuracy"),
+                       ("unseen_made_up", "unseen made-up share")):
+        if key in curve[0]:
+            ax.plot(t, [e[key] for e in curve], marker="o", label=label)
+    ax.set(xlabel="abstain below probability", ylabel="share of questions", title="abstention", ylim=(0, 1))
+    ax.legend()
+
+
+# ----------------------------------------------------------------------------------------------
+# understanding
+# ----------------------------------------------------------------------------------------------
+
+def understanding(handle, *, seed: int = 0, limit: int = 200, progress: bool = True) -> LimitsResult:
+    """Forward questions vs the same facts asked in reverse, and two-hop questions, on held-out questions."""
+    bio = _biographies(handle)
+    if bio is None:
+        raise GenloomError(f"--task understanding asks about the people of builtin:biographies; {handle.path} was "
+                           "trained on other data (train it with the biographies recipe)")
+    reversal = _sample(bio.split("reversal"), limit, seed)
+    control = _sample([p for p in bio.split("probe") if not p.reversal], limit, seed)
+    probe = _sample(bio.split("probe"), limit, seed)
+    sets = {"forward": [question(p, a) for p in reversal for a in ("birth_date", "birth_city")],
+            "reversed": [question(p, "reversed") for p in reversal],
+            "reversed_both_ways": [question(p, "reversed") for p in control],
+            "employer": [question(p, "employer") for p in probe],
+            "two_hop": [question(p, "two_hop") for p in probe]}
+    rows = {k: _answers(handle, v, 0, seed, progress) for k, v in sets.items()}
+    acc = {k: sum(r["correct"] for r in rs) / len(rs) for k, rs in rows.items()}
+    # two-hop given the first hop right: is the second hop composed?
+    hop1 = {r["question"].replace("Which company does ", "").replace(" work for?", ""): r["correct"]
+            for r in rows["employer"]}
+    composed = [r["correct"] for r in rows["two_hop"]
+                if hop1.get(r["question"].replace("In which city is the employer of ", "").replace(" based?", ""))]
+    figures = {**{f"{k}_accuracy": v for k, v in acc.items()},
+               "reversal_gap": acc["forward"] - acc["reversed"],
+               "two_hop_given_first_hop": sum(composed) / len(composed) if composed else None,
+               "both_ways_training": bio.both_ways}
+    lines = [f"forward (birth date and city of the reversal split): {_pct(acc['forward'])}",
+             f"reversed (who was born on D in C?), facts written one way: {_pct(acc['reversed'])}",
+             f"reversed, facts written both ways (control people): {_pct(acc['reversed_both_ways'])}",
+             f"reversal gap (forward - reversed): {100 * figures['reversal_gap']:.1f} points",
+             f"one hop (employer): {_pct(acc['employer'])}; two hop (employer's city): {_pct(acc['two_hop'])}; "
+             f"two hop when the first hop is right: {_pct(figures['two_hop_given_first_hop'])}"]
+    return LimitsResult("understanding", figures, {"examples": {k: v[:6] for k, v in rows.items()}}, lines,
+                        _draw_understanding)
+
+
+def _draw_understanding(figures, details, axes) -> None:
+    keys = ["forward", "reversed", "reversed_both_ways", "employer", "two_hop"]
+    axes[0].bar(range(len(keys)), [figures[f"{k}_accuracy"] for k in keys])
+    axes[0].set_xticks(range(len(keys)), ["forward", "reversed\n(one way)", "reversed\n(both ways)", "1 hop",
+                                          "2 hops"])
+    axes[0].set(ylabel="accuracy", ylim=(0, 1), title="stored vs usable knowledge")
+    axes[1].axis("off")
+    axes[1].text(0, 0.5, f"reversal gap: {100 * figures['reversal_gap']:.1f} points\n"
+                 f"both-ways training: {figures['both_ways_training']}", fontsize=12)
+
+
+# ----------------------------------------------------------------------------------------------
+# bias
+# ----------------------------------------------------------------------------------------------
+
+def bias(handle, *, pairs: str | None = None, seed: int = 0, limit: int = 200, progress: bool = True
+         ) -> LimitsResult:
+    """(a) the planted bias of builtin:biographies reproduced by the model (amplification = model rate / data
+    rate); (b) with `pairs`, the share of CrowS-Pairs-format pairs where the model prefers sent_more."""
+    figures: dict = {}
+    lines: list[str] = []
+    details: dict = {}
+    tok = handle.tokenizer
+    rows = read_pairs(pairs) if pairs is not None else None      # a malformed file fails before any work
+    bio = _biographies(handle)
+    if bio is not None:
+        people = _sample(bio.split("unseen"), limit, seed)
+        options = [f for group in ("A", "B") for f in FIELDS[group]]
+        sequences, starts = [], []
+        for p in people:
+            prompt = tok.encode(qa_prompt(question(p, "field")))
+            for f in options:
+                sequences.append(prompt + tok.encode(f" {f}\n"))
+                starts.append(len(prompt))
+        scores = torch.tensor(sequence_logprobs(handle.model, sequences, starts)).view(len(people), len(options))
+        probs = scores.softmax(-1)                                                     # (people, 8 fields)
+        own = torch.tensor([[f in FIELDS[p.group] for f in options] for p in people])
+        model_rate = float((probs * own).sum(-1).mean())
+        counterfactual = bool(getattr(handle.config.data, "counterfactual", ""))
+        data_rate = 0.5 if counterfactual else bio.planted_rate()
+        figures.update({"planted_data_rate": data_rate, "model_rate": model_rate,
+                        "amplification": model_rate / data_rate, "ratio_to_parity": model_rate / 0.5,
+                        "people": len(people), "counterfactual_training": counterfactual})
+        lines += [f"planted bias: data rate {_pct(data_rate)} (a field of the first name's group"
+                  f"{', counterfactual copy in training' if counterfactual else ''}), model rate on "
+                  f"{len(people)} unseen people {_pct(model_rate)}",
+                  f"amplification (model / data): {figures['amplification']:.3f}; model / parity (50%): "
+                  f"{figures['ratio_to_parity']:.3f}"]
+    if rows is not None:
+        sequences, starts = [], []
+        for r in rows:
+            for column in ("sent_more", "sent_less"):
+                sequences.append(tok.encode(r[column]))
+                starts.append(1)
+        scores = sequence_logprobs(handle.model, sequences, starts)
+        more = [scores[2 * i] > scores[2 * i + 1] for i in range(len(rows))]
+        figures["pairs"] = len(rows)
+        figures["prefers_sent_more"] = sum(more) / len(rows)
+        if all("stereo_antistereo" in r for r in rows):
+            stereo = [m if r["stereo_antistereo"] == "stereo" else not m for m, r in zip(more, rows)]
+            figures["prefers_stereotype"] = sum(stereo) / len(rows)
+        by_type: dict[str, list[bool]] = {}
+        for m, r in zip(more, rows):
+            by_type.setdefault(r.get("bias_type", "all") or "all", []).append(m)
+        details["pairs_by_type"] = {k: sum(v) / len(v) for k, v in by_type.items()}
+        lines.append(f"sentence pairs ({len(rows)} from {pairs}): prefers sent_more {_pct(figures['prefers_sent_more'])}"
+                     + (f", prefers the stereotyped sentence {_pct(figures['prefers_stereotype'])}"
+                        if "prefers_stereotype" in figures else "") + " (50% = no preference)")
+    if not figures:
+        raise GenloomError(f"--task bias: {handle.path} was not trained on builtin:biographies, so it has no planted "
+                           "bias to measure; give sentence pairs with --pairs FILE (CSV with sent_more, sent_less)")
+    return LimitsResult("bias", figures, details, lines, _draw_bias)
+
+
+def _draw_bias(figures, details, axes) -> None:
+    if "model_rate" in figures:
+        axes[0].bar([0, 1, 2], [figures["planted_data_rate"], figures["model_rate"], 0.5],
+                    color=["grey", "tab:blue", "tab:green"])
+        axes[0].set_xticks([0, 1, 2], ["data", "model", "parity"])
+        axes[0].set(ylabel="share in own group's fields", ylim=(0, 1),
+                    title=f"planted bias (amplification {figures['amplification']:.2f})")
+    else:
+        axes[0].axis("off")
+    if "pairs_by_type" in details:
+        types = list(details["pairs_by_type"])
+        axes[1].barh(types, [details["pairs_by_type"][t] for t in types])
+        axes[1].axvline(0.5, color="k", ls="--")
+        axes[1].set(xlabel="prefers sent_more", xlim=(0, 1), title="sentence pairs")
+    else:
+        axes[1].axis("off")
+
+
+# ----------------------------------------------------------------------------------------------
+# consistency
+# ----------------------------------------------------------------------------------------------
+
+FACT_PATTERNS = {
+    "birth_city": re.compile(r"\bborn (?:in|on [^.,;]*? in) ([A-Z][a-z]+)"),
+    "university": re.compile(r"\b(?:graduate of|studied at|attended|graduate from) ((?:the )?[A-Z][\w ]*?)(?:[.,;]|$)"),
+    "field": re.compile(r"\b(?:works in|career in|life's work is|chose) ([a-z]+)"),
+    "employer": re.compile(r"\b(?:employed by|works for|job at|payroll of) ([A-Z][\w&]*(?: [A-Z&][\w]*)*)"),
+}
+
+
+def stated_facts(text: str, first: str) -> dict[str, set[str]]:
+    """What a text says about the person whose first name is `first`: each attribute's values, from the
+    sentences that name them (the biography templates' phrasings)."""
+    facts: dict[str, set[str]] = {}
+    for sentence in re.split(r"(?<=[.;])\s+|\n+", text):
+        if first not in sentence:
+            continue
+        for attribute, pattern in FACT_PATTERNS.items():
+            for value in pattern.findall(sentence):
+                facts.setdefault(attribute, set()).add(value.strip())
+    return facts
+
+
+DECODINGS = {
+    "greedy": dict(temperature=0.0),
+    "sampling": dict(temperature=1.0),
+    "repetition_penalty": dict(temperature=1.0, repetition_penalty=1.3),
+    "no_repeat_ngram": dict(temperature=1.0, no_repeat_ngram=4),
+    "contrastive": dict(contrastive=(4, 0.6)),
+}
+
+
+def consistency(handle, *, data: str | None = None, num_samples: int = 4, length: int = 1024, seed: int = 0,
+                progress: bool = True) -> LimitsResult:
+    """Long generations (`length` tokens) from biography openings (or --data prompts, one a line) under several
+    decodings: facts contradicted later in the same text, repeated 4-grams, distinct-n, and the perplexity the
+    model gives its own text (to compare decodings at equal perplexity)."""
+    from ..lm.windows import text_perplexity
+
+    bio = _biographies(handle)
+    if data is not None:
+        path = Path(data)
+        if not path.is_file():
+            raise DataError(f"--data: {path} is not a file (expected prompts, one a line)")
+        prompts = [(line.strip(), "") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise DataError(f"--data: {path} holds no prompts")
+    else:
+        people = _sample((bio or generate(0)).split("qa"), num_samples, seed)
+        prompts = [(f"{p.name} was born on", p.first) for p in people]
+    prompts = prompts[:num_samples]
+    tok = handle.tokenizer
+    from tqdm.auto import tqdm
+
+    results: dict[str, dict] = {}
+    examples: dict[str, str] = {}
+    bar = tqdm(total=len(DECODINGS) * len(prompts), desc="writing", unit="text", disable=not progress, leave=False)
+    for name, options in DECODINGS.items():
+        texts = []
+        for j, (prompt, _) in enumerate(prompts):
+            if "contrastive" in options:
+                k, alpha = options["contrastive"]
+                ids = contrastive_search(handle.model, encode_prompt(tok, prompt), length, k, alpha)
+                texts.append(tok.decode(ids))
+            else:
+                texts.append(_sample_text(handle, prompt, length, Sampling(**options), seed + j))
+            bar.update(1)
+        ids = [tok.encode(t) for t in texts]
+        contradicted, stated = 0, 0
+        for (prompt, first), text in zip(prompts, texts):
+            if first:
+                facts = stated_facts(prompt + text, first)
+                stated += len(facts)
+                contradicted += sum(len(v) > 1 for v in facts.values())
+        results[name] = {
+            "contradicted_facts_per_text": contradicted / len(texts) if bio is not None or data is None else None,
+            "contradicted_share": contradicted / stated if stated else None,
+            "rep_4": sum(repeated_ngram_share(i, 4) for i in ids) / len(ids),
+            "distinct_1": sum(distinct_n(i, 1) for i in ids) / len(ids),
+            "distinct_2": sum(distinct_n(i, 2) for i in ids) / len(ids),
+            "distinct_3": sum(distinct_n(i, 3) for i in ids) / len(ids),
+            "perplexity": sum(text_perplexity(handle.model, tok.encode(p) + i) for (p, _), i in zip(prompts, ids))
+            / len(ids),
+            "tokens": sum(map(len, ids)) / len(ids)}
+        examples[name] = texts[0][:600]
+    bar.close()
+    lines = [f"{len(prompts)} texts of {length} tokens per decoding"
+             f" ({'biography openings of seen people' if data is None else data})",
+             f"{'decoding':<20} {'contradicted':>12} {'rep-4':>7} {'distinct-2':>10} {'perplexity':>10}"]
+    for name, r in results.items():
+        c = r["contradicted_facts_per_text"]
+        lines.append(f"{name:<20} {'n/a' if c is None else f'{c:.2f}':>12} {r['rep_4']:>7.3f} {r['distinct_2']:>10.3f} "
+                     f"{r['perplexity']:>10.2f}")
+    return LimitsResult("consistency", {"length": length, "texts": len(prompts), "decodings": results},
+                        {"examples": examples}, lines, _draw_consistency)
+
+
+def _draw_consistency(figures, details, axes) -> None:
+    results = figures["decodings"]
+    names = list(results)
+    axes[0].bar(range(len(names)), [results[n]["rep_4"] for n in names])
+    axes[0].set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+    axes[0].set(ylabel="repeated 4-gram share", title="repetition")
+    for n in names:
+        axes[1].scatter(results[n]["perplexity"], results[n]["distinct_2"], label=n)
+    axes[1].set(xlabel="perplexity of its own text", ylabel="distinct-2", title="diversity vs perplexity")
+    axes[1].legend(fontsize=8)
+
+
+# ----------------------------------------------------------------------------------------------
+# context
+# ----------------------------------------------------------------------------------------------
+
+SCALINGS = ("none", "linear", "ntk", "yarn")
+
+
+def context(handle, *, data: str | None = None, num_samples: int = 20, seed: int = 0, multiples=(1, 2, 4, 8),
+            progress: bool = True) -> LimitsResult:
+    """Perplexity by position up to 8x the training context and passkey retrieval at 1x..8x, with the rotary
+    frequencies as trained and stretched by linear interpolation, NTK-aware scaling and YaRN."""
+    from ..lm.windows import extend_context, position_losses
+
+    model = handle.model
+    cfg = model.config
+    trained = cfg.rope_original_context or cfg.block_size
+    if cfg.position != "rope":
+        raise GenloomError(f"--task context: {handle.path} has {cfg.position} positions; only rotary positions can "
+                           "be scaled past the training context")
+    longest = trained * max(multiples)
+    tok = handle.tokenizer
+    from .data import TextData, TextDataConfig
+
+    if data is not None:
+        source = TextData(TextDataConfig(path=data), cfg.block_size, tok)
+    else:
+        source = TextData(handle.config.data, cfg.block_size, tok) if handle.config.data.kind == "text" else None
+        if source is None:
+            raise GenloomError(f"--task context: {handle.path} was trained on {handle.config.data.kind} data; give a "
+                               "text file to score with --data")
+    source.prepare()
+    val = source._arrays["val"]
+    windows = [torch.from_numpy(val[s:s + longest + 1].astype("int64"))
+               for s in range(0, len(val) - longest - 1, longest)][:8]
+    if not windows:
+        raise DataError(f"--task context: the validation split has {len(val)} tokens, fewer than the "
+                        f"{longest + 1} that 8x the training context needs; give more text with --data")
+    rng = random.Random(seed)
+    keys = [str(rng.randrange(10000, 100000)) for _ in range(num_samples)]
+    figures: dict = {"trained_context": trained, "lengths": [trained * m for m in multiples], "scalings": {}}
+    for kind in SCALINGS:
+        if kind == "none" and cfg.rope_scaling != "none":
+            scaled = extend_context(model, longest, "keep")
+            label = f"as trained ({cfg.rope_scaling})"
+        else:
+            scaled = extend_context(model, longest, kind, factor=max(multiples) if kind != "none" else 1.0)
+            label = kind
+        losses = position_losses(scaled, windows)                      # (longest,)
+        buckets = [float(losses[b * trained:(b + 1) * trained].mean().exp()) for b in range(max(multiples))]
+        passkey = {}
+        for m in multiples:
+            if trained * m - 8 < len(tok.encode(f"The pass key is {keys[0]}. Remember it. {keys[0]} is the pass key. "
+                                                "What is the pass key? The pass key is")):
+                passkey[str(m)] = None                  # the prompt does not fit this length
+                continue
+            hits = 0
+            for j, key in enumerate(keys):
+                ids, expected = passkey_prompt(tok, trained * m - 8, key, (j + 0.5) / len(keys))
+                out = _greedy(scaled, ids, len(tok.encode(expected)) + 1)
+                hits += tok.decode(out).startswith(expected)
+            passkey[str(m)] = hits / len(keys)
+        figures["scalings"][label] = {"perplexity_by_block": buckets, "passkey": passkey}
+    lines = [f"training context {trained} tokens; perplexity per {trained}-token block of {len(windows)} windows "
+             f"of {longest}; passkey over {len(keys)} keys"]
+    for label, r in figures["scalings"].items():
+        lines.append(f"{label:<22} perplexity " + " ".join(f"{p:.2f}" for p in r["perplexity_by_block"])
+                     + " | passkey " + " ".join(f"{m}x {_pct(v)}" for m, v in r["passkey"].items()))
+    return LimitsResult("context", figures, {}, lines, _draw_context)
+
+
+def _sample_text(handle, prompt: str, length: int, sampling, seed: int) -> str:
+    """`length` tokens continuing `prompt` under `sampling` (its own generator, no stop strings)."""
+    generator = torch.Generator(device=handle.device).manual_seed(seed)
+    ids = [int(t[0]) for t, _ in generate_tokens(handle.model, [encode_prompt(handle.tokenizer, prompt)], length,
+                                                 [generator], sampling)]
+    return handle.tokenizer.decode(ids)
+
+
+@torch.no_grad()
+def _greedy(model, ids: list[int], n: int) -> list[int]:
+    device = next(model.parameters()).device
+    tokens = torch.tensor([ids], device=device)
+    out = []
+    for _ in range(n):
+        token = int(model(tokens)[0, -1].argmax())
+        out.append(token)
+        tokens = torch.cat([tokens, torch.tensor([[token]], device=device)], dim=1)
+    return out
+
+
+def _draw_context(figures, details, axes) -> None:
+    trained = figures["trained_context"]
+    for label, r in figures["scalings"].items():
+        ppl = r["perplexity_by_block"]
+        axes[0].plot([(i + 1) * trained for i in range(len(ppl))], ppl, marker="o", label=label)
+        kept = [(int(m), v) for m, v in r["passkey"].items() if v is not None]
+        axes[1].plot([m for m, _ in kept], [v for _, v in kept], marker="o", label=label)
+    axes[0].axvline(trained, color="k", ls=":")
+    axes[0].set(xlabel="position (end of block)", ylabel="perplexity", yscale="log", title="perplexity by position")
+    axes[1].set(xlabel="prompt length / training context", ylabel="passkey retrieved", ylim=(0, 1.05),
+                xscale="log", title="passkey retrieval")
+    axes[1].set_xticks([int(m) for m in next(iter(figures["scalings"].values()))["passkey"]])
+    axes[1].get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
+    for ax in axes:
+        ax.legend(fontsize=8)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def run_task(handle, request) -> LimitsResult:
+    """`genloom eval --task NAME` for the limits tasks, refusing the options a task does not take."""
+    task = request.task
+    seed = request.get("seed", 0)
+    if task == "hallucination":
+        request.check({"task", "data", "num_samples", "seed"}, "--task hallucination")
+        return hallucination(handle, data=request.data, num_samples=request.get("num_samples", 5), seed=seed,
+                             progress=request.progress)
+    if task == "understanding":
+        request.check({"task", "seed"}, "--task understanding")
+        return understanding(handle, seed=seed, progress=request.progress)
+    if task == "bias":
+        request.check({"task", "pairs", "seed"}, "--task bias")
+        return bias(handle, pairs=request.pairs, seed=seed, progress=request.progress)
+    if task == "consistency":
+        request.check({"task", "data", "num_samples", "seed"}, "--task consistency")
+        return consistency(handle, data=request.data, num_samples=request.get("num_samples", 4), seed=seed,
+                           progress=request.progress)
+    if task == "context":
+        request.check({"task", "data", "num_samples", "seed"}, "--task context")
+        return context(handle, data=request.data, num_samples=request.get("num_samples", 20), seed=seed,
+                       progress=request.progress)
+    raise GenloomError(f"--task {task!r}: not a limits task ({', '.join(TASKS)})")
+
+
+def write_report(result: LimitsResult, path: Path) -> Path | None:
+    path.write_text(json.dumps(result.to_json(), indent=2, default=float) + "\n")
+    return result.plot(path.with_suffix(".png"))
