@@ -26,6 +26,7 @@ from torch import nn
 from ..core.config import require, validate
 from ..core.registry import register
 from ..train.objective import unwrap_model
+from ..train.parallel import keep_gathered
 
 __all__ = ["GANObjectiveConfig", "GANObjective", "diff_augment", "AUGMENTATIONS", "class_coverage", "class_diversity",
            "discriminator_loss", "generator_loss"]
@@ -194,7 +195,8 @@ class GANObjective:
         fake_scores = model("discriminate", self._augment(fake), labels).float()
         loss = self._d_loss(real_scores, fake_scores)
         if r1:
-            gradient, = torch.autograd.grad(real_scores.sum(), real, create_graph=True)
+            with keep_gathered(model):     # (a sharded discriminator's weights serve the loss's backward pass too)
+                gradient, = torch.autograd.grad(real_scores.sum(), real, create_graph=True)
             penalty = gradient.float().pow(2).sum(dim=(1, 2, 3)).mean()
             loss = loss + self.config.r1_gamma / 2 * penalty * self.config.r1_interval
         return loss

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -29,7 +30,7 @@ from ..core.errors import ConfigError
 
 __all__ = ["PARALLEL_CHOICES", "choose_parallel", "shard_units", "blocks", "apply_fsdp", "fsdp_modules",
            "apply_activation_checkpointing", "is_sharded", "full_tensor", "row_range", "local_rows",
-           "shard_rows_like", "rows_as_shard", "set_gradient_sync"]
+           "shard_rows_like", "rows_as_shard", "set_gradient_sync", "keep_gathered"]
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ def apply_fsdp(model: nn.Module, device: torch.device, dtype: torch.dtype | None
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     if offload:
         options["offload_policy"] = CPUOffloadPolicy()
+    with torch.no_grad():          # FSDP2 splits plain row-major storage (not channels-last convolution weights)
+        for parameter in model.parameters():
+            if not parameter.is_contiguous():
+                parameter.data = parameter.data.contiguous()
     for _, unit in shard_units(model):
         fully_shard(unit, **options)
     fully_shard(model, **options)
@@ -182,6 +187,21 @@ def fsdp_modules(model: nn.Module) -> list[nn.Module]:
     from torch.distributed.fsdp import FSDPModule
 
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def keep_gathered(model: nn.Module):
+    """Inside, a backward pass leaves FSDP's gathered weights in place: for a gradient taken within a loss
+    (`torch.autograd.grad(..., create_graph=True)`, e.g. the GAN's R1 penalty), whose graph the loss's own
+    backward pass goes through again. Outside FSDP it does nothing."""
+    modules = fsdp_modules(model)
+    for module in modules:
+        module.set_reshard_after_backward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.set_reshard_after_backward(True, recurse=False)
 
 
 def set_gradient_sync(model: nn.Module, sync: bool) -> None:
