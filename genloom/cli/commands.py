@@ -274,6 +274,18 @@ def serve(
                                                      "(green scheme unless a request's watermark field picks "
                                                      "another); POST /v1/detect checks with it. Never logged or "
                                                      "returned.")] = None,
+    moderation: Annotated[Optional[str], typer.Option("--moderation", metavar="refuse|flag", help="Screen text "
+                                                      "requests and replies with genloom's safety classifier "
+                                                      "(trained on builtin:safety: help to hurt or kill people) and "
+                                                      "--blocklist: refuse declines them (finish_reason "
+                                                      "content_filter), flag only marks them; the verdict is in "
+                                                      "each response's moderation field and in /metrics.")] = None,
+    blocklist: Annotated[Optional[Path], typer.Option("--blocklist", help="With --moderation: a UTF-8 file of words "
+                                                      "or phrases (one a line, # comments) a text may not "
+                                                      "hold.")] = None,
+    moderation_threshold: Annotated[float, typer.Option("--moderation-threshold", min=0.01, max=0.99, help="With "
+                                                        "--moderation: the classifier's harm score at which a text "
+                                                        "is flagged.")] = 0.5,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions,
     /v1/images/generations), with /health, /metrics and a web page at / to try every model."""
@@ -287,13 +299,20 @@ def serve(
 
     if watermark is not None:
         check_key(watermark)
+    screening = None
+    if moderation is not None:
+        from ..serve.filters import Moderation, load_blocklist
+        screening = Moderation(moderation, threshold=moderation_threshold,
+                               blocklist=load_blocklist(blocklist) if blocklist is not None else ())
+    elif blocklist is not None:
+        raise GenloomError("--blocklist goes with --moderation refuse|flag")
 
     models = load_models(model, device, adapter or [], verify=not no_verify, quantize=quantize)
     typer.echo(f"genloom: serving {', '.join(models)} on http://{host}:{port}/ (OpenAI API under /v1)", err=True)
     run_server(models, host, port, api_key, max_body_bytes=max_body_bytes, max_prompt_tokens=max_prompt_tokens,
                max_tokens=max_tokens, max_n=max_n, max_steps=max_steps, max_images=max_images, timeout=timeout,
                queue_size=queue_size, max_batch=max_batch, max_stop_length=max_stop_length,
-               allowed_hosts=allow_host or None, watermark=watermark)
+               allowed_hosts=allow_host or None, watermark=watermark, moderation=screening)
 
 
 def _eval_help() -> str:

@@ -86,7 +86,8 @@ def _served_as(path: Path) -> str:
 
 
 def serve(models: dict, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          allowed_hosts: list[str] | None = None, watermark: str | None = None, **limits) -> None:
+          allowed_hosts: list[str] | None = None, watermark: str | None = None, moderation=None,
+          **limits) -> None:
     """Serve `models` until interrupted. `allowed_hosts`: the host names the server answers to (Host and
     Origin headers; see `create_app`); the address it listens on is added when it is a specific one."""
     import uvicorn
@@ -97,5 +98,5 @@ def serve(models: dict, host: str = "127.0.0.1", port: int = 8000, api_key: str 
         allowed_hosts = list(LOOPBACK_HOSTS)
     if allowed_hosts is not None and host not in ("0.0.0.0", "::", ""):
         allowed_hosts = [*allowed_hosts, host]
-    app = create_app(models, Limits(**limits), api_key, allowed_hosts, watermark=watermark)
+    app = create_app(models, Limits(**limits), api_key, allowed_hosts, watermark=watermark, moderation=moderation)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -17,6 +17,8 @@ The package, by what each module answers for:
   guard.py    Host/Origin check, API key, body limit, request metrics (ASGI middleware)
   workers.py  one thread per model (continuous batching for text), deadlines
   limits.py   the limits (no FastAPI import)      metrics.py  Prometheus text
+  detect.py   watermarking text (--watermark KEY, a request's watermark field) and POST /v1/detect
+  filters.py  the output filter of the text routes (--moderation: the safety classifier, blocklists)
 A handle's `serves` attribute names its kind; `ROUTES` lists which module serves which kinds.
 """
 
@@ -27,7 +29,7 @@ from typing import Any, Iterable
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from . import adapters, detect, embeddings, images, info, text
+from . import adapters, detect, embeddings, filters, images, info, text
 from .errors import APIError, install_error_handlers
 from .guard import LOOPBACK_HOSTS, Guard
 from .limits import Limits
@@ -40,13 +42,15 @@ OTHER_ROUTES = (info, adapters, detect)
 
 
 def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str | None = None,
-               allowed_hosts: Iterable[str] | None = None, watermark: str | None = None) -> FastAPI:
+               allowed_hosts: Iterable[str] | None = None, watermark: str | None = None,
+               moderation: "filters.Moderation | None" = None) -> FastAPI:
     """The FastAPI app serving `models` (name -> handle from `genloom.load`).
 
     `api_key`: required as 'Authorization: Bearer KEY' on /v1/ paths. `allowed_hosts`: the host names the
     server answers to in Host and Origin headers (403 otherwise); by default loopback names when there is
     no API key, and any name when there is one; "*" allows any. `watermark`: a key that marks every text the
-    server writes (POST /v1/detect checks with it; see detect.py).
+    server writes (POST /v1/detect checks with it; see detect.py). `moderation`: the output filter of the
+    text routes (filters.py).
     """
     state = ServerState(models, limits, {kind: routes for routes in ROUTES for kind in routes.KINDS}, bool(api_key))
     app = FastAPI(title="genloom", version="0.1.0", description="genloom's models behind an OpenAI-compatible API")
@@ -55,6 +59,7 @@ def create_app(models: dict[str, Any], limits: Limits = Limits(), api_key: str |
         app.include_router(routes.router)
     app.state.genloom = state
     detect.configure(app, watermark)
+    filters.configure(app, moderation)
     # The routes by template (FastAPI's own documentation routes, then ours): metrics count requests by them.
     routes = [route for route in app.routes if isinstance(route, Route)]
     routes += [route for module in (*OTHER_ROUTES, *ROUTES) for route in module.router.routes]

@@ -59,6 +59,7 @@ class Metrics:
         self._tokens: dict[str, int] = defaultdict(int)
         self._images: dict[str, int] = defaultdict(int)
         self.queue_depth: Callable[[], dict[str, int]] = dict
+        self.extra: list[Callable[[], list[str]]] = []     # more metric families (the output filter's)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         if self.routes is not None and route not in self.routes:
@@ -101,4 +102,6 @@ class Metrics:
             lines += [f"genloom_images_generated_total{{{_labels(model=m)}}} {n}" for m, n in sorted(self._images.items())]
         lines += ["# HELP genloom_queue_depth Requests waiting or running per model.", "# TYPE genloom_queue_depth gauge"]
         lines += [f"genloom_queue_depth{{{_labels(model=m)}}} {n}" for m, n in sorted(self.queue_depth().items())]
+        for more in self.extra:
+            lines += more()
         return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from ..lm.decoding import Sampling, encode_prompt
 from .detect import request_watermark
 from .errors import APIError
 from .events import collect, event_stream, failure, sse
+from .filters import review, screen
 from .limits import Limits
 from .schemas import ChatRequest, CompletionRequest, Message, SamplingRequest
 from .state import Served, ServerState
@@ -209,6 +210,9 @@ async def completions(body: CompletionRequest, request: Request):
     if body.stream and (body.max_tokens == 0 or scoring):
         raise APIError(400, "a streamed completion cannot score its prompt (echo with logprobs) or have "
                        "max_tokens=0; send it with stream: false", param="echo" if scoring else "max_tokens")
+    refused = screen(request, body, chat=False)            # the output filter (filters.py) may decline it
+    if refused is not None:
+        return refused
     run = _Run(server, request, entry, body)
     top = body.logprobs or 0
     await run.start(lambda: prompts, len(prompts), body.max_tokens, "prompt", _stops(body.stop, server.limits),
@@ -267,8 +271,8 @@ async def completions(body: CompletionRequest, request: Request):
                 entry_logprobs = logprob_entry(tokens[i], logprobs[i], tops[i], len(echo[i]))
         choices.append({"text": echo[i] + texts[i], "index": i, "finish_reason": reasons[i] or "length",
                         "logprobs": entry_logprobs})
-    return {"id": ident, "object": "text_completion", "created": created, "model": entry.name,
-            "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))), "seed": seed}
+    return review(request, {"id": ident, "object": "text_completion", "created": created, "model": entry.name,
+                            "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))), "seed": seed})
 
 
 def _plain(messages: list[Message]) -> list[dict]:
@@ -294,6 +298,9 @@ async def chat_completions(body: ChatRequest, request: Request):
         except GenloomError as error:
             raise APIError(400, str(error), param="messages") from None
 
+    refused = screen(request, body, chat=True)
+    if refused is not None:
+        return refused
     run = _Run(server, request, entry, body)
     grammar = _response_format(body)
     # A grammar decides where the text ends: the chat template's stop strings could cut it short.
@@ -346,6 +353,6 @@ async def chat_completions(body: ChatRequest, request: Request):
     choices = [{"index": i, "message": {"role": "assistant", "content": texts[i].strip(), "refusal": None},
                 "logprobs": {"content": logprob_content(tokens[i], logprobs[i], tops[i])} if body.logprobs else None,
                 "finish_reason": reasons[i] or "length"} for i in range(n)]
-    return {"id": ident, "object": "chat.completion", "created": created, "model": entry.name,
-            "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))),
-            "system_fingerprint": None, "seed": run.seed}
+    return review(request, {"id": ident, "object": "chat.completion", "created": created, "model": entry.name,
+                            "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))),
+                            "system_fingerprint": None, "seed": run.seed})
