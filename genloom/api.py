@@ -20,7 +20,8 @@ from .nn.quantize import quantize as quantize_model
 from .train.memory import check_weights_fit
 from .train.trainer import Trainer, TrainResult
 
-__all__ = ["train", "finetune", "merge", "load", "evaluate", "default_run_dir", "OpenedCheckpoint", "EvalRequest"]
+__all__ = ["train", "finetune", "merge", "distill", "load", "evaluate", "default_run_dir", "OpenedCheckpoint",
+           "EvalRequest"]
 
 
 def default_run_dir(recipe: str) -> Path:
@@ -102,6 +103,40 @@ def merge(base: str | Path, adapter: str | Path, out: str | Path, verify: bool =
 
 
 
+
+
+def distill(source: str | Path, out: str | Path, steps: int = 2, method: str = "reflow", device: str = "auto",
+            progress: bool = True, verify: bool = True, **options) -> Path:
+    """Distil the diffusion or flow-matching image model in `source` into a sampler of `steps` Euler steps and
+    write it to `out` as a checkpoint that `load`, `genloom generate image`, `eval` and `serve` open like any
+    other and that samples in its `steps` by default. `method`: reflow (the default) or progressive; `options`:
+    the other fields of `genloom.diffusion.distill.DistillConfig` (pairs, train_steps, teacher_steps, ...)."""
+    import dataclasses
+
+    from .diffusion.distill import DistillConfig, distill_model
+    from .train.finetune import copy_assets
+
+    source, out = Path(source), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"--out {out} already exists and is not empty; choose a new folder")
+    config = DistillConfig(method=method, steps=steps, **options)
+    handle = load(source, device=device, verify=verify)
+    if getattr(handle, "adapters", None):
+        raise GenloomError(f"{source} has adapters loaded; fold them in first (genloom merge) and distil the result")
+    student, objective = distill_model(handle.model, handle.config.objective, config, str(source), progress)
+    saved = json.loads((source / ckpt.CONFIG_FILE).read_text())
+    saved["objective"] = dataclasses.asdict(objective)
+    saved["description"] = f"{saved.get('description', '')} + distilled to {steps} steps ({method})".strip()
+    out.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in student.state_dict().items()}
+    writers = {
+        ckpt.CONFIG_FILE: lambda p: p.write_text(json.dumps(saved, indent=2) + "\n"),
+        ckpt.MODEL_FILE: lambda p: ckpt.save_tensors(state, p, {"format": "genloom",
+                                                                "distilled_from": str(source.resolve())}),
+    }
+    ckpt.commit(out, writers)
+    copy_assets(source, out)
+    return out
 
 
 def _adapter_dirs(adapters) -> dict[str, Path]:

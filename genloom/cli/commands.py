@@ -147,6 +147,42 @@ def merge(
     typer.echo(f"genloom: wrote {api.merge(base, adapter, out, verify=not no_verify)}", err=True)
 
 
+def distill(
+    source: Annotated[Path, typer.Option("--from", help="A run folder of a diffusion or flow-matching image model "
+                                         "(e.g. trained with digits-flow).")],
+    out: Annotated[Path, typer.Option("--out", help="A new folder for the distilled checkpoint.")],
+    steps: Annotated[int, typer.Option("--steps", min=1, max=64, help="The distilled sampler's Euler steps (its "
+                                       "default when it generates).")] = 2,
+    method: Annotated[str, typer.Option("--method", help="reflow: learn the straight paths from noise to the "
+                                        "teacher's images (any deterministic teacher). progressive: halve the "
+                                        "teacher's steps round by round (flow-matching teachers).")] = "reflow",
+    pairs: Annotated[int, typer.Option("--pairs", min=1, help="Teacher samples (noise, image) to learn "
+                                       "from.")] = 8192,
+    train_steps: Annotated[int, typer.Option("--train-steps", min=1, help="Student optimizer steps (progressive: "
+                                             "per halving round).")] = 2000,
+    teacher_steps: Annotated[int, typer.Option("--teacher-steps", min=0, help="The teacher's sampler steps for its "
+                                               "images; 0 = its recipe's.")] = 0,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=8, help="progressive: halving rounds, from --steps x "
+                                        "2^rounds steps down to --steps.")] = 3,
+    teacher_sampler: Annotated[str, typer.Option("--teacher-sampler", help="The teacher's sampler (deterministic: "
+                                                 "ddim, dpmpp_2m, euler or heun); default: its recipe's.")] = "",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per student step.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="The student's peak learning rate (AdamW, cosine).")] = 2e-4,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the teacher's noise and the student's batches.")] = 0,
+    no_verify: NoVerify = False,
+    device: Device = "auto",
+) -> None:
+    """Distil a trained diffusion or flow-matching image model into a few-step sampler: a checkpoint that
+    `generate image`, `eval` and `serve` open as usual and that samples in --steps Euler steps by default
+    (guidance baked in: it runs at guidance 1, one network call per step)."""
+    from .. import api
+
+    written = api.distill(source, out, steps=steps, method=method, device=device, verify=not no_verify, pairs=pairs,
+                          train_steps=train_steps, teacher_steps=teacher_steps, rounds=rounds,
+                          teacher_sampler=teacher_sampler, batch_size=batch_size, lr=lr, seed=seed)
+    typer.echo(f"genloom: wrote {written} (samples in {steps} steps by default)", err=True)
+
+
 def evaluate(
     checkpoint: checkpoint_option("A run folder written by `genloom train` (or a "
                                   "LoRA folder written by `genloom finetune`)."),
@@ -324,7 +360,7 @@ def _eval_help() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (quickstart, recipes, train, finetune, merge):
+    for command in (quickstart, recipes, train, finetune, merge, distill):
         app.command()(friendly(command))
     app.command("eval", help=_eval_help())(friendly(evaluate))
     app.command("serve")(friendly(serve))
