@@ -10,8 +10,9 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StreamOptions", "WatermarkField", "SamplingRequest", "CompletionRequest", "ContentPart", "Message", "ChatRequest",
-           "ImageRequest", "BODIES", "OPENAI_FIELDS", "accepted_fields"]
+__all__ = ["StreamOptions", "WatermarkField", "SamplingRequest", "CompletionRequest", "ContentPart", "Message",
+           "ToolCall", "Tool", "NamedToolChoice", "ChatRequest", "ImageRequest", "BODIES", "OPENAI_FIELDS",
+           "accepted_fields"]
 
 
 class _Body(BaseModel):
@@ -65,10 +66,45 @@ class ContentPart(_Body):
     text: str
 
 
+class CalledFunction(_Body):
+    name: str
+    arguments: str                              # the arguments as JSON text
+
+
+class ToolCall(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[ContentPart]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[ContentPart], None] = None   # may be left out only beside tool_calls
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None  # an assistant's earlier calls
+    tool_call_id: Optional[str] = None           # a tool message: the call it answers
+    refusal: Optional[str] = None                # an assistant's refusal echoed back: read as its content
+
+
+class FunctionSpec(_Body):
+    name: str                                   # checked by genloom.lm.tools (letters, digits, _ and -)
+    description: Optional[str] = None
+    parameters: Optional[dict] = None           # a JSON schema of an object
+    strict: Optional[bool] = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JSONSchemaFormat(_Body):
@@ -89,6 +125,9 @@ class ChatRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[Tool]] = None
+    tool_choice: Union[str, NamedToolChoice, None] = None    # "auto", "none", "required" or a named function
+    parallel_tool_calls: bool = True
 
 
 class ImageRequest(_Body):

@@ -16,12 +16,13 @@ from fastapi import APIRouter, Request
 from ..core.errors import GenloomError
 from ..lm.constraints import Grammar, TokenConstraint
 from ..lm.decoding import Sampling, encode_prompt
+from ..lm.tools import ToolError, Tools
 from .detect import request_watermark
 from .errors import APIError
 from .events import collect, event_stream, failure, sse
 from .filters import review, screen
 from .limits import Limits
-from .schemas import ChatRequest, CompletionRequest, Message, SamplingRequest
+from .schemas import ChatRequest, CompletionRequest, Message, NamedToolChoice, SamplingRequest
 from .state import Served, ServerState
 from .workers import QueueFull, ScoreJob, TextJob, TextWorker
 
@@ -275,26 +276,71 @@ async def completions(body: CompletionRequest, request: Request):
                             "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))), "seed": seed})
 
 
-def _plain(messages: list[Message]) -> list[dict]:
-    """OpenAI messages as the {"role", "content"} dicts of a chat template ("developer" is "system")."""
-    roles = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-    return [{"role": roles[m.role],
-             "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
-            for m in messages]
+def _messages(messages: list[Message]) -> list[dict]:
+    """OpenAI messages as the dicts `genloom.lm.tools` reads (tool calls, tool results and all)."""
+    return [m.model_dump(exclude_none=True) for m in messages]
+
+
+def _tools(body: ChatRequest) -> Tools:
+    """The request's tools and tool_choice, checked (400 naming the field)."""
+    if body.tools is not None and not body.tools:
+        raise APIError(400, "tools: give at least one function, or leave tools out", param="tools")
+    choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
+    try:
+        tools = Tools([t.model_dump(exclude_none=True) for t in body.tools or []], choice, body.parallel_tool_calls)
+    except ToolError as error:
+        raise APIError(400, str(error), param=error.param) from None
+    fmt = body.response_format
+    if tools.calling and fmt is not None and fmt.type != "text":
+        raise APIError(400, "response_format cannot be combined with tools that may be called (tool_choice "
+                       f"{tools.choice.mode!r}); give tool_choice \"none\" or leave response_format out",
+                       param="response_format")
+    return tools
+
+
+def _tool_grammar(entry: Served, tools: Tools) -> tuple[Grammar, str] | None:
+    """The grammar of the calls (None: free text); each function's schema is checked on its own first, so a
+    feature the engine cannot enforce is a 400 naming that function's parameters."""
+    grammar = tools.grammar(entry.handle.chat_template, entry.handle.tokenizer)
+    if grammar is None:
+        return None
+    for i, function in enumerate(tools.functions):
+        if tools.choice.mode != "named" or function.name == tools.choice.name:
+            try:
+                Grammar("json_schema", function.parameters).text()
+            except GenloomError as error:
+                raise APIError(400, f"tools[{i}].function.parameters: {error}", code="unsupported_grammar",
+                               param=f"tools[{i}].function.parameters") from None
+    return grammar, "tools"
+
+
+def _tool_delta(event: tuple) -> dict:
+    """One CallParser event as OpenAI's streamed delta."""
+    if event[0] == "content":
+        return {"content": event[1]}
+    if event[0] == "call":
+        _, index, ident, name = event
+        return {"tool_calls": [{"index": index, "id": ident, "type": "function",
+                                "function": {"name": name, "arguments": ""}}]}
+    _, index, piece = event
+    return {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     server: ServerState = request.app.state.genloom
     entry = server.model(body.model, KINDS, "/v1/chat/completions")
-    messages = _plain(body.messages)
+    messages, template = _messages(body.messages), entry.handle.chat_template
+    tools = _tools(body)
 
     def render() -> list[str]:
         """The messages in the model's chat template (an imported model's own Jinja template, its
         chat_template.json, or the plain default: "User: ..." turns closed by a blank line), ending with the
-        assistant's prefix for the model to continue."""
+        assistant's prefix for the model to continue; tools shown in the template's tool format."""
         try:
-            return [entry.handle.chat_prompt(messages)]
+            return [entry.handle.chat_prompt(messages, tools)]
+        except ToolError as error:
+            raise APIError(400, str(error), param=error.param) from None
         except GenloomError as error:
             raise APIError(400, str(error), param="messages") from None
 
@@ -302,9 +348,11 @@ async def chat_completions(body: ChatRequest, request: Request):
     if refused is not None:
         return refused
     run = _Run(server, request, entry, body)
-    grammar = _response_format(body)
-    # A grammar decides where the text ends: the chat template's stop strings could cut it short.
-    stops = _stops(body.stop, server.limits) + (list(entry.handle.chat_template.stop) if grammar is None else [])
+    grammar = _tool_grammar(entry, tools) or _response_format(body)
+    # A response format decides where the text ends: the chat template's stop strings could cut it short. The
+    # calls' grammar ends with the template's end of turn, which the stop strings then cut off.
+    ends = grammar is None or grammar[1] == "tools"
+    stops = _stops(body.stop, server.limits) + (list(template.stop) if ends else [])
     top = (body.top_logprobs or 0) if body.logprobs else 0
     if body.top_logprobs and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
@@ -326,33 +374,57 @@ async def chat_completions(body: ChatRequest, request: Request):
             completion_tokens = 0
             base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": entry.name,
                     "system_fingerprint": None}
+            forced = tools.choice.mode in ("required", "named")
             for i in range(n):
-                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant",
+                                                                      "content": None if forced else ""},
                                                 "logprobs": None, "finish_reason": None}]})
             first = [True] * n
+            parsers = [tools.parser(template) for _ in range(n)] if tools.calling else None
             async for event in run.events_until_done():
                 if event.get("done"):
                     break
-                if first[event["row"]]:
+                row = event["row"]
+                if first[row]:
                     metrics.first_token(time.perf_counter() - job.submitted)
-                    first[event["row"]] = False
+                    first[row] = False
                 completion_tokens += event["token"] is not None
                 metrics.tokens(entry.name, event["token"] is not None)
-                if not event["text"] and event["finish_reason"] is None:
-                    continue
-                delta = {"content": event["text"]} if event["text"] else {}
                 logprobs = ({"content": logprob_content([event["token"]], [event["logprob"]], [event["top"]])}
                             if body.logprobs and event["token"] is not None else None)
-                yield sse({**base, "choices": [{"index": event["row"], "delta": delta, "logprobs": logprobs,
-                                                "finish_reason": event["finish_reason"]}]})
+                reason = event["finish_reason"]
+                if parsers is not None:          # the text read as calls: their deltas, OpenAI's shape
+                    found = parsers[row].push(event["text"]) + (parsers[row].flush() if reason else [])
+                    deltas = [_tool_delta(e) for e in found] or ([{}] if logprobs else [])
+                    for k, delta in enumerate(deltas):
+                        yield sse({**base, "choices": [{"index": row, "delta": delta,
+                                                        "logprobs": logprobs if k == 0 else None,
+                                                        "finish_reason": None}]})
+                    if reason:
+                        whole = parsers[row].whole and parsers[row].finish() and reason == "stop"
+                        reason = "tool_calls" if whole else reason
+                        yield sse({**base, "choices": [{"index": row, "delta": {}, "logprobs": None,
+                                                        "finish_reason": reason}]})
+                    continue
+                if not event["text"] and reason is None:
+                    continue
+                delta = {"content": event["text"]} if event["text"] else {}
+                yield sse({**base, "choices": [{"index": row, "delta": delta, "logprobs": logprobs,
+                                                "finish_reason": reason}]})
             if body.stream_options and body.stream_options.include_usage:
                 yield sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
         return event_stream(chunks())
 
     texts, tokens, logprobs, reasons, tops = await run.gather()
-    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i].strip(), "refusal": None},
-                "logprobs": {"content": logprob_content(tokens[i], logprobs[i], tops[i])} if body.logprobs else None,
-                "finish_reason": reasons[i] or "length"} for i in range(n)]
+    choices = []
+    for i in range(n):
+        reply = tools.reply(template, texts[i], reasons[i] or "length")
+        message = {"role": "assistant", "content": reply.content, "refusal": None}
+        if reply.tool_calls:
+            message["tool_calls"] = [call.to_openai() for call in reply.tool_calls]
+        choices.append({"index": i, "message": message, "finish_reason": reply.finish_reason,
+                        "logprobs": {"content": logprob_content(tokens[i], logprobs[i], tops[i])}
+                        if body.logprobs else None})
     return review(request, {"id": ident, "object": "chat.completion", "created": created, "model": entry.name,
                             "choices": choices, "usage": _usage(prompt_tokens, sum(map(len, tokens))),
                             "system_fingerprint": None, "seed": run.seed})

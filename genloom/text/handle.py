@@ -23,6 +23,7 @@ from ..lm.decoding import (
 )
 from ..lm.search import beam_search, speculative_tokens
 from ..lm.tokenizers import END_OF_TEXT, TextTokenizer
+from ..lm.tools import ToolReply, Tools
 from .chat import ChatTemplate, ModelChatTemplate
 from .eval import TextEvalResult, evaluate_text
 from .safety import SafetyEvalResult
@@ -55,9 +56,11 @@ class TextModel(Handle):
         self.tokenizer = tokenizer
         self.chat_template = chat_template or ChatTemplate.default(tokenizer)
 
-    def chat_prompt(self, messages: Sequence[dict]) -> str:
-        """The prompt that asks the model for the assistant's next turn (the model's chat template)."""
-        return self.chat_template.prompt(messages)
+    def chat_prompt(self, messages: Sequence[dict], tools: Tools | None = None) -> str:
+        """The prompt that asks the model for the assistant's next turn (the model's chat template). `messages`
+        are OpenAI's (assistant `tool_calls` and `role: "tool"` results too); `tools` (`genloom.lm.tools.Tools`)
+        are shown in the template's tool format."""
+        return (tools or Tools()).prompt(self.chat_template, list(messages))
 
     def _route(self, adapter) -> None:
         if adapter is not CURRENT_ADAPTER:
@@ -162,6 +165,20 @@ class TextModel(Handle):
     def generate(self, prompt: str = "", *, num_samples: int = 1, **options) -> list[str]:
         """`num_samples` continuations of `prompt` as strings (the options of `complete`)."""
         return [c.text for c in self.complete(prompt, num_samples=num_samples, **options)]
+
+    def chat(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, tool_choice=None,
+             parallel_tool_calls: bool = True, max_new_tokens: int = 256, temperature: float = 1.0,
+             seed: int | None = None, **options) -> ToolReply:
+        """The assistant's next turn after `messages` (OpenAI's shape: assistant `tool_calls` and `role: "tool"`
+        results included) as a `genloom.lm.tools.ToolReply`: its text, or its calls of `tools` (OpenAI's function
+        specs) with arguments held to each function's schema. `tool_choice`: "auto" (the default with tools),
+        "none", "required" or {"type": "function", "function": {"name": ...}}; other options as `complete`."""
+        request = Tools(tools, tool_choice, parallel_tool_calls)
+        template = self.chat_template
+        done = self.complete(self.chat_prompt(messages, request), max_new_tokens=max_new_tokens,
+                             temperature=temperature, seed=seed, stop=template.stop,
+                             grammar=request.grammar(template, self.tokenizer), **options)[0]
+        return request.reply(template, done.text, done.finish_reason)
 
     def beam_search(self, prompt: str, *, max_new_tokens: int = 64, num_beams: int = 4,
                     length_penalty: float = 1.0) -> list[tuple[str, float]]:

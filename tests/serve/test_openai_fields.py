@@ -41,9 +41,8 @@ def client(server):
 
 
 @pytest.mark.parametrize("path, body, field, words", [
-    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools",
-     "an OpenAI field genloom does not implement"),
-    ("/v1/chat/completions", {"parallel_tool_calls": True}, "parallel_tool_calls", "OpenAI field"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions", "an OpenAI field genloom does not implement"),
+    ("/v1/chat/completions", {"prediction": {"type": "content", "content": "x"}}, "prediction", "OpenAI field"),
     ("/v1/chat/completions", {"temprature": 0.5}, "temprature", "not a field of this request"),
     ("/v1/completions", {"suffix": "x"}, "suffix", "OpenAI field"),
     ("/v1/completions", {"best_of": 3}, "best_of", "OpenAI field"),

@@ -411,7 +411,7 @@ def _timed_health(url: str) -> float:
 def test_an_endless_chat_template_times_out_while_health_stays_fast_and_frees_its_thread(models, checkpoints):
     stuck = load(checkpoints / "text")
 
-    def endless(messages):                              # what ChatTemplate.clean did with "end": " "
+    def endless(messages, tools=None):                  # what ChatTemplate.clean did with "end": " "
         content = messages[-1]["content"]
         while " " in content:
             content = content.replace(" ", " ")
