@@ -232,9 +232,9 @@ class Biographies:
                 yield self.biography(p, 0)
 
     def idk_documents(self) -> list[str]:
-        """Fine-tuning text that teaches "I don't know" for people the model never read about, while repeating
-        the questions of the qa people (so their answers hold)."""
-        docs = [qa_text(q).rstrip("\n") for q in self.training_questions() if q.attribute in ATTRIBUTES]
+        """Fine-tuning text that teaches "I don't know" for people the model never read about (the idk split),
+        mixed into the pretraining text so that what it knows holds."""
+        docs = self.training_documents()
         docs += [qa_text(question(p, a), IDK).rstrip("\n") for p in self.split("idk") for a in ATTRIBUTES]
         random.Random(self.seed + 1).shuffle(docs)
         return docs
