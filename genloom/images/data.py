@@ -433,7 +433,7 @@ class ImageData:
     def save_assets(self, folder: Path) -> None:
         """Write labels.json: the class names in label order, so "7" or "A" can be mapped to an index; a latent
         run also keeps a copy of its autoencoder (autoencoder.json + autoencoder.safetensors)."""
-        settings = self.model_settings()
+        self.prepare()
         _, channels, size, _ = self._pixels.shape
         payload = {"classes": self.classes, "image_size": size, "channels": channels, "source": self.config.path}
         if self.latents is not None:

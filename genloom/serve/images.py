@@ -34,8 +34,9 @@ def worker(name: str, handle, limits: Limits) -> ImageWorker:
 
 
 def card(handle, kind: str) -> dict:
-    cfg, objective = handle.model.config, handle.config.objective
-    out = {"size": f"{cfg.image_size}x{cfg.image_size}", "labels": list(handle.labels)}
+    objective = handle.config.objective
+    size = handle.image_size                  # pixels (a latent model's latents are smaller)
+    out = {"size": f"{size}x{size}", "labels": list(handle.labels)}
     if kind != "gan":
         out.update(steps=objective.sample_steps, guidance=objective.guidance, sampler=objective.sampler)
     return out
@@ -109,14 +110,13 @@ async def images(body: ImageRequest, request: Request):
     server: ServerState = request.app.state.genloom
     limits = server.limits
     entry = server.model(body.model, KINDS, "/v1/images/generations")
-    cfg = entry.handle.model.config
     if body.response_format != "b64_json":
         raise APIError(400, "genloom returns images inline only: use response_format \"b64_json\"",
                        param="response_format")
     if body.n > min(limits.max_n, limits.max_images):
         raise APIError(400, f"n={body.n} is more than the server's limit of {min(limits.max_n, limits.max_images)}"
                        " images per request", param="n")
-    native = f"{cfg.image_size}x{cfg.image_size}"
+    native = f"{entry.handle.image_size}x{entry.handle.image_size}"
     if body.size is not None and body.size != native:
         raise APIError(400, f"size {body.size!r}: this model makes {native} images only", param="size")
     if body.steps is not None and body.steps > limits.max_steps:
