@@ -82,20 +82,32 @@ class AudioWatermark:
         n = len(x16)
         periods = -(-n // PERIOD)
         tiled = np.tile(self.pattern, periods)[:n]
-        delta = np.zeros(n)
+        mark = np.zeros(n)
         for j in range(periods):
             part = slice(j * PERIOD, min(n, (j + 1) * PERIOD))
-            w, host = tiled[part], x16[part]
-            loud = np.sqrt(np.mean(host**2))
-            # a_j w, minus the host's own projection on w (host interference removed at this alignment)
-            delta[part] = loud * w - (host @ w) / (w @ w) * w
-        mark = np.asarray(resample(delta.astype(np.float32), RATE, sample_rate), dtype=np.float64)
-        mark = np.pad(mark, (0, max(0, len(x) - len(mark))))[:len(x)]
+            mark[part] = np.sqrt(np.mean(x16[part] ** 2)) * tiled[part]      # a_j w: as loud as the period
         energy = mark @ mark
         if energy == 0:
             return x.astype(np.float32)
-        mark *= math.sqrt((x @ x) / energy * 10 ** (-self.snr_db / 10))
-        return (x + mark).astype(np.float32)
+        mark *= math.sqrt((x16 @ x16) / energy * 10 ** (-self.snr_db / 10))
+        # Improved spread spectrum: remove the host's own (whitened) correlation with the pattern at this
+        # alignment, so that what the detector finds there is the mark alone. The statistic is linear in the
+        # clip once its whitening is fixed, so one multiple of the tiled pattern cancels the host exactly.
+        envelope = self._envelope(_fold(x16 + mark))
+        host, unit = self._aligned(_fold(x16), envelope), self._aligned(_fold(tiled), envelope)
+        delta = mark - host / unit * tiled
+        out = np.asarray(resample(delta.astype(np.float32), RATE, sample_rate), dtype=np.float64)
+        out = np.pad(out, (0, max(0, len(x) - len(out))))[:len(x)]
+        return (x + out).astype(np.float32)
+
+    @staticmethod
+    def _envelope(folded: np.ndarray) -> np.ndarray:
+        """The clip's smoothed magnitude spectrum: the detector divides by it (whitening)."""
+        return np.convolve(np.abs(np.fft.rfft(folded)), np.ones(WHITEN) / WHITEN, mode="same") + 1e-12
+
+    def _aligned(self, folded: np.ndarray, envelope: np.ndarray) -> float:
+        """The whitened correlation at shift 0 (c(0) of `detect`)."""
+        return float(np.sum(np.real(np.conj(np.fft.rfft(folded)) * np.fft.rfft(self.pattern)) / envelope))
 
     def detect(self, wave: np.ndarray, sample_rate: int, threshold: float = 1e-3, where: str = "the clip") -> AudioDetection:
         """Look for the mark; `threshold` is the false-positive rate asked for."""
@@ -106,11 +118,9 @@ class AudioWatermark:
             raise GenloomError(f"{where}: {len(y) / sample_rate:.3f} s is too short for the audio mark (it needs "
                                f"at least {MIN_SECONDS} s)")
         y16 = np.asarray(resample(y.astype(np.float32), sample_rate, RATE), dtype=np.float64)
-        folded = np.pad(y16, (0, -len(y16) % PERIOD)).reshape(-1, PERIOD).sum(0)
-        spectrum = np.fft.rfft(folded)
-        # whitened by the clip's own smoothed spectrum (a loud band of the host counts as noisier there)
-        envelope = np.convolve(np.abs(spectrum), np.ones(WHITEN) / WHITEN, mode="same") + 1e-12
-        c = np.fft.irfft(np.conj(spectrum) / envelope * np.fft.rfft(self.pattern), PERIOD)   # c[s] = sum f[k] w[k+s]
+        folded = _fold(y16)
+        # c[s] = sum_k f[k] w[k + s], whitened by the clip's own smoothed spectrum (a loud band counts as noisier)
+        c = np.fft.irfft(np.conj(np.fft.rfft(folded)) / self._envelope(folded) * np.fft.rfft(self.pattern), PERIOD)
         centre = np.median(c)
         scale = 1.4826 * np.median(np.abs(c - centre))
         if not scale > 0:                                     # silence: no evidence either way
@@ -122,3 +132,8 @@ class AudioWatermark:
         p_shifted = float(-np.expm1(PERIOD * np.log1p(-tail))) if tail < 1 else 1.0
         p = min(1.0, 2 * min(tail0, p_shifted))
         return AudioDetection(float(z[0]), float(z[shift]), shift, p, p < threshold)
+
+
+def _fold(wave: np.ndarray) -> np.ndarray:
+    """The clip's periods summed into one (the last one padded with silence)."""
+    return np.pad(wave, (0, -len(wave) % PERIOD)).reshape(-1, PERIOD).sum(0)
