@@ -17,7 +17,8 @@ from ..core.errors import DataError, GenloomError
 from ..train.data import SPLITS
 from .tokenizers import TextTokenizer
 
-__all__ = ["TokenWindows", "score_split", "extend_context", "position_losses", "text_perplexity"]
+__all__ = ["TokenWindows", "score_split", "extend_context", "position_losses", "text_perplexity",
+           "SinkCache", "streaming_perplexity"]
 
 
 class TokenWindows:
@@ -170,3 +171,61 @@ def text_perplexity(model: nn.Module, tokens: list[int]) -> float:
         new = losses[scored - start - 1:]
         nats, count, scored = nats + float(new.sum()), count + len(new), end
     return math.exp(nats / max(count, 1))
+
+
+class SinkCache:
+    """Attention sinks (StreamingLLM, Xiao et al. 2023): a key/value cache of fixed size that keeps the first
+    `sinks` positions and the most recent `window`, so a rotary model generates without end in bounded memory.
+
+    Positions are slots in the cache, as in the paper: when the oldest window entries are evicted, the keys
+    behind them move down and are rotated back by as many positions (a rotation composes: R(p - e) = R(-e) R(p)),
+    so no query ever sees a distance longer than the cache."""
+
+    def __init__(self, model: nn.Module, sinks: int = 4, window: int = 0):
+        cfg = model.config
+        if cfg.position != "rope":
+            raise GenloomError(f"attention sinks need rotary positions; this model has {cfg.position} positions")
+        window = window or cfg.block_size - sinks
+        if sinks < 0 or window < 2 or sinks + window > cfg.block_size:
+            raise GenloomError(f"attention sinks: {sinks} sinks + a window of {window} must fit the context of "
+                               f"{cfg.block_size} (and the window hold at least 2 positions)")
+        self.model, self.sinks, self.window = model, sinks, window
+        self.cache = model.new_cache(1, sinks + window)
+        rotary = model.rotary
+        self._scale = float(rotary.cos[0, 0])                 # cos/sin tables carry YaRN's attention factor
+        self._cos, self._sin = rotary.cos, rotary.sin
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.cache.keys + self.cache.values)
+
+    def _evict(self, count: int) -> None:
+        from ..nn.attention import apply_rotary
+
+        cache, s, end = self.cache, self.sinks, self.cache.length
+        cos, sin = self._cos[count] / self._scale, -self._sin[count] / self._scale      # rotate by -count
+        for keys, values in zip(cache.keys, cache.values):
+            moved = keys[:, :, s + count:end].clone()
+            keys[:, :, s:end - count] = apply_rotary(moved, cos, sin)
+            values[:, :, s:end - count] = values[:, :, s + count:end].clone()
+        cache.length = end - count
+
+    @torch.no_grad()
+    def step(self, token: int) -> torch.Tensor:
+        """Feed one token; the logits (V,) of the next."""
+        if self.cache.length == self.sinks + self.window:
+            self._evict(1)
+        device = next(self.model.parameters()).device
+        return self.model(torch.tensor([[token]], device=device), self.cache)[0, -1]
+
+
+@torch.no_grad()
+def streaming_perplexity(model: nn.Module, tokens: list[int], sinks: int = 4, window: int = 0) -> float:
+    """Perplexity of a token sequence of any length read one token at a time through a `SinkCache`
+    (sinks = 0: a plain sliding window of the most recent tokens)."""
+    cache = SinkCache(model, sinks, window)
+    nats = 0.0
+    for i in range(len(tokens) - 1):
+        logits = cache.step(tokens[i]).float()
+        nats -= float(logits.log_softmax(-1)[tokens[i + 1]])
+    return math.exp(nats / max(len(tokens) - 1, 1))

@@ -3,26 +3,41 @@ pictures conformed to a model's size and channels (resized, centre-cropped, grey
 
 Samplers, the trainer and the command line all write images through these functions, so a sample looks
 the same wherever it was made.
+
+Generated PNGs keep their recipe: `save_png` / `png_bytes` write the parameters that drew an image into
+PNG text chunks (all of them as JSON in the iTXt chunk "genloom", the main ones also as readable chunks:
+prompt, seed, steps, sampler, ...), and `read_generation_params` reads them back (what `genloom generate
+image --like FILE.png` redraws from).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
+from ..core.errors import GenloomError
 from ..core.memory import require
 
 __all__ = ["to_pil_image", "save_image_grid", "save_images", "save_gif", "conform_image", "conform_array",
-           "require_image_memory", "GRAY_MODES", "PICTURE_FORMATS"]
+           "require_image_memory", "GRAY_MODES", "PICTURE_FORMATS", "PARAMS_KEY", "PARAMS_FORMAT", "save_png",
+           "png_bytes", "read_generation_params"]
 
 # Formats genloom opens (Pillow picks a decoder by a file's content, not its name: without this list an EPS
 # file named x.png would be handed to Ghostscript where it is installed).
 PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 GRID_PADDING_GREY = 128  # the lines between grid cells, visible on black and on white backgrounds
+PARAMS_KEY = "genloom"                 # the PNG text chunk holding an image's generation parameters (JSON)
+PARAMS_FORMAT = "genloom-image-params-1"
+READABLE_PARAMS = ("model", "checkpoint", "prompt", "negative_prompt", "label", "seed", "steps", "sampler",
+                   "guidance", "size")  # also written one per chunk, for image viewers and people
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -93,6 +108,57 @@ def save_gif(frames: torch.Tensor, path: str | Path, scale: int = 1, seconds: fl
     duration = max(20, int(1000 * seconds / len(pictures)))
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration, loop=0)
     return path
+
+
+def _png_info(params: dict[str, Any]) -> PngInfo:
+    info = PngInfo()
+    info.add_itxt(PARAMS_KEY, json.dumps({"format": PARAMS_FORMAT, **params}, sort_keys=True))
+    for key in READABLE_PARAMS:
+        if params.get(key) is not None:
+            info.add_text(key, str(params[key]))        # tEXt, or iTXt where the text is not Latin-1
+    if params.get("genloom_version"):
+        info.add_text("Software", f"genloom {params['genloom_version']}")
+    return info
+
+
+def save_png(image: Image.Image, path: str | Path, params: dict[str, Any]) -> Path:
+    """Write `image` to `path` as a PNG carrying `params` (JSON-serialisable) in its text chunks."""
+    path = Path(path)
+    image.save(path, format="PNG", pnginfo=_png_info(params))
+    return path
+
+
+def png_bytes(image: Image.Image, params: dict[str, Any]) -> bytes:
+    """The PNG file of `image` with `params` in its text chunks, in memory (the server's images)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(params))
+    return buffer.getvalue()
+
+
+def read_generation_params(path: str | Path) -> dict[str, Any]:
+    """The generation parameters a genloom PNG carries (`save_png`), refused in one line naming the file when
+    it is not a PNG or has none."""
+    path = Path(path)
+    try:
+        with Image.open(path, formats=["PNG"]) as image:
+            image.load()                                 # text chunks after the pixels are read with them
+            text = getattr(image, "text", {}).get(PARAMS_KEY)
+    except FileNotFoundError:
+        raise GenloomError(f"{path}: no such file") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise GenloomError(f"{path}: not a PNG file Pillow can read ({error})") from None
+    if text is None:
+        raise GenloomError(f"{path} carries no genloom generation parameters (PNGs written by `genloom generate "
+                           "image` and `genloom serve` have them in a text chunk named 'genloom')")
+    try:
+        params = json.loads(text)
+    except ValueError:
+        params = None
+    if not isinstance(params, dict) or params.get("format") != PARAMS_FORMAT:
+        found = params.get("format") if isinstance(params, dict) else None
+        raise GenloomError(f"{path}: its 'genloom' text chunk is not genloom's generation parameters (format "
+                           f"{found!r}, expected {PARAMS_FORMAT!r})")
+    return params
 
 
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}

@@ -1,15 +1,16 @@
 """Image routes: POST /v1/images/generations (OpenAI's shape, `response_format: b64_json`) for diffusion
 ("image"), text-to-image and GAN models, run one request at a time by the model's ImageWorker; genloom's
 `stream: true` sends the sampler's progress as server-sent events, then the result (the web page uses it).
+Every PNG carries its generation parameters in text chunks (`genloom generate image --like` redraws it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -42,12 +43,35 @@ def card(handle, kind: str) -> dict:
     return out
 
 
-def _png_base64(image) -> str:
-    from ..media.image import to_pil_image
+def _png_base64(image, params: dict) -> str:
+    """The image as a PNG (enlarged to at least 64 pixels) carrying `params['scale']` and the rest of its recipe."""
+    from ..media.image import png_bytes, to_pil_image
 
-    buffer = io.BytesIO()
-    to_pil_image(image, max(1, 64 // image.shape[-1])).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(png_bytes(to_pil_image(image, params["scale"]), params)).decode()
+
+
+def _recipes(server: ServerState, entry: Served, body: ImageRequest, options: dict, images) -> list[dict]:
+    """Each image's generation parameters (`genloom.images.params`): what `genloom generate image --like` redraws
+    it from. The checkpoint is named by its folder only (no server path goes to clients)."""
+    from ..images.params import generation_params, weights_of
+
+    handle = entry.handle
+    if entry.name not in server.fingerprints:
+        server.fingerprints[entry.name] = weights_of(handle)
+    if entry.kind == "text-to-image":
+        batch = {"prompts": [body.prompt], "num_samples": body.n, "seed": options["seed"]}
+    else:
+        batch = {"labels": [options["label"]] if handle.num_classes else None, "num_samples": body.n,
+                 "seed": options["seed"]}
+    settings = ({"truncation": options["truncation"]} if entry.kind == "gan" else
+                {"steps": options["steps"], "sampler": options["sampler"], "guidance": options["guidance"],
+                 "spacing": "leading", "eta": 0.0})
+    if entry.kind == "text-to-image":
+        settings.update(negative_prompt=body.negative_prompt, strength=None, init_image=None, mask=None)
+    scale = max(1, 64 // images.shape[-1])
+    return [generation_params(handle, checkpoint=Path(handle.path).name, batch=batch, index=i, options=settings,
+                              scale=scale, weights=server.fingerprints[entry.name], model=entry.name)
+            for i in range(len(images))]
 
 
 def _options(entry: Served, body: ImageRequest, seed: int) -> dict:
@@ -137,8 +161,9 @@ async def images(body: ImageRequest, request: Request):
 
     def result(images) -> dict:
         server.metrics.images(entry.name, len(images))
-        return {"created": created, "data": [{"b64_json": _png_base64(image), "revised_prompt": None}
-                                             for image in images], "genloom": options}
+        recipes = _recipes(server, entry, body, options, images)
+        return {"created": created, "data": [{"b64_json": _png_base64(image, recipe), "revised_prompt": None}
+                                             for image, recipe in zip(images, recipes)], "genloom": options}
 
     if body.stream:
         async def chunks():

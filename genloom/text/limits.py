@@ -707,8 +707,21 @@ def context(handle, *, data: str | None = None, num_samples: int = 20, seed: int
                 hits += tok.decode(out).startswith(expected)
             passkey[str(m)] = hits / len(keys)
         figures["scalings"][label] = {"perplexity_by_block": buckets, "passkey": passkey}
+    # Unbounded generation in bounded memory: the longest windows read token by token through a cache of the
+    # training context's size, with 4 attention sinks (StreamingLLM) and without (a plain sliding window).
+    from ..lm.windows import SinkCache, streaming_perplexity
+
+    streaming = {}
+    for sinks in (4, 0):
+        ppl = [streaming_perplexity(model, w.tolist(), sinks, cfg.block_size - 4) for w in windows[:2]]
+        streaming[f"sinks_{sinks}"] = sum(ppl) / len(ppl)
+    streaming["cache_bytes"] = SinkCache(model, 4, cfg.block_size - 4).nbytes
+    figures["streaming"] = streaming
     lines = [f"training context {trained} tokens; perplexity per {trained}-token block of {len(windows)} windows "
              f"of {longest}; passkey over {len(keys)} keys"]
+    lines.append(f"streaming {longest} tokens through a {cfg.block_size}-position cache "
+                 f"({streaming['cache_bytes'] / 1024:.0f} KiB, constant): perplexity {streaming['sinks_4']:.2f} with 4 "
+                 f"attention sinks, {streaming['sinks_0']:.2f} with a plain sliding window")
     for label, r in figures["scalings"].items():
         lines.append(f"{label:<22} perplexity " + " ".join(f"{p:.2f}" for p in r["perplexity_by_block"])
                      + " | passkey " + " ".join(f"{m}x {_pct(v)}" for m, v in r["passkey"].items()))

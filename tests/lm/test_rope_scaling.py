@@ -156,3 +156,29 @@ def test_no_repeat_ngram_matches_transformers_and_never_repeats():
     seq = [1, 2] + out
     grams = [tuple(seq[i:i + 2]) for i in range(len(seq) - 1)]
     assert len(grams) == len(set(grams))
+
+
+def test_attention_sinks_equal_recomputing_the_kept_tokens_and_hold_memory_flat():
+    from genloom.lm.windows import SinkCache, streaming_perplexity
+
+    # One layer: cached keys/values depend only on each token and its slot, so evicting with re-rotation must
+    # give exactly the logits of a fresh pass over [sink tokens] + [the window's tokens] at slot positions.
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=40, block_size=32, n_layer=1, n_head=2, d_model=32,
+                                          position="rope")).eval()
+    tokens = torch.randint(0, 40, (120,)).tolist()
+    sinks, window = 4, 12
+    cache = SinkCache(model, sinks, window)
+    size = cache.nbytes
+    for t, token in enumerate(tokens):
+        logits = cache.step(token)
+        kept = tokens[:min(sinks, t + 1)] + tokens[max(sinks, t + 1 - (window)):t + 1] if t + 1 > sinks + window \
+            else tokens[:t + 1]
+        with torch.no_grad():
+            expected = model(torch.tensor([kept]))[0, -1]
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    assert cache.nbytes == size and cache.cache.length == sinks + window
+    deep = _tiny()
+    assert math.isfinite(streaming_perplexity(deep, tokens, 4))      # 120 tokens through a 32-position model
+    with pytest.raises(GenloomError, match="must fit the context"):
+        SinkCache(deep, 4, 40)

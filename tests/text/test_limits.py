@@ -138,6 +138,8 @@ def test_tasks_run_on_a_tiny_model(tiny_bio, tmp_path):
     scalings = x.figures["scalings"]
     assert set(scalings) == {"none", "linear", "ntk", "yarn"}
     assert len(scalings["yarn"]["perplexity_by_block"]) == 8
+    assert scalings["none"]["passkey"]["1"] is None and scalings["none"]["passkey"]["8"] is not None  # 48 tokens: no room
+    assert x.figures["streaming"]["sinks_4"] > 1 and x.figures["streaming"]["cache_bytes"] > 0
     for result in (h, b, c, x):
         report = tmp_path / f"{result.task}.json"
         plot = write_report(result, report)
