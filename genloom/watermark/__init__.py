@@ -1,5 +1,6 @@
-"""Invisible watermarks and their detectors: text (over token ids), audio (over waveforms) and images (over
-arrays), each keyed by a secret, engine-agnostic (the decoders and samplers call in; nothing here imports them).
+"""Invisible watermarks and their detectors: text (over token ids) and audio (over waveforms), each keyed by a
+secret, engine-agnostic (the decoders call in; nothing here imports them). Images carry no mark yet
+(docs/watermarks.md says why).
 
   keys.py     the key's form and the keyed pseudo-random streams (HMAC-SHA256, SHAKE-256)
   text.py     green-list (Kirchenbauer et al. 2023) and Gumbel / exponential (Aaronson 2022) text marks
