@@ -348,19 +348,23 @@ class StopMatcher:
 def stream_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new_tokens: int, seed: int,
                 sampling: Sampling = Sampling(), stop: Sequence[str] = (), use_cache: bool = True,
                 matcher=None, prompt_ids: Sequence[int] | None = None, first_allowed: torch.Tensor | None = None,
-                skip: str = "", watermark=None) -> Iterator[str]:
+                skip: str = "", watermark=None, constraint=None) -> Iterator[str]:
     """Stream the continuation of `prompt` as text pieces, ending before any of the `stop` strings (or where
     `matcher`, an object with StopMatcher's push/flush/stopped, ends it). `prompt_ids`: the prompt's tokens
     when they are not simply its encoding (code prompts, fill-in-the-middle); `first_allowed` and `skip`: the
     first token must be one of these, and the text `skip` (the prompt's end, healed) is not yielded again.
-    `watermark`: a `watermark.text.TextWatermark` that marks the text."""
+    `watermark`: a `watermark.text.TextWatermark` that marks the text. `constraint`: a `constraints.Constraint`
+    (a grammar) every token keeps to; the text ends where it is done."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     stream, matcher = TextStream(tokenizer), matcher or StopMatcher(stop)
     ids = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, prompt)
     for token, _ in generate_tokens(model, [ids], max_new_tokens, [generator], sampling, use_cache,
                                     None if first_allowed is None else first_allowed[None],
+                                    None if constraint is None else [constraint],
                                     watermarks=None if watermark is None else [watermark.marker()]):
+        if constraint is not None and constraint.done and int(token[0]) == constraint.ended_by:
+            break                                 # the grammar's end-of-text token: no text of its own
         text = stream.push(int(token[0]))
         cut = min(len(text), len(skip))
         text, skip = text[cut:], skip[cut:]
@@ -369,6 +373,8 @@ def stream_text(model: nn.Module, tokenizer: TextTokenizer, prompt: str, max_new
             yield piece
         if matcher.stopped:
             return
+        if constraint is not None and constraint.done:
+            break
     rest = matcher.flush()
     if rest:
         yield rest

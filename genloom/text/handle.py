@@ -13,6 +13,7 @@ from ..core.config import RunConfig
 from ..core.errors import CheckpointError, GenloomError
 from ..handle import EvalRequest, Handle
 from ..lm.chat_templates import TokenizerSettings
+from ..lm.constraints import TokenConstraint
 from ..lm.decoding import (
     Sampling,
     StopMatcher,
@@ -69,15 +70,18 @@ class TextModel(Handle):
     def stream(self, prompt: str = "", *, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, min_p: float = 0.0, repetition_penalty: float = 1.0,
                stop: Sequence[str] = (), use_cache: bool = True, adapter=CURRENT_ADAPTER,
-               watermark=None) -> Iterator[str]:
+               watermark=None, grammar=None) -> Iterator[str]:
         """Yield pieces of the continuation of `prompt` as they are sampled. `adapter` names a loaded LoRA
         adapter (None: the base model); by default the one chosen with `use_adapter` applies. `watermark`: a
-        key, or a `genloom.watermark.text.TextWatermark`, that marks the text (`genloom detect` finds it)."""
+        key, or a `genloom.watermark.text.TextWatermark`, that marks the text (`genloom detect` finds it).
+        `grammar`: as `complete`'s (checked here, before the first piece); the text ends where it does."""
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)
         watermark = text_watermark(watermark, temperature)
+        constraint = None if grammar is None else TokenConstraint(grammar, self.tokenizer,
+                                                                  self.model.config.vocab_size)
         self._route(adapter)
         return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, self.draw_seed(seed), sampling, stop,
-                           use_cache, watermark=watermark)
+                           use_cache, watermark=watermark, constraint=constraint)
 
     def complete(self, prompts: str | Sequence[str] = "", *, max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,

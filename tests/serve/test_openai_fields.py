@@ -183,3 +183,18 @@ def test_chat_top_logprobs_are_filled(client):
         assert len(item.top_logprobs) == 3 and item.top_logprobs[0].token == item.token
         assert item.top_logprobs[0].logprob == pytest.approx(item.logprob)
         assert [t.logprob for t in item.top_logprobs] == sorted([t.logprob for t in item.top_logprobs], reverse=True)
+
+
+def test_a_streamed_completion_echoes_and_gives_logprobs_or_refuses_scoring(client):
+    chunks = list(client.completions.create(model="m", prompt="To be", max_tokens=5, seed=2, logprobs=2,
+                                            stream=True))
+    whole = client.completions.create(model="m", prompt="To be", max_tokens=5, seed=2, logprobs=2)
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    streamed = [c.choices[0].logprobs.tokens[0] for c in chunks if c.choices[0].logprobs]
+    assert streamed == whole.choices[0].logprobs.tokens
+    echoed = list(client.completions.create(model="m", prompt="To be", max_tokens=5, seed=2, echo=True, stream=True))
+    assert "".join(c.choices[0].text for c in echoed) == "To be" + whole.choices[0].text
+    for change, param in (({"echo": True, "logprobs": 1}, "echo"), ({"max_tokens": 0}, "max_tokens")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model="m", prompt="To be", stream=True, **{"max_tokens": 5, **change})
+        assert caught.value.body["param"] == param and "stream" in caught.value.body["message"]

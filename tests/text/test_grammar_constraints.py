@@ -46,6 +46,17 @@ def test_regex_choice_and_schema_from_the_python_api(run):
         model.generate("", grammar=Grammar("json_schema", {"type": "array", "uniqueItems": True}))
 
 
+def test_stream_keeps_to_a_grammar_as_complete_does(run):
+    model = load(run)
+    grammar = Grammar("json_schema", SCHEMA)
+    for seed in range(3):
+        streamed = list(model.stream("", grammar=grammar, seed=seed, max_new_tokens=120))
+        jsonschema.validate(json.loads("".join(streamed)), SCHEMA)
+        assert "".join(streamed) == model.generate("", grammar=grammar, seed=seed, max_new_tokens=120)[0]
+    with pytest.raises(GrammarError, match="uniqueItems"):             # refused before the first piece
+        model.stream("", grammar=Grammar("json_schema", {"type": "array", "uniqueItems": True}))
+
+
 def test_generate_text_json_schema_file(run, tmp_path):
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(SCHEMA))
