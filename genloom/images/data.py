@@ -308,7 +308,9 @@ def _folder(config: ImageDataConfig) -> ImageSource:
         if other is not None:
             raise DataError(f"data.path: the images in {root} differ in size: {first} is "
                             f"{first_size[0]}x{first_size[1]} but {other} is {headers[other][1][0]}x"
-                            f"{headers[other][1][1]}; resize them all with --set data.image_size=N")
+                            f"{headers[other][1][1]}; resize them all with --set data.image_size=N (each is "
+                            "scaled to N on its short side and centre-cropped: genloom trains one square size per "
+                            "run, it has no aspect-ratio buckets)")
         if first_size[0] != first_size[1]:
             raise DataError(f"data.path: the images in {root} are {first_size[0]}x{first_size[1]}, not square; "
                             "resize and centre-crop them with --set data.image_size=N")

@@ -128,3 +128,21 @@ def test_a_diffusers_folder_of_another_class_as_the_autoencoder_is_one_line(tmp_
                             capture_output=True, text=True, env={**__import__("os").environ,
                                                                  "GENLOOM_CACHE": str(tmp_path / "cache")})
     one_line_error(result, "UNet2DModel", "AutoencoderKL")
+
+
+def test_a_folder_of_large_images_trains_at_its_size_and_mixed_sizes_are_one_line(tmp_path):
+    from PIL import Image
+
+    from genloom.core.errors import DataError
+
+    for name, colour in (("a", (200, 0, 0)), ("b", (0, 200, 0)), ("c", (0, 0, 200))):
+        Image.new("RGB", (160, 160), colour).save(tmp_path / f"{name}.png")
+    data = ImageData(ImageDataConfig(path=str(tmp_path)), progress=False)
+    assert data.model_settings() == {"image_size": 160, "channels": 3, "num_classes": 0}
+    Image.new("RGB", (256, 192), (9, 9, 9)).save(tmp_path / "d.png")
+    with pytest.raises(DataError) as error:
+        ImageData(ImageDataConfig(path=str(tmp_path)), progress=False).prepare()
+    assert "differ in size" in str(error.value) and "centre-cropped" in str(error.value)
+    assert "\n" not in str(error.value)
+    data = ImageData(ImageDataConfig(path=str(tmp_path), image_size=64), progress=False)
+    assert data.pixel_batch(torch.arange(2))[0].shape == (2, 3, 64, 64)
