@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..core.errors import DataError, GenloomError
 from ..core.sources import jsonl_records
 from ..lm.decoding import Sampling, contrastive_search, encode_prompt, generate_tokens
-from .biographies import FIELDS, IDK, QA, Biographies, generate, qa_prompt, question
+from .biographies import FIELDS, IDK, QA, Biographies, generate, passage, qa_prompt, question
 
 __all__ = ["LimitsResult", "expected_calibration_error", "reliability_bins", "auroc", "coverage_curve",
            "distinct_n", "repeated_ngram_share", "passkey_prompt", "read_pairs", "read_questions",
@@ -324,6 +324,11 @@ def hallucination(handle, *, data: str | None = None, num_samples: int = 5, seed
                   "unseen": _sample(bio.eval_questions("unseen"), limit, seed)}
         source = "builtin:biographies" + ("" if _biographies(handle) else " (the model was not trained on it)")
     rows = {name: _answers(handle, qs, num_samples, seed, progress) for name, qs in groups.items() if qs}
+    if data is None:
+        # Answering from a passage in the prompt (retrieval-style), scored for faithfulness to the passage.
+        people = {p.name: p for p in bio.people}
+        rows_passage = _answers(handle, groups["unseen"], 0, seed, progress,
+                                prompt=lambda q: f"{passage(people[q.person])}\n{qa_prompt(q)}")
     answered = [r for rs in rows.values() for r in rs if not r["idk"]]
     seen_like = [r for name, rs in rows.items() if name != "unseen" for r in rs]
     figures: dict = {"source": source, "samples": num_samples}
@@ -336,6 +341,9 @@ def hallucination(handle, *, data: str | None = None, num_samples: int = 5, seed
             figures["unseen_idk"] = sum(r["idk"] for r in rs) / len(rs)
         else:
             figures[f"{name}_accuracy"] = sum(r["correct"] for r in rs) / len(rs)
+    if data is None:
+        figures["passage_faithful"] = sum(r["correct"] for r in rows_passage) / len(rows_passage)
+        figures["passage_made_up"] = sum(not r["correct"] and not r["idk"] for r in rows_passage) / len(rows_passage)
     confidences = [r["probability"] for r in answered]
     correct = [r["correct"] for r in answered]
     figures["ece"] = expected_calibration_error(confidences, correct)
@@ -373,6 +381,9 @@ def hallucination(handle, *, data: str | None = None, num_samples: int = 5, seed
         else:
             label = {"seen": "seen people, held-out questions", "seen_trained": "seen people, trained questions"}[name]
             lines.append(f"{label} ({len(rows[name])} questions): accuracy {_pct(figures[name + '_accuracy'])}")
+    if "passage_faithful" in figures:
+        lines.append(f"unseen people with a passage in the prompt: faithful to it {_pct(figures['passage_faithful'])}, "
+                     f"contradicting it {_pct(figures['passage_made_up'])}")
     lines.append(f"calibration: ECE {figures['ece']:.3f} over {len(answered)} answers (10 bins)")
     lines.append(f"wrong-answer detectors (AUROC): answer log-probability {figures['auroc_logprob']:.3f}"
                  + (f", agreement of {num_samples} samples {figures['auroc_agreement']:.3f}" if num_samples else ""))

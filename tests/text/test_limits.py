@@ -121,6 +121,7 @@ def test_tasks_run_on_a_tiny_model(tiny_bio, tmp_path):
     assert f["seen_questions"] == f["unseen_questions"] == 12
     assert 0 <= f["seen_accuracy"] <= 1 and 0 <= f["unseen_made_up"] <= 1 and 0 <= f["ece"] <= 1
     assert "auroc_agreement" in f and len(h.details["abstention"]) == 12
+    assert 0 <= f["passage_faithful"] <= 1 and f["passage_faithful"] + f["passage_made_up"] <= 1
     u = understanding(tiny_bio, limit=5)
     assert u.figures["reversal_gap"] == u.figures["forward_accuracy"] - u.figures["reversed_accuracy"]
     pairs = tmp_path / "pairs.csv"
