@@ -124,6 +124,14 @@ def generate_text(
                                                  "expression.")] = None,
     choice: Annotated[Optional[list[str]], typer.Option("--choice", help="Constrain every sample to one of these "
                                                         "strings (repeatable).")] = None,
+    tools: Annotated[Optional[Path], typer.Option("--tools", help="With --chat: a JSON file of OpenAI tool specs "
+                                                  "([{\"type\": \"function\", \"function\": {\"name\", "
+                                                  "\"parameters\"}}]); the reply's calls are printed one per line "
+                                                  "in OpenAI's tool_calls shape, their arguments held to each "
+                                                  "function's schema.")] = None,
+    tool_choice: Annotated[str, typer.Option("--tool-choice", help="With --tools: auto (text or calls), none, "
+                                             "required (at least one call), or a function's name (a call of "
+                                             "it).")] = "auto",
     watermark: Watermark = None,
     watermark_scheme: WatermarkScheme = "green",
     quantize: Quantize = None,
@@ -146,6 +154,12 @@ def generate_text(
     mark = text_watermark_option(watermark, watermark_scheme, temperature)
     if mark is not None and (num_beams > 1 or draft is not None):
         raise GenloomError("--watermark marks sampled text; it does not go with --num-beams or --draft")
+    if tools is not None:
+        _chat_with_tools(model, messages if chat_mode else None, tools, tool_choice,
+                         _grammar(json_schema, regex, choice) or draft or num_beams > 1, num_samples, seed,
+                         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         min_p=min_p, repetition_penalty=repetition_penalty, watermark=mark)
+        return
     if num_beams > 1:
         for text, logprob in model.beam_search(prompt, max_new_tokens=max_new_tokens,
                                                num_beams=num_beams)[:num_samples]:
@@ -179,6 +193,34 @@ def generate_text(
                                       repetition_penalty=repetition_penalty, stop=stop or (), watermark=mark):
                 typer.echo(piece, nl=False)
         typer.echo("")
+
+
+def _chat_with_tools(model, messages, path: Path, choice: str, other, num_samples: int, seed: int,
+                     **options) -> None:
+    """--tools: each sample's reply as text, or its calls as JSON lines ({"id", "type", "function"})."""
+    import json
+
+    if messages is None or other:
+        raise GenloomError("--tools goes with --chat, and not with --json-schema, --regex, --choice, --draft "
+                           "or --num-beams")
+    try:
+        specs = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GenloomError(f"--tools {path}: not a readable JSON file ({error})") from None
+    specs = specs.get("tools") if isinstance(specs, dict) else specs
+    if not isinstance(specs, list) or not specs:
+        raise GenloomError(f"--tools {path}: expected a JSON list of tools (or {{\"tools\": [...]}})")
+    chosen = choice if choice in ("auto", "none", "required") else {"type": "function", "function": {"name": choice}}
+    for i in range(num_samples):
+        if num_samples > 1:
+            typer.echo(f"--- sample {i + 1} (seed {seed + i}) ---", err=True)
+        reply = model.chat(messages, tools=specs, tool_choice=chosen, seed=seed + i, **options)
+        for call in reply.tool_calls:
+            typer.echo(json.dumps(call.to_openai(), ensure_ascii=False))
+        if not reply.tool_calls:
+            typer.echo(reply.content or "")
+        if reply.finish_reason == "length":
+            typer.echo("genloom: the reply reached --max-new-tokens", err=True)
 
 
 def _grammar(json_schema: Path | None, regex: str | None, choice: list[str] | None):

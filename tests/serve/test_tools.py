@@ -222,6 +222,23 @@ def test_the_python_api_returns_the_calls(own):
     assert own.chat(ASK, tools=TOOLS, tool_choice="none", seed=3, max_new_tokens=8).tool_calls == []
 
 
+def test_generate_text_tools_prints_the_calls(own, tmp_path):
+    from typer.testing import CliRunner
+
+    from genloom.cli import app
+
+    (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+    args = ["generate", "text", "--checkpoint", str(own.path), "--chat", "--prompt", "Weather?", "--tools",
+            str(tmp_path / "tools.json"), "--seed", "1", "--max-new-tokens", "250"]
+    result = CliRunner().invoke(app, [*args, "--tool-choice", "get_weather"])
+    assert result.exit_code == 0, result.output
+    (line,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert line["type"] == "function" and line["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads(line["function"]["arguments"]), SCHEMAS["get_weather"])
+    result = CliRunner().invoke(app, [*args, "--tool-choice", "nowhere"])
+    assert result.exit_code != 0 and "tool_choice.function.name" in result.output
+
+
 @pytest.mark.parametrize("name", ["qwen2.5", "llama-3.1"])
 def test_tool_aware_templates_render_as_transformers_renders_them(tmp_path, name):
     transformers = pytest.importorskip("transformers")
