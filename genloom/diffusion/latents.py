@@ -9,6 +9,7 @@ weights as `autoencoder.json` + `autoencoder.safetensors`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -30,7 +31,6 @@ __all__ = ["open_autoencoder", "autoencoder_identity", "save_autoencoder_copy", 
 log = logging.getLogger(__name__)
 
 COPY_CONFIG, COPY_WEIGHTS = "autoencoder.json", "autoencoder.safetensors"
-_OPENED: dict[tuple[str, float], Autoencoder] = {}
 
 
 def _weights_of(folder: Path) -> Path:
@@ -49,9 +49,14 @@ def open_autoencoder(path: str | Path, verify: bool = True) -> Autoencoder:
         raise ConfigError(f"model.autoencoder: {folder} is not a folder; train one first (genloom train "
                           f"glyphs64-autoencoder --out {folder}) or give a diffusers AutoencoderKL folder")
     weights = _weights_of(folder)
-    key = (str(weights.resolve()), weights.stat().st_mtime if weights.is_file() else 0.0)
-    if key in _OPENED:
-        return _OPENED[key]
+    version = weights.stat().st_mtime_ns if weights.is_file() else 0
+    return _open(folder.resolve(), version, verify)
+
+
+@functools.lru_cache(maxsize=8)
+def _open(folder: Path, version: int, verify: bool) -> Autoencoder:
+    """`open_autoencoder` once per folder and weights version (`version`: the weights' mtime)."""
+    weights = _weights_of(folder)
     if (folder / COPY_CONFIG).is_file():
         saved = json.loads((folder / COPY_CONFIG).read_text(encoding="utf-8"))
         model = _genloom_autoencoder(AutoencoderConfig(**_tuples(saved["model"])), weights, verify)
@@ -67,7 +72,6 @@ def open_autoencoder(path: str | Path, verify: bool = True) -> Autoencoder:
     else:
         raise ConfigError(f"model.autoencoder: {folder} has no config.json; expected a genloom autoencoder run or a "
                           "diffusers AutoencoderKL folder")
-    _OPENED[key] = model
     return model
 
 
