@@ -17,6 +17,14 @@ kHz, 1-2.5 s), each marked; marked and unmarked clips through the same edits (no
 noise at 20 dB SNR, both, 8-bit mu-law, MP3 through libsndfile, cutting 0-0.4 s from each end); reported as
 for text, plus the mark's SNR.
 
+tree-ring (an experiment, not a shipped mark): Tree-Ring (Wen et al. 2023) on a class-conditional
+digits-diffusion checkpoint (8x8 pixels): the initial noise's centred Fourier coefficients within radius 2
+(DC excluded) are set to keyed ring values, 50 DDIM steps draw the image, which is saved the way `generate
+image` saves it (nearest-neighbour to 64 px, 8-bit), edited (JPEG quality 50, 0.75x resize, a 90% crop resized
+back, Gaussian noise of 5/255), read back to 8x8 (area average) and inverted with 50 DDIM steps of the
+unconditional model; the score is the mean distance of the ring's coefficients to the key's. Unmarked
+images (the same seeds without the ring) give the false-positive threshold (their 1st percentile).
+
 Results print as Markdown tables and go to bench/out/watermark.json.
 """
 
@@ -146,6 +154,104 @@ def bench_audio(items: int) -> dict:
             "edits": {name: rates(*p[name]) for name in edits}}
 
 
+def _ring(size: int, radius: float) -> "np.ndarray":
+    """The centred Fourier positions within `radius` of the centre, DC excluded."""
+    y, x = np.mgrid[:size, :size] - size // 2
+    distance = np.sqrt(x**2 + y**2)
+    return (distance <= radius) & (distance > 0)
+
+
+def bench_tree_ring(checkpoint: Path, items: int, steps: int = 50) -> dict:
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from genloom import load
+    from genloom.diffusion.samplers import sample, timesteps_for
+    from genloom.diffusion.sampling import guided_denoiser
+    from genloom.diffusion.schedules import split_prediction
+    from genloom.watermark.keys import keyed_normal, subkey
+
+    handle = load(checkpoint, device="cpu")
+    net, schedule, cfg = handle.model, handle.schedule, handle.model.config
+    size, channels = cfg.image_size, cfg.channels
+    ring = torch.from_numpy(_ring(size, 2.0))
+    # Tree-Ring's "rings": one keyed value per radius, so the key is rotation-invariant
+    y, x = np.mgrid[:size, :size] - size // 2
+    radii = np.round(np.sqrt(x**2 + y**2)).astype(int)
+    values = keyed_normal(subkey(KEY.encode(), "image/tree-ring"), b"rings", size) * size
+    key = torch.from_numpy(values[radii]).to(torch.complex64)
+
+    def fourier(z):
+        return torch.fft.fftshift(torch.fft.fft2(z), dim=(-2, -1))
+
+    def marked_noise(noise):
+        f = fourier(noise)
+        f[..., ring] = key[ring]
+        return torch.fft.ifft2(torch.fft.ifftshift(f, dim=(-2, -1))).real
+
+    def invert(images):
+        null = torch.full((images.shape[0],), handle.num_classes, dtype=torch.long)
+        ts = timesteps_for(schedule, steps).flip(0).tolist()                     # ascending
+        ac = schedule.alphas_cumprod
+        z = images.clone()
+        for i, t in enumerate(ts):
+            ab_prev = ac[ts[i - 1]] if i > 0 else torch.tensor(1.0)
+            level = ts[i - 1] if i > 0 else 0
+            output = net(z, torch.full((z.shape[0],), level, dtype=torch.long), null)
+            x0, eps = split_prediction(schedule.prediction, output, z, ab_prev ** 0.5, (1 - ab_prev) ** 0.5)
+            z = ac[t] ** 0.5 * x0 + (1 - ac[t]) ** 0.5 * eps
+        return z
+
+    def save_and_edit(image, edit, rng):
+        pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        picture = Image.fromarray(pixels[..., 0] if channels == 1 else pixels).resize((64, 64), Image.NEAREST)
+        if edit == "JPEG q50":
+            buffer = io.BytesIO()
+            picture.save(buffer, "JPEG", quality=50)
+            picture = Image.open(buffer)
+        elif edit == "resize 0.75x":
+            picture = picture.resize((48, 48), Image.BICUBIC)
+        elif edit == "crop 10%":
+            left, top = rng.integers(0, 7, 2)
+            picture = picture.crop((left, top, left + 58, top + 58))
+        elif edit == "noise 5/255":
+            arr = np.asarray(picture, dtype=np.float64) + rng.normal(0, 5, np.asarray(picture).shape)
+            picture = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+        small = np.asarray(picture.resize((size, size), Image.BOX), dtype=np.float32) / 127.5 - 1
+        small = small[None] if small.ndim == 2 else small.transpose(2, 0, 1)
+        return torch.from_numpy(small)
+
+    edits = ("none", "JPEG q50", "resize 0.75x", "crop 10%", "noise 5/255")
+    scores = {e: ([], []) for e in edits}
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for start in tqdm(range(0, items, 50), desc="tree-ring", unit="batch"):
+            rows = range(start, min(items, start + 50))
+            noise = torch.stack([torch.randn((channels, size, size), generator=torch.Generator().manual_seed(i))
+                                 for i in rows])
+            labels = torch.tensor([i % handle.num_classes for i in rows]) if handle.num_classes else None
+            denoise = guided_denoiser(net, labels, 1.0, handle.num_classes)
+            for kind, start_noise in ((0, marked_noise(noise)), (1, noise)):
+                images = sample(denoise, schedule, start_noise.shape, torch.Generator(), sampler="ddim", steps=steps,
+                                x_T=start_noise)
+                for edit in edits:
+                    recovered = invert(torch.stack([save_and_edit(im, edit, rng) for im in images]))
+                    distance = (fourier(recovered)[..., ring] - key[ring]).abs().mean(dim=(-1, -2))
+                    scores[edit][kind].extend((-distance).tolist())     # higher = closer to the key
+    out = {"checkpoint": str(checkpoint), "items": items, "steps": steps, "ring_coefficients": int(ring.sum()),
+           "edits": {}}
+    for edit in edits:
+        marked, plain = np.array(scores[edit][0]), np.array(scores[edit][1])
+        threshold = float(np.quantile(plain, 0.99))
+        order = np.argsort(np.concatenate([marked, plain]))
+        ranks = np.empty(len(order))
+        ranks[order] = np.arange(len(order))
+        auc = float((ranks[:len(marked)].sum() - len(marked) * (len(marked) - 1) / 2) / (len(marked) * len(plain)))
+        out["edits"][edit] = {"tpr_at_empirical_1pct": float(np.mean(marked > threshold)), "auc": auc}
+    return out
+
+
 def markdown(results: dict) -> str:
     lines = []
     if "text" in results:
@@ -161,6 +267,14 @@ def markdown(results: dict) -> str:
                              f"{100 * r['fpr']:.1f}% | {100 * r['tpr_at_empirical_1pct']:.1f}% | {r['median_z']:.1f} | "
                              f"{row['perplexity']:.2f} | {row['tokens_per_s'] / t['tokens_per_s_unmarked']:.2f}x |")
         lines.append("")
+    if "tree-ring" in results:
+        r = results["tree-ring"]
+        lines += [f"Tree-Ring experiment on {r['checkpoint']} ({r['items']} marked and {r['items']} unmarked images, "
+                  f"{r['ring_coefficients']} ring coefficients, {r['steps']} DDIM steps each way):", "",
+                  "| edit | detected at empirical 1% FPR | AUC |", "|---|---|---|"]
+        for name, e in r["edits"].items():
+            lines.append(f"| {name} | {100 * e['tpr_at_empirical_1pct']:.1f}% | {e['auc']:.3f} |")
+        lines.append("")
     if "audio" in results:
         a = results["audio"]
         lines += [f"Audio ({a['items']} espeak-ng clips of {a['seconds'][0]:.1f}-{a['seconds'][2]:.1f} s, median "
@@ -174,8 +288,9 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("text", "audio"), action="append")
-    parser.add_argument("--checkpoint", type=Path, help="a text checkpoint (needed for the text part)")
+    parser.add_argument("--only", choices=("text", "audio", "tree-ring"), action="append")
+    parser.add_argument("--checkpoint", type=Path, help="a text checkpoint (the text part) or a digits-diffusion "
+                        "one (tree-ring)")
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=200)
@@ -189,6 +304,10 @@ def main() -> None:
         results["text"] = bench_text(args.checkpoint, args.items, args.batch, args.tokens)
     if "audio" in parts:
         results["audio"] = bench_audio(args.items)
+    if "tree-ring" in parts:
+        if args.checkpoint is None:
+            parser.error("the tree-ring part needs --checkpoint (a digits-diffusion run)")
+        results["tree-ring"] = bench_tree_ring(args.checkpoint, args.items)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=1))
     print(markdown(results))
