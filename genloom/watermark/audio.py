@@ -8,7 +8,7 @@ periods. Marking (at 16 kHz, the mark then resampled to the clip's own rate and 
 - each period j adds a_j w, a_j following the loudness of that period (quiet passages get a quiet mark), and
 - removes the clip's own correlation with w in that period (improved spread spectrum, Malvar & Florencio
   2003): the host no longer adds noise to the detector's statistic at the right alignment;
-- the whole mark is scaled so the clip is `snr_db` (default 32 dB) above it.
+- the mark is scaled so the clip is `snr_db` (default 32 dB) above it, and never less than 2 dB under that.
 
 Detection resamples to 16 kHz, folds the clip into one period (the periods summed) and correlates it with w
 at every circular shift s (one FFT): c(s). Unmarked, c(s) is a sum of many weakly dependent terms, so the
@@ -35,6 +35,7 @@ RATE = 16_000                 # the mark's own sample rate
 PERIOD = 16_384               # samples of one period of the pattern at RATE
 BAND = (400.0, 3400.0)        # Hz: the pattern's frequencies
 WHITEN = 33                   # bins of the moving average that whitens the clip's spectrum
+FLOOR_DB = 2.0                # the SNR never falls more than this below snr_db
 MIN_SECONDS = 0.25            # shorter clips hold too little of the mark to say anything
 
 
@@ -98,6 +99,10 @@ class AudioWatermark:
         delta = mark - host / unit * tiled
         out = np.asarray(resample(delta.astype(np.float32), RATE, sample_rate), dtype=np.float64)
         out = np.pad(out, (0, max(0, len(x) - len(out))))[:len(x)]
+        # The removal adds its own (small) energy: never let the clip come closer than FLOOR_DB below snr_db.
+        floor = (x @ x) * 10 ** (-(self.snr_db - FLOOR_DB) / 10)
+        if out @ out > floor:
+            out *= math.sqrt(floor / (out @ out))
         return (x + out).astype(np.float32)
 
     @staticmethod
