@@ -39,10 +39,10 @@ RUNS = {"flow": "digits-flow", "diffusion": "digits-diffusion"}
 SAMPLERS = {"flow": ("euler", "heun"), "diffusion": ("dpmpp_2m", "euler")}
 
 
-def train(recipe: str, out: Path) -> float:
+def train(recipe: str, out: Path, overrides: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "genloom", "train", recipe, "--out", str(out), "--set",
-                    "train.progress=false"], check=True)
+    sets = [item for text in ["train.progress=false", *overrides] for item in ("--set", text)]
+    subprocess.run([sys.executable, "-m", "genloom", "train", recipe, "--out", str(out), *sets], check=True)
     return time.perf_counter() - start
 
 
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "bench" / "out" / "flow",
                         help="folder of the trained runs (trained there when missing)")
     parser.add_argument("--samples", type=int, default=1000, help="generated images per table row")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="a recipe override for both trainings, e.g. train.max_steps=1000 (repeatable)")
     parser.add_argument("--skip-distill", action="store_true", help="only the FID-vs-NFE table")
     parser.add_argument("--pairs", type=int, default=8192, help="distillation: teacher samples")
     parser.add_argument("--train-steps", type=int, default=2100, help="distillation: student optimizer steps in all "
@@ -107,8 +109,8 @@ def main() -> None:
     for kind, recipe in RUNS.items():
         folder = args.runs / recipe
         if not (folder / "model.safetensors").is_file():
-            seconds = train(recipe, folder)
-            training.append({"recipe": recipe, "wall_s": round(seconds, 1)})
+            seconds = train(recipe, folder, args.overrides)
+            training.append({"recipe": recipe, "overrides": " ".join(args.overrides), "wall_s": round(seconds, 1)})
         state = json.loads((folder / "train_state.json").read_text())
         training.append({"recipe": recipe, "steps": state["step"], "checkpoint": str(folder)})
         handles[kind] = load(folder)
