@@ -59,7 +59,7 @@ def detect(
     scheme: Annotated[str, typer.Option("--scheme", help="Text: auto (both schemes, the p-value doubled), green or "
                                         "gumbel.")] = "auto",
     context: Annotated[int, typer.Option("--context", min=0, max=16, help="Text: the previous tokens that keyed "
-                                         "each position (h; 0 = the scheme's default: green 1, gumbel 3).")] = 0,
+                                         "each position (h; 0 = the scheme's default: green 2, gumbel 3).")] = 0,
     gamma: Annotated[float, typer.Option("--gamma", min=0.01, max=0.99, help="Text, green scheme: the green "
                                          "fraction it was made with.")] = 0.25,
     fpr: Annotated[float, typer.Option("--fpr", min=1e-12, max=0.5, help="The false-positive rate: a file counts "

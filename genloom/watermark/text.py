@@ -35,7 +35,7 @@ from .keys import check_key, keyed_uniform, subkey
 __all__ = ["TextWatermark", "TextMarker", "TextDetection", "SCHEMES", "DEFAULT_CONTEXT"]
 
 SCHEMES = ("green", "gumbel")
-DEFAULT_CONTEXT = {"green": 1, "gumbel": 3}      # h when `context` is 0
+DEFAULT_CONTEXT = {"green": 2, "gumbel": 3}      # h when `context` is 0 (measured: BENCHMARKS.md#watermarks)
 CACHE = 4096                                     # green lists kept per marker (a context's list is reused)
 
 
