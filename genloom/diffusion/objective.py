@@ -128,7 +128,7 @@ class DiffusionObjective:
                                  steps=self.config.sample_steps, guidance=self.config.guidance)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step_{step:07d}.png"
-        save_image_grid(images, path, nrow=columns, scale=max(1, 64 // model.config.image_size))
+        save_image_grid(images, path, nrow=columns, scale=max(1, 64 // images.shape[-1]))   # (decoded: pixels)
         return f"sample grid: {path}"
 
     def _write_prompt_samples(self, model: nn.Module, data, folder: Path, step: int) -> str:
@@ -141,7 +141,7 @@ class DiffusionObjective:
                                  steps=self.config.sample_steps, guidance=self.config.guidance)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step_{step:07d}.png"
-        save_image_grid(images, path, nrow=8, scale=max(1, 64 // model.config.image_size))
+        save_image_grid(images, path, nrow=8, scale=max(1, 64 // images.shape[-1]))
         path.with_suffix(".txt").write_text("".join(f"{i + 1:2d}. {p}\n" for i, p in enumerate(prompts)))
         return f"sample grid: {path} (prompts in {path.with_suffix('.txt').name}, two images each, row by row)"
 
