@@ -17,9 +17,9 @@ A model writes calls in a *tool format*, chosen from its chat template:
 The arguments are constrained to each function's JSON schema by the llguidance grammar of `lm.constraints`
 (a Lark grammar with the schemas inside `%json`): `required` forces calls of any of the functions (several
 when `parallel_tool_calls`), a named choice forces a call of that one, `auto` lets the model write free text
-or calls (the text must not begin the way a call does), `none` makes no grammar and parses nothing. The
-calls end with the template's end-of-turn marker, so the model can finish its turn. A schema feature the
-engine cannot enforce is refused when the grammar is built, before decoding.
+or calls (the text must not begin the way a call does, nor with a space), `none` makes no grammar and parses
+nothing. The calls end with the template's end-of-turn marker, so the model can finish its turn. A schema
+feature the engine cannot enforce is refused when the grammar is built, before decoding.
 """
 
 from __future__ import annotations
@@ -340,7 +340,7 @@ class Tools:
         grammar = [start, f"calls: {calls}", f"call: {' | '.join(f'call_{k}' for k in range(len(chosen)))}",
                    *lines, f"end: {ends}"]
         if self.choice.mode == "auto":
-            grammar.append(f"TEXT: /[^{re.escape(first)}](.|\\n)*/")
+            grammar.append(f"TEXT: /[^{re.escape(first)}\\s](.|\\n)*/")     # not a call's start, nor blank
         return Grammar("lark", "\n".join(grammar))
 
     # -- the reply ---------------------------------------------------------------------------------------------
@@ -394,8 +394,8 @@ class CallParser:
     def push(self, text: str) -> list[tuple]:
         self.buffer += text
         events: list[tuple] = []
-        if self.mode is None:
-            start = self.buffer.lstrip()
+        if self.mode is None:                # a call starts right away (the grammar's text cannot start so)
+            start = self.buffer
             if not start or (self.opening.startswith(start) and len(start) < len(self.opening)):
                 return events            # may still become a call: wait
             self.mode = "calls" if start.startswith(self.opening) else "content"
