@@ -364,5 +364,7 @@ def register(app: typer.Typer) -> None:
         app.command()(friendly(command))
     app.command("eval", help=_eval_help())(friendly(evaluate))
     app.command("serve")(friendly(serve))
+    from .plan import plan
+    app.command("plan")(friendly(plan))
     from .watermark import detect
     app.command("detect")(friendly(detect))

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.memory import gigabytes, require
 
-__all__ = ["meta_model", "training_bytes", "estimate_training", "check_training_fits", "check_weights_fit"]
+__all__ = ["meta_model", "meta_batch", "training_bytes", "estimate_training", "check_training_fits", "check_weights_fit"]
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,15 @@ def meta_model(build: Callable[[], nn.Module]) -> nn.Module | None:
         return None
 
 
-def _meta(value: Any, size: int) -> Any:
+def meta_batch(value: Any, size: int) -> Any:
     """A batch on the meta device with `size` examples (the first dimension expanded)."""
     if isinstance(value, torch.Tensor):
         meta = value.to("meta")
         return meta.expand(size, *meta.shape[1:]) if meta.dim() else meta
     if isinstance(value, (tuple, list)):
-        return type(value)(_meta(v, size) for v in value)
+        return type(value)(meta_batch(v, size) for v in value)
     if isinstance(value, dict):
-        return {k: _meta(v, size) for k, v in value.items()}
+        return {k: meta_batch(v, size) for k, v in value.items()}
     return value
 
 
@@ -59,7 +59,7 @@ def activation_bytes(model: nn.Module, objective, example: Any, micro_batch: int
     model.eval()               # an estimate, not a training step (objectives and tests may count those)
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
-        batch = _meta(example, micro_batch)
+        batch = meta_batch(example, micro_batch)
         for phase in objective.phases:
             objective.loss(phase, model, batch)
     except Exception as error:

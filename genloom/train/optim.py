@@ -21,6 +21,7 @@ __all__ = ["Muon", "orthogonalize", "build_optimizer", "parameter_groups", "opti
 # Quintic Newton-Schulz coefficients chosen by Jordan et al. to push all singular values towards 1
 # quickly (they land in roughly [0.7, 1.2], which is enough for an update direction).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+SHARDED_BATCH = 8        # under FSDP: whole matrices gathered for one batched iteration (bounds their memory)
 
 
 @torch.no_grad()
@@ -73,9 +74,14 @@ class Muon(torch.optim.Optimizer):
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
+        batches = []
         for shape, indices in by_shape.items():             # one batched Newton-Schulz per shape
             # A sharded matrix (FSDP) is gathered whole first: the iteration needs the full matrix, not a rank's
             # rows (every rank runs the same iteration, in the same order, and keeps its own rows of the result).
+            # Sharded, at most SHARDED_BATCH whole matrices at a time, so the gathered copies stay small.
+            step = SHARDED_BATCH if is_sharded(params[indices[0]]) else len(indices)
+            batches += [(shape, indices[i:i + step]) for i in range(0, len(indices), step)]
+        for shape, indices in batches:
             whole = [full_tensor(updates[i]) for i in indices]
             ortho = list(orthogonalize(torch.stack(whole), group["ns_steps"], self.ns_dtype).unbind(0))
             ortho = [shard_rows_like(o, params[i]) if is_sharded(params[i]) else o for o, i in zip(ortho, indices)]

@@ -5,8 +5,9 @@
   and all-gathers one block's weights just before it runs. `auto` takes DDP when a whole copy fits the
   device (it is faster: no gathering), otherwise FSDP.
 * **Units**: every block of the model's `nn.ModuleList`s is its own FSDP unit (lists of lists are entered),
-  and so is every other direct child of the root whose parameters are its own (a GAN's generator and
-  discriminator, an untied output head); what is left (tied embeddings, norms) belongs to the root.
+  and so is every direct child of the root that is a network with blocks of its own and whose parameters
+  are its own (a GAN's generator and discriminator, which the objective calls one at a time); what is left
+  (embeddings, tied or not, norms, heads) belongs to the root, gathered for the whole forward pass.
   Sharding runs bottom-up, deepest units first, as FSDP2 requires.
 * **Sharded tensors** are DTensors split along dim 0 (`Shard(0)`): rank r holds rows
   `[r * ceil(n / N), (r + 1) * ceil(n / N))` of an n-row tensor (clipped; `row_range`), the layout FSDP2 uses.
@@ -147,8 +148,8 @@ def _owns_its_parameters(model: nn.Module, name: str, module: nn.Module) -> bool
 def shard_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules that become FSDP units, deepest first (see the module docstring); the root comes last."""
     candidates = dict(blocks(model))
-    for name, child in model.named_children():
-        if not isinstance(child, nn.ModuleList) and any(True for _ in child.parameters()):
+    for name, child in model.named_children():     # networks of their own, with their own blocks (a GAN's two)
+        if not isinstance(child, nn.ModuleList) and any(isinstance(m, nn.ModuleList) for m in child.modules()):
             candidates.setdefault(name, child)
     units = [(n, m) for n, m in candidates.items() if _owns_its_parameters(model, n, m)]
     return sorted(units, key=lambda item: -item[0].count("."))

@@ -1,0 +1,48 @@
+"""Run several trainings in one torchrun job (one process group, joined once), for tests/train/test_fsdp.py.
+
+    torchrun ... tests/train/fsdp_driver.py PLAN.json
+
+PLAN.json: {"cases": [{"recipe", "out", "overrides", "resume", "base"?, "max_time"?, "kill"?: {"rank", "save"}}]}.
+With "kill", rank `rank` SIGKILLs itself in the middle of the case's `save`-th checkpoint (its shard of the
+optimizer state written, the commit marker not yet), as a crash during a sharded save would.
+"""
+
+import json
+import os
+import signal
+import sys
+
+import torch
+import torch.distributed as dist
+
+from genloom import api
+from genloom.train import trainer
+
+
+def main() -> None:
+    plan = json.loads(open(sys.argv[1]).read())
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    original, saves = trainer.write_state_shard, [0, None]
+
+    def write_then_die(tensors, path, is_main):
+        original(tensors, path, is_main)
+        saves[0] += 1
+        kill = saves[1]
+        if kill and dist.get_rank() == kill["rank"] and saves[0] == kill["save"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.write_state_shard = write_then_die
+    for case in plan["cases"]:
+        saves[0], saves[1] = 0, case.get("kill")
+        if case.get("base"):
+            api.finetune(case["recipe"], case["base"], out=case["out"], overrides=case["overrides"],
+                         resume=case.get("resume", False))
+        else:
+            api.train(case["recipe"], out=case["out"], overrides=case["overrides"], resume=case.get("resume", False),
+                      max_time=case.get("max_time"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
