@@ -61,13 +61,16 @@ def generate_image(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (default: the recipe's). More steps: "
                                                  "slower, usually better; 20 is plenty for dpmpp_2m.")] = None,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp_2m, euler or heun "
-                                                   "(default: the recipe's, dpmpp_2m).")] = None,
+                                                   "(default: the recipe's, dpmpp_2m); flow-matching models "
+                                                   "(digits-flow, distilled ones): euler or heun.")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale: 1 = none, "
                                                       "higher = closer to the label, less varied.")] = None,
     eta: Annotated[Optional[float], typer.Option("--eta", min=0.0, help="ddim only: 0 = deterministic (the default), "
                                                  "1 = as noisy as ddpm.")] = None,
     spacing: Annotated[Optional[str], typer.Option("--spacing", help="How the steps are spread over the noise levels: "
-                                                   "leading (the default), trailing or linspace.")] = None,
+                                                   "leading (the default), trailing or linspace (flow-matching "
+                                                   "models: trailing, which leading also gives, or linspace, "
+                                                   "SD3's grid).")] = None,
     seed: Seed = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for one PNG per sample and grid.png.")] = Path("samples"),
     scale: Annotated[Optional[int], typer.Option("--scale", min=0, help="Enlarge the saved images this many times "

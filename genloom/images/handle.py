@@ -146,6 +146,13 @@ class ImageModel(ImageHandle):
         super().__init__(path, config, model, labels)
         self.schedule = config.objective.noise_schedule()
 
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The samplers that work on this model: the flow ODE's (euler, heun) for a flow-matching model."""
+        from ..diffusion.samplers import FLOW_SAMPLERS, SAMPLERS
+
+        return FLOW_SAMPLERS if self.config.objective.kind == "flow" else SAMPLERS
+
     def sampling(self, steps: int | None, sampler: str | None, guidance: float | None) -> tuple[int, str, float]:
         """(steps, sampler, guidance), each the recipe's where it is None."""
         objective = self.config.objective

@@ -108,6 +108,9 @@ def _options(entry: Served, body: ImageRequest, seed: int) -> dict:
         if body.truncation is not None:
             raise APIError(400, "truncation applies to GANs only", param="truncation")
         objective = handle.config.objective
+        if body.sampler is not None and body.sampler not in handle.samplers:
+            raise APIError(400, f"sampler {body.sampler!r} does not work with this model (a flow-matching model "
+                           f"takes {' or '.join(handle.samplers)})", param="sampler")
         options.update(steps=body.steps or objective.sample_steps, sampler=body.sampler or objective.sampler,
                        guidance=objective.guidance if body.guidance is None else body.guidance)
     return options

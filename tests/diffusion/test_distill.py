@@ -58,6 +58,7 @@ def test_the_cli_writes_a_checkpoint_that_samples_in_its_steps(teacher, tmp_path
     assert (objective.kind, objective.sampler, objective.sample_steps, objective.guidance) == ("flow", "euler", 2, 1.0)
     assert objective.distilled.startswith(f"reflow to 2 Euler steps from {teacher}")
     assert handle.labels == load(teacher).labels                     # labels.json came along
+    assert handle.samplers == ("euler", "heun")                      # what serve and the CLI accept for it
     calls = []
     handle.generate("3", num_samples=2, seed=0, callback=lambda i, n: calls.append((i, n)))
     assert calls == [(1, 2), (2, 2)]                                 # its 2 steps by default

@@ -11,6 +11,7 @@ from genloom.diffusion.flow import FlowConfig, FlowObjective, sample_times
 from genloom.diffusion.samplers import function_evaluations, sample
 from genloom.diffusion.sampling import generate_images
 from genloom.diffusion.schedules import FlowSchedule
+from genloom.diffusion.dit import DiT, DiTConfig
 from genloom.diffusion.unet import UNet, UNetConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -234,12 +235,16 @@ def test_bad_flow_configs_name_the_key(kwargs, message):
         FlowConfig(**kwargs)
 
 
-def test_a_unet_trained_by_flow_matching_learns_a_point():
+@pytest.mark.parametrize("make", [
+    lambda: UNet(UNetConfig(image_size=8, channels=1, num_classes=0, base_channels=16, channel_mults=(1,),
+                            blocks_per_level=1, attention_resolutions=())),
+    lambda: DiT(DiTConfig(image_size=8, channels=1, num_classes=0, patch_size=2, d_model=32, n_layer=2, n_head=2)),
+], ids=["unet", "dit"])
+def test_a_denoiser_trained_by_flow_matching_learns_a_point(make):
     # The objective end to end with a real denoiser: the velocity loss falls and 2 Euler steps find the point.
     torch.manual_seed(0)
     c = torch.linspace(-0.8, 0.8, 64).view(1, 1, 8, 8)
-    model = UNet(UNetConfig(image_size=8, channels=1, num_classes=0, base_channels=16, channel_mults=(1,),
-                            blocks_per_level=1, attention_resolutions=()))
+    model = make()
     objective = FlowObjective(FlowConfig(label_dropout=0.0, time_sampling="uniform"))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     batch = (c.expand(32, -1, -1, -1), torch.zeros(32, dtype=torch.long))
