@@ -171,11 +171,20 @@ def _choice(value: Any, names: Sequence[str], where: str = "tool_choice") -> Too
         if value != "none" and not names:
             raise ToolError(f"{value!r} needs tools to choose from", where)
         return ToolChoice(value)
-    function = value.get("function") if isinstance(value, dict) else None
-    if not isinstance(value, dict) or value.get("type") != "function" or not isinstance(function, dict) \
-            or not isinstance(function.get("name"), str) or set(value) - {"type", "function"} \
-            or set(function) - {"name"}:
-        raise ToolError("a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}", where)
+    shape = "a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}"
+    if not isinstance(value, dict):
+        raise ToolError(shape, where)
+    unknown = sorted(set(value) - {"type", "function"})
+    if unknown:
+        raise ToolError(f"unknown field {unknown[0]!r} ({shape})", f"{where}.{unknown[0]}")
+    if value.get("type") != "function":
+        raise ToolError(f"type is {value.get('type')!r}; {shape}", f"{where}.type")
+    function = value.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ToolError(shape, f"{where}.function")
+    unknown = sorted(set(function) - {"name"})
+    if unknown:
+        raise ToolError(f"unknown field {unknown[0]!r} ({shape})", f"{where}.function.{unknown[0]}")
     if function["name"] not in names:
         known = ", ".join(names) or "none were given"
         raise ToolError(f"names the function {function['name']!r}, which is not among the tools ({known})",

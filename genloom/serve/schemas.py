@@ -11,7 +11,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["StreamOptions", "WatermarkField", "SamplingRequest", "CompletionRequest", "ContentPart", "Message",
-           "ToolCall", "Tool", "NamedToolChoice", "ChatRequest", "ImageRequest", "BODIES", "OPENAI_FIELDS",
+           "ToolCall", "Tool", "ChatRequest", "ImageRequest", "BODIES", "OPENAI_FIELDS",
            "accepted_fields"]
 
 
@@ -94,17 +94,8 @@ class FunctionSpec(_Body):
 
 
 class Tool(_Body):
-    type: Literal["function"]
+    type: str                                   # "function" (genloom.lm.tools says so in a 400 otherwise)
     function: FunctionSpec
-
-
-class NamedFunction(_Body):
-    name: str
-
-
-class NamedToolChoice(_Body):
-    type: Literal["function"]
-    function: NamedFunction
 
 
 class JSONSchemaFormat(_Body):
@@ -126,7 +117,8 @@ class ChatRequest(SamplingRequest):
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
     response_format: Optional[ResponseFormat] = None
     tools: Optional[list[Tool]] = None
-    tool_choice: Union[str, NamedToolChoice, None] = None    # "auto", "none", "required" or a named function
+    # "auto", "none", "required" or {"type": "function", "function": {"name": ...}}, checked by genloom.lm.tools
+    tool_choice: Union[str, dict, None] = None
     parallel_tool_calls: bool = True
 
 

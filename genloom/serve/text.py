@@ -22,7 +22,7 @@ from .errors import APIError
 from .events import collect, event_stream, failure, sse
 from .filters import review, screen
 from .limits import Limits
-from .schemas import ChatRequest, CompletionRequest, Message, NamedToolChoice, SamplingRequest
+from .schemas import ChatRequest, CompletionRequest, Message, SamplingRequest
 from .state import Served, ServerState
 from .workers import QueueFull, ScoreJob, TextJob, TextWorker
 
@@ -285,9 +285,9 @@ def _tools(body: ChatRequest) -> Tools:
     """The request's tools and tool_choice, checked (400 naming the field)."""
     if body.tools is not None and not body.tools:
         raise APIError(400, "tools: give at least one function, or leave tools out", param="tools")
-    choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
     try:
-        tools = Tools([t.model_dump(exclude_none=True) for t in body.tools or []], choice, body.parallel_tool_calls)
+        tools = Tools([t.model_dump(exclude_none=True) for t in body.tools or []], body.tool_choice,
+                      body.parallel_tool_calls)
     except ToolError as error:
         raise APIError(400, str(error), param=error.param) from None
     fmt = body.response_format
