@@ -46,7 +46,9 @@ def test_the_green_z_score_is_the_papers_formula_on_a_hand_made_sequence():
     got = mark.detect(tokens)
     assert got.scored == T and got.score == green
     assert got.z == pytest.approx(z, abs=1e-12)
-    assert got.p_value == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-9)
+    # p = P(Binomial(T, gamma) >= G), summed by hand
+    tail = sum(math.comb(T, k) * g**k * (1 - g) ** (T - k) for k in range(green, T + 1))
+    assert got.p_value == pytest.approx(tail, rel=1e-9)
 
 
 def test_the_gumbel_p_value_is_the_gamma_tail_on_a_hand_made_sequence():
