@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -105,7 +106,18 @@ def test_loaded_adapters_change_only_the_requests_that_name_them(server, folders
     assert _post(server, "/v1/unload_lora_adapter", lora_name="a").status_code == 404
     assert "a" not in adapter_names(handle.model) and "a" not in handle.adapters
     assert _texts(client, jobs[:3] + jobs[6:]) == alone[:3] + alone[6:]
-    assert _post(server, "/v1/unload_lora_adapter", lora_name="b").status_code == 200
+    # Unloading waits for the rows decoding with the adapter: a long stream under way ends as it would alone.
+    long = dict(model="b", prompt="ROMEO:", max_tokens=800, seed=5, temperature=0.8)
+    whole = client.completions.create(**long).choices[0].text
+    stream = client.completions.create(**long, stream=True)
+    pieces = [next(stream).choices[0].text]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        unloading = pool.submit(_post, server, "/v1/unload_lora_adapter", lora_name="b")
+        time.sleep(0.1)
+        assert not unloading.done()                                          # the stream still runs
+        pieces += [chunk.choices[0].text for chunk in stream]
+        assert unloading.result().status_code == 200
+    assert "".join(pieces) == whole
     assert adapter_names(handle.model) == [] and _texts(client, jobs[:3]) == before
 
 
