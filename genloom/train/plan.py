@@ -258,8 +258,11 @@ class LiveTensorMemory(TorchDispatchMode):
             del self.live[address]
 
     def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        address, size = storage.data_ptr(), storage.nbytes()
+        try:
+            storage = tensor.untyped_storage()
+            address, size = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):        # storage-less tensors (FSDP's freed buffers, fakes)
+            return
         if not address or not size:
             return
         entry = self.live.get(address)

@@ -2,7 +2,9 @@
 
     torchrun ... tests/train/fsdp_driver.py PLAN.json
 
-PLAN.json: {"cases": [{"recipe", "out", "overrides", "resume", "base"?, "max_time"?, "kill"?: {"rank", "save"}}]}.
+PLAN.json: {"cases": [{"recipe", "out", "overrides", "resume", "base"?, "max_time"?, "kill"?: {"rank", "save"},
+"measure"?}]}. With "measure", each rank writes the peak of its live tensor memory during the run to
+OUT.peak-RANK.json (`genloom.train.plan.LiveTensorMemory`).
 With "kill", rank `rank` SIGKILLs itself in the middle of the case's `save`-th checkpoint (its shard of the
 optimizer state written, the commit marker not yet), as a crash during a sharded save would.
 """
@@ -15,8 +17,11 @@ import sys
 import torch
 import torch.distributed as dist
 
+import contextlib
+
 from genloom import api
 from genloom.train import trainer
+from genloom.train.plan import LiveTensorMemory
 
 
 def main() -> None:
@@ -35,12 +40,17 @@ def main() -> None:
     trainer.write_state_shard = write_then_die
     for case in plan["cases"]:
         saves[0], saves[1] = 0, case.get("kill")
-        if case.get("base"):
-            api.finetune(case["recipe"], case["base"], out=case["out"], overrides=case["overrides"],
-                         resume=case.get("resume", False))
-        else:
-            api.train(case["recipe"], out=case["out"], overrides=case["overrides"], resume=case.get("resume", False),
-                      max_time=case.get("max_time"))
+        memory = LiveTensorMemory() if case.get("measure") else contextlib.nullcontext()
+        with memory:
+            if case.get("base"):
+                api.finetune(case["recipe"], case["base"], out=case["out"], overrides=case["overrides"],
+                             resume=case.get("resume", False))
+            else:
+                api.train(case["recipe"], out=case["out"], overrides=case["overrides"],
+                          resume=case.get("resume", False), max_time=case.get("max_time"))
+        if case.get("measure"):
+            with open(f"{case['out']}.peak-{dist.get_rank()}.json", "w") as f:
+                json.dump({"peak": memory.peak}, f)
     dist.destroy_process_group()
 
 

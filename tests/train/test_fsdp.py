@@ -40,6 +40,10 @@ GAN = ["model.generator_channels=32", "model.discriminator_channels=16", "model.
        "objective.coverage_samples=0", "objective.r1_gamma=0.1", "objective.r1_interval=2"]
 
 
+MEASURED = ["model.d_model=128", "model.n_layer=4", "train.batch_size=16", "model.block_size=64", "train.max_steps=2",
+            "train.eval_interval=2", "train.eval_batches=1", "train.sample_length=0", "train.warmup_steps=0"]
+
+
 def curve(run_dir, column="loss"):
     return {int(r["step"]): float(r[column]) for r in MetricsLog.read(Path(run_dir) / "metrics.csv") if r[column]}
 
@@ -98,6 +102,7 @@ def runs(corpus, tmp_path_factory):
                             capture_output=True, text=True, timeout=TIMEOUT, env=env())
     killed_after = time.perf_counter() - started
 
+    measured = tiny(corpus, *MEASURED)
     # Two "nodes" of one process each, meeting on loopback: FSDP, DDP, resumes on another world size, other models.
     two = [case("fsdp", text + fsdp + ["train.max_steps=8"]),
            case("ddp", text + ["train.parallel=ddp", "train.max_steps=8"]),
@@ -110,7 +115,9 @@ def runs(corpus, tmp_path_factory):
            case("gan_fsdp", GAN + fsdp, "digits-gan"),
            case("gan_ddp", GAN + ["train.parallel=ddp"], "digits-gan"),
            case("lora_fsdp", lora + fsdp, "shakespeare-char-lora", base=str(root / "one")),
-           case("timed", text + fsdp + ["train.max_steps=100000", "train.eval_interval=100000"], max_time=4)]
+           case("timed", text + fsdp + ["train.max_steps=100000", "train.eval_interval=100000"], max_time=4),
+           case("measured_fsdp", measured + fsdp, measure=True),
+           case("measured_ddp", measured + ["train.parallel=ddp"], measure=True)]
     plan = plan_file(root, "two", two)
     port = free_port()
     nodes = [subprocess.Popen(torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
@@ -122,7 +129,7 @@ def runs(corpus, tmp_path_factory):
 
     # Two processes -> one.
     api.train("shakespeare-char", out=root / "two_half", overrides=text + ["train.max_steps=8"], resume=True)
-    return {"root": root, "killed": killed, "killed_after": killed_after, "text": text}
+    return {"root": root, "killed": killed, "killed_after": killed_after, "text": text, "measured": measured}
 
 
 def test_fsdp_ddp_and_one_process_give_the_same_losses(runs):
@@ -245,3 +252,15 @@ def test_fsdp_without_torchrun_is_refused(corpus, tmp_path):
     with pytest.raises(ConfigError, match="train.parallel=fsdp shards the model over the processes of a torchrun job"):
         api.train("shakespeare-char", out=tmp_path / "x", overrides=tiny(corpus, "train.parallel=fsdp"))
     assert not (tmp_path / "x").exists()
+
+
+def test_planned_memory_per_process_is_within_15_percent_of_the_measured_peak(runs):
+    """`genloom plan`'s figures for 2 processes against the peak of live tensor memory each rank measured."""
+    from test_plan import planned
+
+    for parallel in ("fsdp", "ddp"):
+        peaks = [json.loads((runs["root"] / f"measured_{parallel}.peak-{rank}.json").read_text())["peak"]
+                 for rank in (0, 1)]
+        plan = planned("shakespeare-char", runs["measured"], processes=2, parallel=parallel)
+        for peak in peaks:
+            assert abs(plan - peak) <= 0.15 * peak, (parallel, plan, peaks)
