@@ -266,7 +266,8 @@ def evaluate(
 
 def serve(
     model: Annotated[list[str], typer.Option("--model", help="NAME=CHECKPOINT_DIR of a model to serve; repeatable. "
-                                             "Clients ask for it by NAME.")],
+                                             "Clients ask for it by NAME. NAME=builtin:minilm serves the "
+                                             "all-MiniLM-L6-v2 sentence encoder on /v1/embeddings.")],
     adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="MODEL:ADAPTER=ADAPTER_DIR: a LoRA adapter "
                                                          "(from `genloom finetune`) on the text model MODEL, served as "
                                                          "the model 'MODEL:ADAPTER'; repeatable. Requests for the "
