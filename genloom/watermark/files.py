@@ -38,7 +38,8 @@ def kind_of(data: bytes, name: str = "the file") -> str:
         return "flac"
     if data.startswith(b"OggS"):
         return "ogg"
-    if data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE6 in (0xE2, 0xE4, 0xE6)):
+    # ID3 tags, or an MPEG audio frame: 11 sync bits set and a layer other than the reserved 00
+    if data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06):
         return "mp3"
     if data and b"\x00" not in data:
         try:
