@@ -125,6 +125,24 @@ _TOKENIZERS: "weakref.WeakKeyDictionary[TextTokenizer, tuple]" = weakref.WeakKey
 END_TOKENS = (END_OF_TEXT, "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "<|im_end|>")
 
 
+NO_TOKEN = ("no token of the model's vocabulary can continue the text in this grammar (its tokenizer lacks the "
+            "characters the grammar needs)")
+UNWRITABLE = "genloom-unwritable:"        # what _TokenBytes raises: the missing characters as hex code points
+
+
+def _failure(matcher) -> GrammarError:
+    """llguidance's error as one line (the missing characters where the tokenizer could not write a text)."""
+    error = matcher.get_error() or "unknown error"
+    found = re.search(re.escape(UNWRITABLE) + r"([0-9a-f,]*)", error)
+    if found:
+        missing = "".join(chr(int(h, 16)) for h in found.group(1).split(",") if h)
+        return GrammarError(f"the grammar needs characters the model's vocabulary lacks: {missing!r} (a vocabulary "
+                            "trained on text without them cannot write them)")
+    if "NoExtensionBias" in error:              # an empty mask: no token continues the text
+        return GrammarError(NO_TOKEN)
+    return GrammarError(f"the grammar cannot be enforced: {error.splitlines()[0][:300]}")
+
+
 class _TokenBytes:
     """llguidance's view of a tokenizer it cannot read from tokenizer.json by itself (a character vocabulary,
     or a byte-level BPE without an end-of-text token): each token's bytes, and one extra end token."""
@@ -135,22 +153,28 @@ class _TokenBytes:
         tokens, special = [], []
         for i in range(vocab_size):
             piece = hf.id_to_token(i)
-            if piece is None or i in added or piece == "<unk>":
-                tokens.append((piece or f"<[{i}]>").encode())
+            if piece is None or i in added or piece == "<unk>":      # 0xFF marks a special token for llguidance
+                tokens.append(b"\xff" + (piece or f"<[{i}]>").encode())
                 special.append(i)
             elif tokenizer.kind == "char":
                 tokens.append(piece.encode())
             else:
                 tokens.append(bytes(byte_of[c] for c in piece))
-        tokens.append(b"<|end|>")                      # the end of the text: one past the model's vocabulary
+        tokens.append(b"\xff<|end|>")                  # the end of the text: one past the model's vocabulary
         self.tokens, self.special_token_ids = tokens, [*special, vocab_size]
         self.eos_token_id, self.bos_token_id = vocab_size, None
-        self.encode = tokenizer.encode
+        self.tokenizer, self.unknown = tokenizer, set(special)
 
     def __call__(self, text: str) -> list[int]:
+        """The text's tokens (llguidance tokenizes the text a grammar forces with it); text with a character
+        the vocabulary lacks is an error, never <unk> taken for that text."""
         if isinstance(text, bytes):
             raise TypeError("text only")
-        return self.encode(text)
+        ids = self.tokenizer.encode(text)
+        if any(t in self.unknown for t in ids):
+            missing = sorted({c for c in text if any(t in self.unknown for t in self.tokenizer.encode(c))})
+            raise ValueError(UNWRITABLE + ",".join(f"{ord(c):x}" for c in missing))
+        return ids
 
 
 def _byte_level_alphabet() -> dict[int, str]:
@@ -196,7 +220,7 @@ class TokenConstraint:
         engine_tokenizer, self.eos = _engine_tokenizer(tokenizer, vocab_size)
         self.matcher = ll.LLMatcher(engine_tokenizer, text)
         if self.matcher.is_error():
-            raise GrammarError(f"the grammar cannot be enforced: {self.matcher.get_error()}")
+            raise _failure(self.matcher)
         self.vocab = vocab_size
         self.done = False
         self._mask: torch.Tensor | None = None
@@ -206,10 +230,11 @@ class TokenConstraint:
         the text may end here and the tokenizer has one)."""
         if self._mask is None:
             bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+            if self.matcher.is_error():
+                raise _failure(self.matcher)
             self._mask = torch.from_numpy(bits[:self.vocab].astype(bool))
             if not bool(self._mask.any()) and not self.matcher.is_accepting():
-                raise GrammarError("no token of the model's vocabulary can continue the text in this grammar "
-                                   "(its tokenizer lacks the characters the grammar needs)")
+                raise GrammarError(NO_TOKEN)
         return self._mask
 
     def advance(self, token: int) -> None:

@@ -259,6 +259,33 @@ def test_tool_aware_templates_render_as_transformers_renders_them(tmp_path, name
     assert prompt == expected and '"name": "get_weather"' in prompt
 
 
+def test_a_character_vocabulary_is_held_to_the_calls_or_refused_naming_what_it_lacks():
+    import string
+
+    import torch
+
+    from genloom.lm.constraints import GrammarError, TokenConstraint
+    from genloom.lm.tokenizers import TextTokenizer
+
+    tools, template = Tools([ADD], "required"), ChatTemplate()
+    poor = TextTokenizer.train_char("abcdefgh ijklmnop\n:")
+    with pytest.raises(GrammarError, match=r"lacks: '\",<>_rstu\{'"):
+        TokenConstraint(tools.grammar(template, poor), poor, poor.vocab_size).allowed()
+    rich = TextTokenizer.train_char(string.printable)
+    for seed in range(3):                  # any token the grammar allows, drawn uniformly, until it is done
+        constraint, generator, out = TokenConstraint(tools.grammar(template, rich), rich, rich.vocab_size), \
+            torch.Generator().manual_seed(seed), []
+        while not constraint.done:
+            out.append(int(torch.multinomial(constraint.allowed().float(), 1, generator=generator)))
+            constraint.advance(out[-1])
+        text = rich.decode(out)
+        assert text.endswith("</tool_call>\n\n")            # the calls, then the plain template's end of turn
+        reply = tools.reply(template, text[:-2], "stop")
+        assert reply.finish_reason == "tool_calls"
+        for call in reply.tool_calls:
+            jsonschema.validate(json.loads(call.arguments), SCHEMAS["add"])
+
+
 def test_genloom_format_lists_the_tools_and_writes_calls_and_results_back():
     template = ChatTemplate()
     call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":3}'}}
