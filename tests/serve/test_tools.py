@@ -286,6 +286,32 @@ def test_a_character_vocabulary_is_held_to_the_calls_or_refused_naming_what_it_l
             jsonschema.validate(json.loads(call.arguments), SCHEMAS["add"])
 
 
+@pytest.mark.parametrize("name, ending", [("qwen2.5", "\n</tool_call>"), ("llama-3.1", "}")])
+def test_each_template_format_is_held_to_valid_calls_ending_its_turn(tmp_path, name, ending):
+    """Uniform random walks over the tokens the grammar allows (a model with no preference at all) end the turn
+    with one of the template's own end-of-turn tokens and read back as valid calls."""
+    import torch
+
+    from genloom.lm.constraints import TokenConstraint
+
+    tokenizer = tokenizer_folder(tmp_path, name)
+    template = ChatTemplate.find(tmp_path)
+    tools = Tools(TOOLS, "required", parallel_tool_calls=False)
+    for seed in range(3):
+        constraint = TokenConstraint(tools.grammar(template, tokenizer), tokenizer, tokenizer.vocab_size)
+        generator, out = torch.Generator().manual_seed(seed), []
+        while not constraint.done and len(out) < 2000:
+            out.append(int(torch.multinomial(constraint.allowed().float(), 1, generator=generator)))
+            constraint.advance(out[-1])
+        text = tokenizer.decode(out)
+        stop = next((s for s in template.stop if text.endswith(s)), "")
+        assert constraint.done and stop and text[:-len(stop)].endswith(ending), text
+        reply = tools.reply(template, text[:-len(stop)], "stop")
+        assert reply.finish_reason == "tool_calls" and len(reply.tool_calls) == 1, text
+        call = reply.tool_calls[0]
+        jsonschema.validate(json.loads(call.arguments), SCHEMAS[call.name])
+
+
 def test_genloom_format_lists_the_tools_and_writes_calls_and_results_back():
     template = ChatTemplate()
     call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":3}'}}
