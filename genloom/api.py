@@ -105,11 +105,11 @@ def merge(base: str | Path, adapter: str | Path, out: str | Path, verify: bool =
 
 
 
-def distill(source: str | Path, out: str | Path, steps: int = 2, method: str = "reflow", device: str = "auto",
+def distill(source: str | Path, out: str | Path, steps: int = 2, method: str = "progressive", device: str = "auto",
             progress: bool = True, verify: bool = True, **options) -> Path:
     """Distil the diffusion or flow-matching image model in `source` into a sampler of `steps` Euler steps and
     write it to `out` as a checkpoint that `load`, `genloom generate image`, `eval` and `serve` open like any
-    other and that samples in its `steps` by default. `method`: reflow (the default) or progressive; `options`:
+    other and that samples in its `steps` by default. `method`: progressive (the default) or reflow; `options`:
     the other fields of `genloom.diffusion.distill.DistillConfig` (pairs, train_steps, teacher_steps, ...)."""
     import dataclasses
 

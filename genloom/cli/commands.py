@@ -153,9 +153,10 @@ def distill(
     out: Annotated[Path, typer.Option("--out", help="A new folder for the distilled checkpoint.")],
     steps: Annotated[int, typer.Option("--steps", min=1, max=64, help="The distilled sampler's Euler steps (its "
                                        "default when it generates).")] = 2,
-    method: Annotated[str, typer.Option("--method", help="reflow: learn the straight paths from noise to the "
-                                        "teacher's images (any deterministic teacher). progressive: halve the "
-                                        "teacher's steps round by round (flow-matching teachers).")] = "reflow",
+    method: Annotated[str, typer.Option("--method", help="progressive: halve the teacher's steps round by round "
+                                        "(flow-matching teachers). reflow: learn the straight paths from noise to "
+                                        "the teacher's images (any deterministic teacher, diffusion ones "
+                                        "too).")] = "progressive",
     pairs: Annotated[int, typer.Option("--pairs", min=1, help="Teacher samples (noise, image) to learn "
                                        "from.")] = 8192,
     train_steps: Annotated[int, typer.Option("--train-steps", min=1, help="Student optimizer steps (progressive: "

@@ -56,7 +56,7 @@ def test_the_cli_writes_a_checkpoint_that_samples_in_its_steps(teacher, tmp_path
     handle = load(out)
     objective = handle.config.objective
     assert (objective.kind, objective.sampler, objective.sample_steps, objective.guidance) == ("flow", "euler", 2, 1.0)
-    assert objective.distilled.startswith(f"reflow to 2 Euler steps from {teacher}")
+    assert objective.distilled.startswith(f"progressive to 2 Euler steps from {teacher}")   # the default method
     assert handle.labels == load(teacher).labels                     # labels.json came along
     assert handle.samplers == ("euler", "heun")                      # what serve and the CLI accept for it
     calls = []
@@ -69,8 +69,8 @@ def test_the_cli_writes_a_checkpoint_that_samples_in_its_steps(teacher, tmp_path
 def test_distilling_a_diffusion_teacher_by_reflow_gives_a_flow_student(tmp_path):
     api.train("digits-diffusion", out=tmp_path / "eps", overrides=TINY[:-1] + ["train.max_steps=5",
                                                                             "objective.sample_steps=4"])
-    out = api.distill(tmp_path / "eps", tmp_path / "student", steps=1, pairs=64, train_steps=3, batch_size=32,
-                      progress=False)
+    out = api.distill(tmp_path / "eps", tmp_path / "student", steps=1, method="reflow", pairs=64, train_steps=3,
+                      batch_size=32, progress=False)
     objective = load(out).config.objective
     assert (objective.kind, objective.sample_steps) == ("flow", 1)
     assert "(diffusion, dpmpp_2m 4 steps" in objective.distilled
