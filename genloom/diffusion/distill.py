@@ -17,7 +17,7 @@ that samples with a few Euler steps on the trailing grid (t = 1, 1 - 1/n, ..., 1
 Classifier-free guidance is baked in: the teacher samples with its guidance scale and the student learns
 the guided result, so it runs at guidance 1 (one network call per step). `genloom distill` and
 `genloom.api.distill` write the student as a checkpoint whose recipe samples in its steps by default;
-BENCHMARKS.md ("Few-step sampling") has the measurements that picked reflow as the default.
+BENCHMARKS.md ("Flow matching and few-step sampling") has the measurements behind progressive as the default.
 """
 
 from __future__ import annotations

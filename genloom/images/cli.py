@@ -108,8 +108,8 @@ def generate_image(
                           ("truncation", 1.0)):
         if drawing[name] is None:
             drawing[name] = default
-    written = dict(checkpoint=str(Path(checkpoint).resolve()), adapter=str(Path(adapter).resolve()) if adapter else None,
-                   weights=weights_of(model), keep=keep, like=like)
+    written = dict(checkpoint=str(Path(checkpoint).resolve()), weights=weights_of(model), keep=keep, like=like,
+                   adapter=str(Path(adapter).resolve()) if adapter else None)
     if model.prompted:
         _from_prompts(model, checkpoint, out=out, written=written, **drawing)
         return

@@ -37,7 +37,7 @@ from ..core.errors import GenloomError
 from ..nn.lora import base_tensors, remove_adapter, weights_fingerprint
 from ..train.finetune import attach_adapter, read_adapter
 from .errors import APIError
-from .events import collect, failure
+from .events import failure, timeout_error
 from .state import Served, ServerState
 from .workers import ModelJob, QueueFull
 
@@ -109,8 +109,9 @@ def _detach(handle, name: str) -> None:
     handle.adapters = [a for a in handle.adapters if a != name]
 
 
-async def _on_worker(server: ServerState, request: Request, entry: Served, run, waits_for=None) -> None:
-    """`run()` on `entry`'s worker thread (between decoding steps), within the server's timeout."""
+async def _on_worker(server: ServerState, entry: Served, run, waits_for=None) -> None:
+    """`run()` on `entry`'s worker thread (between decoding steps), within the server's timeout. A client that
+    leaves does not cancel it: a change to the model is made whole or not at all."""
     limits = server.limits
     deadline = time.monotonic() + limits.timeout
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -121,8 +122,13 @@ async def _on_worker(server: ServerState, request: Request, entry: Served, run, 
     except QueueFull:
         raise APIError(429, f"the model {entry.name!r} is busy ({limits.queue_size} requests waiting); retry "
                        "shortly", "rate_limit_exceeded", code="queue_full") from None
-    async for _ in collect(request, job, events, deadline, limits.timeout):
-        pass
+    try:
+        event = await asyncio.wait_for(events.get(), timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+    except asyncio.TimeoutError:
+        job.cancelled.set()
+        raise timeout_error(limits.timeout) from None
+    if "error" in event:
+        raise failure(event["error"], limits.timeout)
 
 
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
@@ -158,7 +164,7 @@ async def load_lora_adapter(body: LoadAdapterRequest, request: Request):
                            f"({', '.join(map(str, whole[:3]))}), which would change every request's results; fold it "
                            "into its base (genloom merge) and serve that", param="lora_path",
                            code="adapter_does_not_fit")
-        await _on_worker(server, request, base, lambda: _attach(base, name, folder, server.fingerprints))
+        await _on_worker(server, base, lambda: _attach(base, name, folder, server.fingerprints))
         server.served[name] = Served(name, base.handle, base.kind, base.routes, server.limits, name, base.worker)
     finally:
         server.reserved.discard(name)
@@ -180,7 +186,7 @@ async def unload_lora_adapter(body: UnloadAdapterRequest, request: Request):
     del server.served[name]                          # new requests for it: 404 from here on
     adapter = entry.adapter
     try:
-        await _on_worker(server, request, entry, lambda: _detach(entry.handle, adapter),
+        await _on_worker(server, entry, lambda: _detach(entry.handle, adapter),
                          waits_for=lambda rows: any(row.adapter == adapter for row in rows))
     except APIError:
         server.served.setdefault(name, entry)        # it could not be taken out (timeout): still served

@@ -4,7 +4,8 @@ Endpoints (OpenAI shapes): GET /v1/models, POST /v1/completions, POST /v1/chat/c
 `stream: true` gives server-sent events ending in `data: [DONE]`), POST /v1/images/generations (diffusion,
 text-to-image and GAN models; `response_format: b64_json`), POST /v1/embeddings (text models and the
 sentence encoder); vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter. genloom's own: GET
-/health, GET /metrics (Prometheus text), and `stream: true` on image generation for sampler progress (the web page uses it).
+/health, GET /metrics (Prometheus text), and `stream: true` on image generation for sampler progress (the
+web page uses it).
 Errors are OpenAI error objects: {"error": {"message", "type", "param", "code"}}.
 
 The package, by what each module answers for:
