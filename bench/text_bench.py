@@ -440,6 +440,20 @@ def bench_decoding(bandwidth: float, work: Path, new_tokens: int = 256) -> list[
 
 # ----------------------------------------------------------------------------------------------
 
+def cpu_name() -> str:
+    """The CPU and the flags that decide matmul speed (`AMD EPYC ... (avx512_bf16, avx512_vnni, no AMX)`),
+    for every bench's report; the other benches import it from here."""
+    from genloom.core.machine import cpu_summary
+    return cpu_summary()
+
+
+def run_length(run: Path) -> dict:
+    """{"steps", "train_seconds"} of a finished run, from the last row of its metrics.csv."""
+    rows = (Path(run) / "metrics.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    return {"steps": int(last[header.index("step")]), "train_seconds": float(last[header.index("time_s")])}
+
+
 def markdown(results: dict) -> str:
     out = []
     for section, rows in results.items():
