@@ -14,7 +14,7 @@ unmarked decoding in the same run.
 
 audio: `items` clips of espeak-ng speech (three digits, a random voice of genloom's spoken-digits set, 16
 kHz, 1-2.5 s), each marked; marked and unmarked clips through the same edits (none, 16k -> 8k -> 16k, white
-noise at 20 dB SNR, both, 8-bit mu-law, MP3 through libsndfile, cutting 0-0.4 s from each end); reported as
+noise at 20 dB SNR, both, 8-bit mu-law, MP3 through libsndfile, cutting 0-20% off each end); reported as
 for text, plus the mark's SNR.
 
 tree-ring (an experiment, not a shipped mark): Tree-Ring (Wen et al. 2023) on a class-conditional
@@ -134,7 +134,7 @@ def bench_audio(items: int) -> dict:
         "resample + noise 20 dB": lambda y: noisy(resample(resample(y, rate, 8000), 8000, rate), 20, rng),
         "8-bit mu-law": mu_law,
         "MP3 (libsndfile)": lambda y: mp3(y, rate),
-        "cut 0-0.4 s each end": lambda y: y[int(rng.uniform(0, 0.4) * rate):len(y) - int(rng.uniform(0, 0.4) * rate)],
+        "cut 0-20% off each end": lambda y: y[int(rng.uniform(0, 0.2) * len(y)):len(y) - int(rng.uniform(0, 0.2) * len(y))],
     }
     p = {name: ([], []) for name in edits}
     snrs, seconds = [], []
