@@ -25,6 +25,9 @@ back, Gaussian noise of 5/255), read back to 8x8 (area average) and inverted wit
 unconditional model; the score is the mean distance of the ring's coefficients to the key's. Unmarked
 images (the same seeds without the ring) give the false-positive threshold (their 1st percentile).
 
+filters: the server's moderation classifier (genloom/text/moderation.py) on builtin:safety's held-out
+requests: harmful ones flagged, harmless ones passed, and the time to train it.
+
 Results print as Markdown tables and go to bench/out/watermark.json.
 """
 
@@ -252,6 +255,19 @@ def bench_tree_ring(checkpoint: Path, items: int, steps: int = 50) -> dict:
     return out
 
 
+def bench_filters() -> dict:
+    from genloom.text.moderation import train_safety_classifier
+    from genloom.text.safety import safety_eval_prompts
+
+    begun = time.perf_counter()
+    model = train_safety_classifier()          # trained here, not read from the cache
+    seconds = time.perf_counter() - begun
+    held = safety_eval_prompts()
+    harmful, harmless = model.score(held["harmful"]), model.score(held["harmless"])
+    return {"train_seconds": seconds, "harmful": len(harmful), "flagged": sum(s >= 0.5 for s in harmful),
+            "harmless": len(harmless), "passed": sum(s < 0.5 for s in harmless)}
+
+
 def markdown(results: dict) -> str:
     lines = []
     if "text" in results:
@@ -275,6 +291,10 @@ def markdown(results: dict) -> str:
         for name, e in r["edits"].items():
             lines.append(f"| {name} | {100 * e['tpr_at_empirical_1pct']:.1f}% | {e['auc']:.3f} |")
         lines.append("")
+    if "filters" in results:
+        f = results["filters"]
+        lines += [f"Moderation classifier on builtin:safety's held-out requests: {f['flagged']}/{f['harmful']} harmful "
+                  f"flagged, {f['passed']}/{f['harmless']} harmless passed (trained in {f['train_seconds']:.1f} s).", ""]
     if "audio" in results:
         a = results["audio"]
         lines += [f"Audio ({a['items']} espeak-ng clips of {a['seconds'][0]:.1f}-{a['seconds'][2]:.1f} s, median "
@@ -288,7 +308,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("text", "audio", "tree-ring"), action="append")
+    parser.add_argument("--only", choices=("text", "audio", "tree-ring", "filters"), action="append")
     parser.add_argument("--checkpoint", type=Path, help="a text checkpoint (the text part) or a digits-diffusion "
                         "one (tree-ring)")
     parser.add_argument("--items", type=int, default=1000)
@@ -304,6 +324,8 @@ def main() -> None:
         results["text"] = bench_text(args.checkpoint, args.items, args.batch, args.tokens)
     if "audio" in parts:
         results["audio"] = bench_audio(args.items)
+    if "filters" in parts:
+        results["filters"] = bench_filters()
     if "tree-ring" in parts:
         if args.checkpoint is None:
             parser.error("the tree-ring part needs --checkpoint (a digits-diffusion run)")

@@ -21,7 +21,7 @@ from ..core.cache import cache_folder, cached_network
 from ..core.fit import fit
 from .safety import REFUSALS, safety_conversations, safety_eval_prompts
 
-__all__ = ["SafetyClassifier", "safety_classifier", "features", "BUCKETS"]
+__all__ = ["SafetyClassifier", "safety_classifier", "train_safety_classifier", "features", "BUCKETS"]
 
 BUCKETS = 4096
 PRIOR = -4.0                    # the logit of a text with no known words
@@ -64,7 +64,8 @@ class SafetyClassifier(nn.Module):
         return torch.sigmoid(self.logits(list(texts))).tolist() if texts else []
 
 
-def _train(steps: int = 300, progress: bool = False) -> SafetyClassifier:
+def train_safety_classifier(steps: int = 300, progress: bool = False) -> SafetyClassifier:
+    """A new classifier trained on the training requests, with its `holdout_accuracy` on the held-out ones."""
     conversations = safety_conversations()          # a harmful request is answered with a refusal
     texts = [c[0]["content"] for c in conversations]
     labels = torch.tensor([float(c[1]["content"] in REFUSALS) for c in conversations])
@@ -82,4 +83,4 @@ def _train(steps: int = 300, progress: bool = False) -> SafetyClassifier:
 def safety_classifier(cache_dir: str | None = None) -> SafetyClassifier:
     """The classifier, trained on first use (about a second) and cached."""
     return cached_network(cache_folder("safety-classifier", cache_dir=cache_dir), "model", {"version": VERSION},
-                          lambda saved: SafetyClassifier(), _train, what="safety classifier")
+                          lambda saved: SafetyClassifier(), train_safety_classifier, what="safety classifier")
