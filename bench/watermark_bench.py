@@ -315,7 +315,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=200)
     args = parser.parse_args()
-    parts = args.only or ["text", "audio"]
+    parts = args.only or ["text", "audio", "filters"]
     out_path = ROOT / "bench" / "out" / "watermark.json"
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if "text" in parts:
