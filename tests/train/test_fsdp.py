@@ -264,3 +264,15 @@ def test_planned_memory_per_process_is_within_15_percent_of_the_measured_peak(ru
         plan = planned("shakespeare-char", runs["measured"], processes=2, parallel=parallel)
         for peak in peaks:
             assert abs(plan - peak) <= 0.15 * peak, (parallel, plan, peaks)
+
+
+def test_auto_takes_ddp_when_a_whole_copy_fits_and_fsdp_when_not():
+    from genloom.train.parallel import choose_parallel
+
+    assert choose_parallel("auto", 4, 10 * 2**30, 16 * 2**30)[0] == "ddp"
+    choice, why = choose_parallel("auto", 4, 40 * 2**30, 16 * 2**30)
+    assert choice == "fsdp" and "40.0 GB" in why and "16.0 GB" in why and "4 processes" in why
+    assert choose_parallel("ddp", 4, 40 * 2**30, 16 * 2**30)[0] == "ddp"     # what the user asked for
+    assert choose_parallel("auto", 1, 40 * 2**30, 16 * 2**30)[0] == "none"
+    with pytest.raises(ConfigError, match="torchrun --nproc-per-node N"):
+        choose_parallel("fsdp", 1, 0, None)
