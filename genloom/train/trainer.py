@@ -432,8 +432,9 @@ class Trainer:
         import tempfile
 
         t = self.config.train
+        # (autocast: with bf16 gathered weights, state made from the fp32 shards, a KV cache, follows the passes)
         with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), \
-                tempfile.TemporaryDirectory(prefix="genloom-samples-") as scratch:
+                tempfile.TemporaryDirectory(prefix="genloom-samples-") as scratch, autocast(rt.device, self.dtype):
             torch.manual_seed(t.seed + 3 + step)
             folder = self.out_dir / "samples" if rt.is_main else Path(scratch)
             return self.objective.write_samples(model, self.data, folder, step, t.sample_length, t.sample_prompt)

@@ -115,6 +115,8 @@ def runs(corpus, tmp_path_factory):
            case("gan_fsdp", GAN + fsdp, "digits-gan"),
            case("gan_ddp", GAN + ["train.parallel=ddp"], "digits-gan"),
            case("lora_fsdp", lora + fsdp, "shakespeare-char-lora", base=str(root / "one")),
+           case("fsdp_bf16", text + fsdp + ["train.max_steps=8", "train.precision=bf16", "train.ema_decay=0.9",
+                                            "train.activation_checkpointing=true"]),
            case("timed", text + fsdp + ["train.max_steps=100000", "train.eval_interval=100000"], max_time=4),
            case("measured_fsdp", measured + fsdp, measure=True),
            case("measured_ddp", measured + ["train.parallel=ddp"], measure=True)]
@@ -148,6 +150,11 @@ def test_fsdp_ddp_and_one_process_give_the_same_losses(runs):
     assert not (root / "lora_fsdp" / "model.safetensors").exists()
     assert set(ckpt.load_tensors(root / "lora_fsdp" / "adapter.safetensors")) == \
         set(ckpt.load_tensors(root / "lora_one" / "adapter.safetensors"))
+    # bf16 gathered weights with fp32 reductions (and an EMA, activation checkpointing, samples with a KV cache)
+    bf16 = curve(root / "fsdp_bf16")
+    assert max(abs(bf16[s] - value) for s, value in curve(root / "one").items()) < 0.05, bf16
+    with ckpt.TensorFile(root / "fsdp_bf16" / "model.safetensors") as file:
+        assert {file.dtype(name) for name in file.names()} == {torch.float32}     # the sharded weights stay fp32
     state = json.loads((root / "fsdp" / "train_state.json").read_text())
     assert state["parallel"] == "fsdp" and state["world_size"] == 2
     assert json.loads((root / "fsdp" / "config.json").read_text())["machine"]["parallel"] == "fsdp"
@@ -252,6 +259,8 @@ def test_fsdp_without_torchrun_is_refused(corpus, tmp_path):
     with pytest.raises(ConfigError, match="train.parallel=fsdp shards the model over the processes of a torchrun job"):
         api.train("shakespeare-char", out=tmp_path / "x", overrides=tiny(corpus, "train.parallel=fsdp"))
     assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="train.fsdp_offload=true applies to sharded runs"):
+        api.train("shakespeare-char", out=tmp_path / "y", overrides=tiny(corpus, "train.fsdp_offload=true"))
 
 
 def test_planned_memory_per_process_is_within_15_percent_of_the_measured_peak(runs):
