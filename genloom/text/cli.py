@@ -153,7 +153,8 @@ def generate_text(
         raise GenloomError("--system goes with --chat (a system message is part of a chat template)")
     mark = text_watermark_option(watermark, watermark_scheme, temperature)
     if mark is not None and (num_beams > 1 or draft is not None):
-        raise GenloomError("--watermark marks sampled text; it does not go with --num-beams or --draft")
+        raise GenloomError("--watermark (or GENLOOM_WATERMARK_KEY) marks sampled text; it does not go with --num-beams "
+                           "or --draft")
     if tools is not None:
         _chat_with_tools(model, messages if chat_mode else None, tools, tool_choice,
                          _grammar(json_schema, regex, choice) or draft or num_beams > 1, num_samples, seed,
