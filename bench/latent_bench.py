@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 VARIANTS = {
     "latent (4x16x16)": [],
     "pixel, equal parameters (3x64x64)": ["model.autoencoder=\"\"", "model.attention_resolutions=[32, 16]"],
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--time", type=float, default=600, help="seconds of training for each denoiser")
     parser.add_argument("--samples", type=int, default=216, help="generated images per FID (6 per class)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every step measured")
+    parser.add_argument("--autoencoder", type=Path, help="use this trained glyphs64-autoencoder run instead of "
+                        "training one (its own training time is reported)")
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per throughput row")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "latent-runs")
     parser.add_argument("--grid", type=Path, default=ROOT / "docs" / "images" / "latent_glyphs64.png")
@@ -139,9 +142,13 @@ def main() -> None:
                                  "threads": args.threads, "load_average_at_start": os.getloadavg()},
                      "time": args.time, "ae_time": args.ae_time}
 
-    ae = work / "autoencoder"
-    seconds = run("train", "glyphs64-autoencoder", "--out", str(ae), "--max-time", str(args.ae_time),
-                  "--set", "train.progress=false")
+    ae = args.autoencoder or work / "autoencoder"
+    if args.autoencoder is None:
+        seconds = run("train", "glyphs64-autoencoder", "--out", str(ae), "--max-time", str(args.ae_time),
+                      "--set", "train.progress=false")
+    else:
+        seconds = float((ae / "metrics.csv").read_text().strip().splitlines()[-1].split(",")[1])
+        results["ae_time"] = seconds
     from genloom import load
 
     report = load(ae).evaluate(num_samples=600, progress=False)
