@@ -155,10 +155,14 @@ class _Gathered:
 def write_gathered(tensors: dict[str, torch.Tensor], path: Path | None, metadata: dict[str, str]) -> None:
     """A whole safetensors file of possibly sharded `tensors`: every rank calls this (the gathers are
     collectives, in sorted name order); the rank given a `path` writes it, one tensor in memory at a time."""
+    sharded = any(is_sharded(v) for v in tensors.values())
     if path is not None:
-        ckpt.save_tensors_streamed({k: _Gathered(v) for k, v in tensors.items()}, path, metadata)
+        if sharded:
+            ckpt.save_tensors_streamed({k: _Gathered(v) for k, v in tensors.items()}, path, metadata)
+        else:                               # whole already (one process, DDP): written as always
+            ckpt.save_tensors(tensors, path, metadata)
         ckpt.fsync(path)
-    else:
+    elif sharded:
         gather_in_step(tensors)
 
 
