@@ -47,8 +47,10 @@ def kind_of(data: bytes, name: str = "the file") -> str:
             return "text"
         except UnicodeDecodeError:
             pass
-    what = "is empty" if not data else "is not text (UTF-8), PNG, JPEG, WAV, FLAC, OGG or MP3 (by its first bytes)"
-    raise GenloomError(f"{name}: {what}; genloom detect reads those")
+    if not data:
+        raise GenloomError(f"{name}: the file is empty")
+    raise GenloomError(f"{name}: is not text (UTF-8), PNG, JPEG, WAV, FLAC, OGG or MP3 (by its first bytes); "
+                       "genloom detect reads those")
 
 
 def detect_text_tokens(tokens: Sequence[int], key: str, scheme: str = "auto", threshold: float = 1e-3,

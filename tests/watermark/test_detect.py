@@ -45,9 +45,11 @@ def test_the_kind_comes_from_the_bytes_not_the_name():
     assert kind_of(b"\xff\xd8\xff\xe0rest") == "jpeg"
     assert kind_of(b"\xff\xfb\x90\x00") == kind_of(b"ID3\x03") == "mp3" and kind_of(b"OggS\x00") == "ogg"
     assert kind_of("plain words, é".encode()) == "text"
-    for bad in (b"", b"\x00\x01\x02binary", b"\xc3\x28 not utf-8"):
-        with pytest.raises(GenloomError, match="genloom detect reads those"):
+    for bad in (b"\x00\x01\x02binary", b"\xc3\x28 not utf-8"):
+        with pytest.raises(GenloomError, match="x.txt: is not text .* genloom detect reads those"):
             kind_of(bad, "x.txt")
+    with pytest.raises(GenloomError, match="x.txt: the file is empty"):
+        kind_of(b"", "x.txt")
 
 
 def test_detection_never_crashes_on_arbitrary_or_truncated_bytes():
