@@ -3,12 +3,14 @@
     torchrun ... tests/train/fsdp_driver.py PLAN.json
 
 PLAN.json: {"cases": [{"recipe", "out", "overrides", "resume", "base"?, "max_time"?, "kill"?: {"rank", "save"},
-"measure"?}]}. With "measure", each rank writes the peak of its live tensor memory during the run to
+"measure"?, "expect_error"?}]}. With "expect_error", the case's one-line error is written to OUT.error-RANK.txt and
+the next case runs. With "measure", each rank writes the peak of its live tensor memory during the run to
 OUT.peak-RANK.json (`genloom.train.plan.LiveTensorMemory`).
 With "kill", rank `rank` SIGKILLs itself in the middle of the case's `save`-th checkpoint (its shard of the
 optimizer state written, the commit marker not yet), as a crash during a sharded save would.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -17,9 +19,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-import contextlib
-
 from genloom import api
+from genloom.core.errors import GenloomError
 from genloom.train import trainer
 from genloom.train.plan import LiveTensorMemory
 
@@ -41,13 +42,22 @@ def main() -> None:
     for case in plan["cases"]:
         saves[0], saves[1] = 0, case.get("kill")
         memory = LiveTensorMemory() if case.get("measure") else contextlib.nullcontext()
-        with memory:
+        with memory, (contextlib.suppress(GenloomError) if case.get("expect_error") else contextlib.nullcontext()):
+            error_file = f"{case['out']}.error-{dist.get_rank()}.txt"
+            if case.get("expect_error"):
+                with open(error_file, "w") as f:
+                    f.write("no error\n")
             if case.get("base"):
                 api.finetune(case["recipe"], case["base"], out=case["out"], overrides=case["overrides"],
                              resume=case.get("resume", False))
             else:
-                api.train(case["recipe"], out=case["out"], overrides=case["overrides"],
-                          resume=case.get("resume", False), max_time=case.get("max_time"))
+                try:
+                    api.train(case["recipe"], out=case["out"], overrides=case["overrides"],
+                              resume=case.get("resume", False), max_time=case.get("max_time"))
+                except GenloomError as error:
+                    with open(error_file, "w") as f:
+                        f.write(f"{type(error).__name__}: {error}\n")
+                    raise
         if case.get("measure"):
             with open(f"{case['out']}.peak-{dist.get_rank()}.json", "w") as f:
                 json.dump({"peak": memory.peak}, f)

@@ -95,6 +95,7 @@ def runs(corpus, tmp_path_factory):
 
     # Four processes: a checkpoint to resume on two; then a run whose rank 1 dies in its second sharded save.
     four = [case("four", text + fsdp + ["train.max_steps=4"]),
+            case("uneven", text + fsdp + ["train.batch_size=6", "train.micro_batch_size=0"], expect_error=True),
             case("killed", text + fsdp + ["train.max_steps=8", "train.eval_interval=2"], kill={"rank": 1, "save": 2})]
     started = time.perf_counter()
     killed = subprocess.run(torchrun("--nproc-per-node", "4", "--master-port", str(free_port())) +
@@ -200,6 +201,12 @@ def test_no_pickle_anywhere_in_a_sharded_checkpoint(runs):
                 json.loads(raw)
             else:
                 assert path.suffix in (".csv", ".txt", ".png"), path
+
+
+def test_a_world_size_that_does_not_divide_the_batch_is_refused_on_every_rank(runs):
+    for rank in range(4):
+        message = (runs["root"] / f"uneven.error-{rank}.txt").read_text()
+        assert message.startswith("ConfigError: train.batch_size=6 must split evenly into 4 process(es)"), message
 
 
 def test_a_rank_killed_during_a_sharded_save_stops_the_job_and_keeps_the_last_checkpoint(runs):
