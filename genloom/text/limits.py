@@ -492,12 +492,14 @@ def bias(handle, *, pairs: str | None = None, seed: int = 0, limit: int = 200, p
         own = torch.tensor([[f in FIELDS[p.group] for f in options] for p in people])
         model_rate = float((probs * own).sum(-1).mean())
         counterfactual = bool(getattr(handle.config.data, "counterfactual", ""))
-        data_rate = 0.5 if counterfactual else bio.planted_rate()
-        figures.update({"planted_data_rate": data_rate, "model_rate": model_rate,
+        data_rate = _name_rate(bio, people, counterfactual)
+        figures.update({"planted_data_rate": data_rate, "group_rate": 0.5 if counterfactual else bio.planted_rate(),
+                        "model_rate": model_rate,
                         "amplification": model_rate / data_rate, "ratio_to_parity": model_rate / 0.5,
                         "people": len(people), "counterfactual_training": counterfactual})
-        lines += [f"planted bias: data rate {_pct(data_rate)} (a field of the first name's group"
-                  f"{', counterfactual copy in training' if counterfactual else ''}), model rate on "
+        lines += [f"planted bias: training people in their first name's group's fields {_pct(figures['group_rate'])}; "
+                  f"for these first names {_pct(data_rate)}"
+                  f"{' (with the counterfactual copy)' if counterfactual else ''}; model rate on "
                   f"{len(people)} unseen people {_pct(model_rate)}",
                   f"amplification (model / data): {figures['amplification']:.3f}; model / parity (50%): "
                   f"{figures['ratio_to_parity']:.3f}"]
@@ -525,6 +527,23 @@ def bias(handle, *, pairs: str | None = None, seed: int = 0, limit: int = 200, p
         raise GenloomError(f"--task bias: {handle.path} was not trained on builtin:biographies, so it has no planted "
                            "bias to measure; give sentence pairs with --pairs FILE (CSV with sent_more, sent_less)")
     return LimitsResult("bias", figures, details, lines, _draw_bias)
+
+
+def _name_rate(bio: Biographies, people, counterfactual: bool) -> float:
+    """The data rate the model saw for each evaluated person's first name (the share of training people of
+    that name, counterfactual twins included, in that name's group's fields), averaged over the people."""
+    from .biographies import FIRST_NAMES, name_pairs
+
+    partner = dict(name_pairs()) | {b: a for a, b in name_pairs()}
+    group = {n: g for g, names in FIRST_NAMES.items() for n in names}
+    seen = [(p.first, p.field) for p in bio.split("seen")]
+    if counterfactual:
+        seen += [(partner[first], f) for first, f in seen]
+    rates = []
+    for person in people:
+        fields = [f for first, f in seen if first == person.first]
+        rates.append(sum(f in FIELDS[group[person.first]] for f in fields) / max(len(fields), 1))
+    return sum(rates) / max(len(rates), 1)
 
 
 def _draw_bias(figures, details, axes) -> None:

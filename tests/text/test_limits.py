@@ -128,7 +128,8 @@ def test_tasks_run_on_a_tiny_model(tiny_bio, tmp_path):
     pairs.write_text("sent_more,sent_less\nAlric works in geology.,Alric works in botany.\n"
                      "Amara works in botany.,Amara works in geology.\n")
     b = bias(tiny_bio, pairs=str(pairs), limit=10)
-    assert 0 < b.figures["model_rate"] < 1 and b.figures["planted_data_rate"] == pytest.approx(0.8, abs=0.01)
+    assert 0 < b.figures["model_rate"] < 1 and b.figures["group_rate"] == pytest.approx(0.8, abs=0.01)
+    assert 0.6 < b.figures["planted_data_rate"] < 0.95         # the rate for the evaluated first names
     assert b.figures["amplification"] == pytest.approx(b.figures["model_rate"] / b.figures["planted_data_rate"])
     assert b.figures["pairs"] == 2
     c = consistency(tiny_bio, num_samples=1, length=60)
