@@ -74,8 +74,9 @@ class ActivationProfile:
 
     @property
     def kept_checkpointed(self) -> int:
-        """Checkpointed: the blocks' inputs, what is saved outside them, and one block recomputed at a time."""
-        return self.block_inputs + self.outside + self.largest_block + 2 * self.largest_tensor
+        """Checkpointed: the blocks' inputs, what is saved outside them, and one block recomputed at a time (never
+        more than without checkpointing)."""
+        return min(self.kept, self.block_inputs + self.outside + self.largest_block + 2 * self.largest_tensor)
 
 
 def _nbytes(value: Any) -> int:
@@ -149,17 +150,22 @@ def activation_profile(model: nn.Module, objective, example: Any, micro_batch: i
     hooks += [b.register_forward_hook(leave) for _, b in found]
     try:
         batch = meta_batch(example, micro_batch)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), _FusedAttention(), \
-                (torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)):
-            for phase in objective.phases:
+        profiles = []
+        for phase in objective.phases:          # one phase's graph at a time (a GAN's two): the larger counts
+            counts.update(saved=0, outside=0, inputs=0, largest=0)
+            per_block[:] = [0] * len(found)
+            seen.clear()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), _FusedAttention(), \
+                    (torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)):
                 objective.loss(phase, model, batch)
+            profiles.append(ActivationProfile(counts["saved"], counts["outside"], max(per_block, default=0),
+                                              counts["inputs"], counts["largest"]))
     except Exception:
         return None
     finally:
         for hook in hooks:
             hook.remove()
-    return ActivationProfile(counts["saved"], counts["outside"], max(per_block, default=0), counts["inputs"],
-                             counts["largest"])
+    return max(profiles, key=lambda profile: profile.kept)
 
 
 @dataclasses.dataclass(frozen=True)
