@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--steps", type=lambda text: tuple(int(n) for n in text.split(",")), default=STEPS,
                         help="sampler steps of the table, e.g. 4,10,20,50 (10 and 20 are needed for the targets)")
     parser.add_argument("--pairs", type=int, default=8192, help="distillation: teacher samples")
+    parser.add_argument("--distill-batch", type=int, default=128, help="distillation: pairs per student step")
     parser.add_argument("--train-steps", type=int, default=2100, help="distillation: student optimizer steps in all "
                         "(progressive: a third per round of its 3)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
@@ -143,7 +144,7 @@ def main() -> None:
             if not (folder / "model.safetensors").is_file():
                 api.distill(args.runs / "digits-flow", folder, steps=2, method=method, pairs=args.pairs,
                             train_steps=args.train_steps // (3 if method == "progressive" else 1), rounds=3,
-                            teacher_steps=20, progress=False)
+                            teacher_steps=20, batch_size=args.distill_batch, progress=False)
             seconds = time.perf_counter() - start
             student = load(folder)
             result = row(student, f"distilled ({method})", "euler", 2, args.samples)
