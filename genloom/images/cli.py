@@ -18,6 +18,7 @@ from ..cli.options import (
     group,
     load_handle,
 )
+from ..cli.watermark import Watermark
 from ..core.errors import GenloomError
 from ..core.io import sha256_file
 from ..media.image import read_generation_params, save_gif, save_image_grid, save_png, to_pil_image
@@ -79,12 +80,14 @@ def generate_image(
     truncation: Annotated[Optional[float], typer.Option("--truncation", help="GANs only: scale of the latents "
                                                         "(default 1); below 1 gives more typical, less varied "
                                                         "images.")] = None,
+    watermark: Watermark = None,
     no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Draw images with a diffusion model, a text-to-image model or a GAN; writes OUT/LABEL_SEED.png (or
     OUT/PROMPT_SEED.png) for each sample and OUT/grid.png. Every PNG carries the parameters that drew it
     (text chunks); --like FILE.png draws it again."""
+    mark = _image_watermark(watermark)
     recipe = read_generation_params(like) if like is not None else None
     if recipe is not None:
         checkpoint = checkpoint or _recorded_checkpoint(recipe, like)
@@ -109,7 +112,7 @@ def generate_image(
         if drawing[name] is None:
             drawing[name] = default
     written = dict(checkpoint=str(Path(checkpoint).resolve()), weights=weights_of(model), keep=keep, like=like,
-                   adapter=str(Path(adapter).resolve()) if adapter else None)
+                   adapter=str(Path(adapter).resolve()) if adapter else None, watermark=mark)
     if model.prompted:
         _from_prompts(model, checkpoint, out=out, written=written, **drawing)
         return
@@ -147,7 +150,27 @@ def generate_image(
     _write(model, images, names, batch, options, scale, out, written)
     if keep is None:
         save_image_grid(images, out / "grid.png", nrow=num_samples if labels else None, scale=scale)
+        _mark_file(out / "grid.png", mark)
         typer.echo(f"genloom: seed {seed}; wrote {len(images)} images and grid.png to {out}", err=True)
+
+
+def _image_watermark(key: str | None):
+    """The ImageWatermark --watermark asks for (the key checked before any drawing), or None."""
+    if key is None:
+        return None
+    from ..watermark.image import ImageWatermark
+
+    return ImageWatermark(key)
+
+
+def _mark_file(path: Path, mark) -> None:
+    """Mark a PNG genloom just wrote (grid.png) in place."""
+    if mark is not None:
+        from PIL import Image
+
+        with Image.open(path) as picture:
+            marked = mark.mark(picture.convert("RGB"), where=str(path))
+        marked.save(path, format="PNG")
 
 
 def _recorded_checkpoint(recipe: dict, like: Path) -> Path:
@@ -207,7 +230,10 @@ def _write(model, images, names: list[str], batch: dict, options: dict, scale: i
             continue
         params = generation_params(model, checkpoint=written["checkpoint"], batch=batch, index=i, options=options,
                                    scale=scale, weights=written["weights"], adapter=written["adapter"])
-        save_png(to_pil_image(image, scale), out / f"{name}.png", params)
+        picture = to_pil_image(image, scale)
+        if written["watermark"] is not None:    # before saving; the parameters never hold the key
+            picture = written["watermark"].mark(picture, where=f"{name}.png")
+        save_png(picture, out / f"{name}.png", params)
         if keep is not None:
             typer.echo(f"genloom: redrew {written['like']} as {out / f'{name}.png'} (seed {params['seed']})", err=True)
 
@@ -238,6 +264,7 @@ def _from_prompts(model, checkpoint, *, label, prompt, negative_prompt, init_ima
            out, written)
     if written["keep"] is None:
         save_image_grid(images, out / "grid.png", nrow=num_samples, scale=scale)
+        _mark_file(out / "grid.png", written["watermark"])
         (out / "prompts.txt").write_text("".join(f"{p}\n" for p in prompt))
         typer.echo(f"genloom: seed {seed}; wrote {len(images)} images, grid.png (a row per prompt) and prompts.txt "
                    f"to {out}", err=True)

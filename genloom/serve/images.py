@@ -43,11 +43,15 @@ def card(handle, kind: str) -> dict:
     return out
 
 
-def _png_base64(image, params: dict) -> str:
-    """The image as a PNG (enlarged to at least 64 pixels) carrying `params['scale']` and the rest of its recipe."""
+def _png_base64(image, params: dict, mark=None) -> str:
+    """The image as a PNG (enlarged to at least 64 pixels) carrying `params['scale']` and the rest of its recipe;
+    marked by `mark` (the server's ImageWatermark, `genloom serve --watermark KEY`) before it is encoded."""
     from ..media.image import png_bytes, to_pil_image
 
-    return base64.b64encode(png_bytes(to_pil_image(image, params["scale"]), params)).decode()
+    picture = to_pil_image(image, params["scale"])
+    if mark is not None:
+        picture = mark.mark(picture)
+    return base64.b64encode(png_bytes(picture, params)).decode()
 
 
 def _recipes(server: ServerState, entry: Served, body: ImageRequest, options: dict, images) -> list[dict]:
@@ -161,11 +165,18 @@ async def images(body: ImageRequest, request: Request):
         raise APIError(429, f"the model {entry.name!r} is busy ({limits.queue_size} requests waiting); retry "
                        "shortly", "rate_limit_exceeded", code="queue_full") from None
     created = int(time.time())
+    key = getattr(request.app.state, "watermark_key", None)
+    if key is not None:
+        from ..watermark.image import ImageWatermark
+
+        mark = ImageWatermark(key)
+    else:
+        mark = None
 
     def result(images) -> dict:
         server.metrics.images(entry.name, len(images))
         recipes = _recipes(server, entry, body, options, images)
-        return {"created": created, "data": [{"b64_json": _png_base64(image, recipe), "revised_prompt": None}
+        return {"created": created, "data": [{"b64_json": _png_base64(image, recipe, mark), "revised_prompt": None}
                                              for image, recipe in zip(images, recipes)], "genloom": options}
 
     if body.stream:

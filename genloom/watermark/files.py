@@ -82,8 +82,10 @@ def detect_bytes(data: bytes, key: str, *, name: str = "the file", encode: Calla
         wave, rate = read_sound(data, kind, name)
         out = AudioWatermark(key).detect(wave, rate, threshold, where=name).to_json()
     else:
-        read_image(data, name)
-        raise GenloomError(f"{name}: image marks are not part of genloom yet (text and sound are)")
+        from .image import ImageWatermark
+
+        pixels = read_image(data, name).astype(np.uint8)
+        out = ImageWatermark(key, where="--key").detect(pixels, threshold, where=name).to_json()
     return {"file": name, "kind": kind, **out}
 
 

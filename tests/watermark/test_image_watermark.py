@@ -1,0 +1,166 @@
+"""The image mark: its strength (PSNR), its p-value's null (closed form against unmarked pictures), detection
+with the key only, through JPEG quality 50, a 0.75x resize, a 10% crop and noise on small cases, pictures too
+small for it, and end to end: `genloom generate image --watermark KEY` -> `genloom detect`, and a server
+started with a key marking its images and finding the mark on POST /v1/detect."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genloom.core.errors import GenloomError
+from genloom.watermark.image import ImageTooSmallError, ImageWatermark
+from genloom.watermark.keys import WatermarkKeyError
+
+KEY = "test-key-0123"
+
+
+def _digits(count: int) -> list[Image.Image]:
+    """sklearn's 8x8 digits as `genloom generate image` saves them: 8x nearest-neighbour to 64x64."""
+    from sklearn.datasets import load_digits
+
+    pixels = np.round(load_digits().images[:count] * (255 / 16)).astype(np.uint8)
+    return [Image.fromarray(p.repeat(8, 0).repeat(8, 1)).convert("RGB") for p in pixels]
+
+
+def _glyph() -> Image.Image:
+    from genloom.images.data import render_glyphs
+
+    return Image.fromarray(render_glyphs(2, 3, 64, textured=True)[0][1])
+
+
+def _psnr(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return 10 * np.log10(255.0 ** 2 / np.mean((a - b) ** 2))
+
+
+def _jpeg(picture: Image.Image, quality: int = 50) -> Image.Image:
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _edits(picture: Image.Image, rng: np.random.Generator) -> dict[str, Image.Image]:
+    w, h = picture.size
+    cw, ch = round(0.9 * w), round(0.9 * h)
+    left, top = (int(v) for v in rng.integers(0, w - cw + 1, 2))
+    noisy = np.asarray(picture, dtype=np.float64) + rng.normal(0, 5, (h, w, 3))
+    return {"none": picture, "jpeg q50": _jpeg(picture),
+            "resize 0.75x": picture.resize((round(0.75 * w), round(0.75 * h)), Image.BICUBIC),
+            "crop 10%": picture.crop((left, top, left + cw, top + ch)),
+            "noise 5/255": Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))}
+
+
+def test_the_mark_is_38_db_and_survives_the_edits_with_the_key_only():
+    mark, other = ImageWatermark(KEY), ImageWatermark("another-key-456")
+    rng = np.random.default_rng(0)
+    pictures = _digits(3) + [_glyph()]
+    for picture in pictures:
+        marked = mark.mark(picture)
+        assert marked.size == picture.size and marked.mode == picture.mode
+        assert 37.9 < _psnr(marked, picture) < 38.2
+        assert mark.detect(marked).z > 5            # as marked: scale 1, shift 0
+        for edit, edited in _edits(marked, rng).items():
+            found = mark.detect(edited)
+            assert found.marked and found.p_value < 1e-3, (edit, found)
+            assert not other.detect(edited).marked, edit
+        for edit, edited in _edits(picture, rng).items():
+            assert not mark.detect(edited).marked, edit
+    found = mark.detect(_edits(mark.mark(pictures[0]), rng)["resize 0.75x"])
+    assert abs(found.scale - 0.75) < 0.02          # the search finds the resize it undoes
+
+
+def test_the_p_value_is_conservative_on_unmarked_pictures():
+    """The closed-form null: among 150 unmarked noise pictures and digits, p < alpha for at most ~alpha of them
+    (and the statistic is not degenerate: some p-values are small, none is zero)."""
+    mark = ImageWatermark(KEY)
+    rng = np.random.default_rng(1)
+    pictures = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(120)]
+    pictures += [np.asarray(d) for d in _digits(30)]
+    p = np.array([mark.detect(x).p_value for x in pictures])
+    assert np.mean(p < 0.1) <= 0.15 and np.mean(p < 0.01) <= 0.03
+    assert p.min() > 0 and np.mean(p < 0.9) > 0.05
+
+
+def test_picture_types_sizes_and_keys():
+    mark = ImageWatermark(KEY)
+    glyph = _glyph()
+    for picture in (glyph.convert("L"), glyph.convert("RGBA"), np.asarray(glyph), np.asarray(glyph.convert("L"))):
+        marked = mark.mark(picture)
+        assert type(marked) is type(picture) and np.asarray(marked).shape == np.asarray(picture).shape
+        assert mark.detect(marked).marked
+    assert (np.asarray(mark.mark(glyph.convert("RGBA")))[..., 3] == 255).all()
+    with pytest.raises(ImageTooSmallError, match="x.png: 31x40 pixels is an image too small for the mark"):
+        mark.mark(np.zeros((40, 31, 3), np.uint8), where="x.png")
+    with pytest.raises(ImageTooSmallError, match="image too small for the mark"):
+        mark.detect(np.zeros((15, 64), np.uint8))
+    with pytest.raises(GenloomError, match="a picture is a Pillow image or a uint8 array"):
+        mark.mark(np.zeros((64, 64), np.float32))
+    with pytest.raises(WatermarkKeyError, match="8 to 256 printable"):
+        ImageWatermark("short")
+    big = np.random.default_rng(2).integers(0, 256, (700, 500, 3), dtype=np.uint8)   # checked in a window
+    assert mark.detect(mark.mark(big)).marked and not mark.detect(big).marked
+
+
+# -- end to end ---------------------------------------------------------------------------------------------
+DIGITS = ["model.base_channels=8", "model.channel_mults=1,2", "model.blocks_per_level=1",
+          "model.attention_resolutions=4", "train.batch_size=16", "train.max_steps=2", "train.warmup_steps=1",
+          "train.eval_interval=2", "train.eval_batches=1", "train.progress=false", "train.compile=false",
+          "train.precision=fp32", "objective.samples_per_class=1", "objective.sample_steps=2"]
+
+
+def test_generate_image_marks_detect_finds_and_the_server_marks_its_images(tmp_path):
+    httpx = pytest.importorskip("httpx")
+    from test_detect import _Server, _detect_cli
+    from typer.testing import CliRunner
+
+    from genloom import api, load
+    from genloom.cli import app
+    from genloom.media.image import read_generation_params
+    from genloom.serve.limits import Limits
+
+    run = tmp_path / "digits"
+    api.train("digits-diffusion", out=run, overrides=DIGITS)
+    for folder, extra in (("marked", ["--watermark", KEY]), ("plain", [])):
+        result = CliRunner().invoke(app, ["generate", "image", "--checkpoint", str(run), "--label", "3",
+                                          "--num-samples", "2", "--steps", "2", "--seed", "5",
+                                          "--out", str(tmp_path / folder), *extra])
+        assert result.exit_code == 0, result.output
+    marked = sorted(str(p) for p in (tmp_path / "marked").glob("*.png"))
+    plain = sorted(str(p) for p in (tmp_path / "plain").glob("*.png"))
+    assert [p.rsplit("/", 1)[1] for p in marked] == ["3_5.png", "3_6.png", "grid.png"]
+    assert KEY not in json.dumps(read_generation_params(marked[0]))
+    assert KEY.encode() not in (tmp_path / "marked" / "3_5.png").read_bytes()
+    found = _detect_cli("--key", KEY, "--json", *marked, *plain)
+    assert found.exit_code == 0, found.output
+    verdicts = [json.loads(line) for line in found.output.splitlines()]
+    assert [v["marked"] for v in verdicts] == [True] * 3 + [False] * 3 and verdicts[0]["kind"] == "png"
+    assert KEY not in found.output
+    wrong = _detect_cli("--key", "another-key-456", *marked)
+    assert wrong.exit_code == 0 and wrong.output.count(": not marked (png;") == 3, wrong.output
+    small = CliRunner().invoke(app, ["generate", "image", "--checkpoint", str(run), "--label", "3", "--num-samples",
+                                     "1", "--steps", "2", "--scale", "1", "--watermark", KEY,
+                                     "--out", str(tmp_path / "small")])
+    assert small.exit_code != 0 and "image too small for the mark" in small.output
+
+    server = _Server({"d": load(run)}, Limits(), watermark=KEY)
+    try:
+        reply = httpx.post(f"{server.url}/v1/images/generations", timeout=120,
+                           json={"model": "d", "prompt": "3", "n": 1, "steps": 2, "seed": 1})
+        assert reply.status_code == 200, reply.text
+        png = reply.json()["data"][0]["b64_json"]
+        assert KEY not in reply.text
+        answer = httpx.post(f"{server.url}/v1/detect", json={"file": png}, timeout=60).json()
+        assert answer["kind"] == "png" and answer["marked"] and answer["object"] == "watermark.detection", answer
+        jpeg = io.BytesIO()
+        Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB").save(jpeg, "JPEG", quality=50)
+        answer = httpx.post(f"{server.url}/v1/detect", json={"file": base64.b64encode(jpeg.getvalue()).decode()},
+                            timeout=60).json()
+        assert answer["kind"] == "jpeg" and answer["marked"], answer
+    finally:
+        server.stop()
