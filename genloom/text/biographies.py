@@ -225,11 +225,12 @@ class Biographies:
         return docs
 
     def validation_documents(self) -> Iterator[str]:
-        """Held-out paraphrases (templates never trained on) of the seen people, cycled forever."""
+        """Held-out paraphrases of the seen people (the trained templates in a combination and order of their own),
+        cycled forever. (Variant 0, templates never trained on, is for probing wording the model never read.)"""
         seen = self.split("seen")
         while True:
             for p in seen:
-                yield self.biography(p, 0)
+                yield self.biography(p, self.paraphrases + 1)
 
     def idk_documents(self) -> list[str]:
         """Fine-tuning text that teaches "I don't know" for people the model never read about (the idk split),
