@@ -1,8 +1,9 @@
 """`genloom plan` against measured memory, and DDP against FSDP on two CPU processes, side by side.
 
-    python bench/scaling_bench.py [--out bench/out/scaling]
+    python bench/scaling_bench.py [--out bench/out/scaling]      # about 40 s of CPU on 2 cores
 
-1. One process, several shakespeare-char shapes (state-heavy, activation-heavy, checkpointed, Llama-style):
+1. One process, several shakespeare-char shapes (state-heavy, activation-heavy, checkpointed, Llama-style), and
+   digits-diffusion and digits-gan:
    the planned peak (`genloom.train.plan.plan_memory`, counted on the meta device) and the measured peak of
    live tensor memory over a whole 3-step run (`LiveTensorMemory`: every storage an operator returns, until
    its last tensor is freed).
@@ -30,22 +31,26 @@ BASE = ["train.max_steps=3", "train.eval_interval=3", "train.eval_batches=1", "t
         "train.warmup_steps=0", "train.log_interval=1", "train.progress=false", "train.precision=fp32",
         "train.compile=false"]
 SHAPES = {
-    "state (Muon, 19M params)": ["model.d_model=512", "model.n_layer=6", "train.batch_size=1", "model.block_size=32"],
-    "state (AdamW, 19M params)": ["model.d_model=512", "model.n_layer=6", "train.batch_size=1", "model.block_size=32",
-                                  "train.optimizer=adamw"],
-    "activations (batch 32 x 256)": ["model.d_model=256", "model.n_layer=4", "train.batch_size=32",
-                                     "model.block_size=256"],
-    "activations, checkpointed": ["model.d_model=256", "model.n_layer=4", "train.batch_size=32",
-                                  "model.block_size=256", "train.activation_checkpointing=true"],
-    "Llama-style, AdamW + EMA": ["model.d_model=192", "model.n_layer=4", "train.batch_size=16", "model.block_size=256",
+    "state (Muon, 3.2M params)": ["model.d_model=256", "model.n_layer=4", "train.batch_size=1", "model.block_size=16"],
+    "state (AdamW, 3.2M params)": ["model.d_model=256", "model.n_layer=4", "train.batch_size=1", "model.block_size=16",
+                                   "train.optimizer=adamw"],
+    "activations (batch 32 x 128)": ["model.d_model=128", "model.n_layer=4", "train.batch_size=32",
+                                     "model.block_size=128"],
+    "activations, checkpointed": ["model.d_model=128", "model.n_layer=4", "train.batch_size=32",
+                                  "model.block_size=128", "train.activation_checkpointing=true"],
+    "Llama-style, AdamW + EMA": ["model.d_model=96", "model.n_layer=3", "train.batch_size=16", "model.block_size=256",
                                  "train.optimizer=adamw", "train.ema_decay=0.99", "model.mlp=swiglu",
                                  "model.norm=rmsnorm", "model.position=rope", "model.tie_embeddings=false"],
 }
-TWO = ["model.d_model=256", "model.n_layer=4", "train.batch_size=16", "model.block_size=128", "train.max_steps=12",
-       "train.eval_interval=12"]
+OTHERS = {     # other models: (recipe, overrides)
+    "digits-diffusion (UNet), batch 64": ("digits-diffusion", ["train.batch_size=64"]),
+    "digits-gan (two phases), batch 64": ("digits-gan", ["train.batch_size=64", "objective.coverage_samples=0"]),
+}
+TWO = ["model.d_model=128", "model.n_layer=4", "train.batch_size=16", "model.block_size=64", "train.max_steps=8",
+       "train.eval_interval=8"]
 
 
-def planned(overrides: list[str], processes: int, parallel: str) -> int:
+def planned(overrides: list[str], processes: int, parallel: str, recipe: str = "shakespeare-char") -> int:
     import torch
 
     from genloom.core import registry
@@ -53,7 +58,7 @@ def planned(overrides: list[str], processes: int, parallel: str) -> int:
     from genloom.train.plan import plan_memory
     from genloom.train.trainer import resolve_config
 
-    config = load_recipe("shakespeare-char", overrides)
+    config = load_recipe(recipe, overrides)
     data = registry.lookup("data", config.data.kind).build(config.data, config)
     data.prepare()
     config = resolve_config(config, data)
@@ -90,6 +95,12 @@ def main() -> None:
                 api.train("shakespeare-char", out=Path(scratch) / name.replace(" ", "_"), overrides=overrides)
             plan = planned(overrides, 1, "ddp")
             rows.append({"case": f"1 process: {name}", "planned": plan, "measured": memory.peak})
+        for name, (recipe, extra) in OTHERS.items():
+            overrides = BASE + extra
+            with LiveTensorMemory() as memory:
+                api.train(recipe, out=Path(scratch) / recipe, overrides=overrides)
+            rows.append({"case": f"1 process: {name}", "planned": planned(overrides, 1, "ddp", recipe),
+                         "measured": memory.peak})
         cases = [{"recipe": "shakespeare-char", "out": str(Path(scratch) / p), "measure": True,
                   "overrides": BASE + TWO + [f"train.parallel={p}"]} for p in ("ddp", "fsdp")]
         plan_path = Path(scratch) / "plan.json"

@@ -61,6 +61,7 @@ def main() -> None:
         if case.get("measure"):
             with open(f"{case['out']}.peak-{dist.get_rank()}.json", "w") as f:
                 json.dump({"peak": memory.peak}, f)
+    dist.barrier()                 # leave together (gloo aborts a process whose peer closed the connection first)
     dist.destroy_process_group()
 
 
