@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import one_line_error, run_cli, tiny
+from conftest import run_cli, tiny
 
 from genloom import api
 from genloom.core import registry
@@ -66,7 +66,16 @@ def test_plan_command(corpus):
     assert ddp["weights"] == 4 * plan["parameters"] and fsdp["weights"] == -(-4 * plan["parameters"] // 8)
     assert fsdp["activations (checkpointed)"] < fsdp["activations"] == ddp["activations"]
     assert plan["totals"]["fsdp+checkpointing"] < 80 * 1024**3 < plan["totals"]["ddp"]
-    table = run_cli("plan", "shakespeare-char", "--gpus", "2", "--gpu-memory", "16", "--set", data)
-    assert table.returncode == 0 and "fits 16 GB per GPU with: ddp" in table.stdout, table.stdout + table.stderr
-    one_line_error(run_cli("plan", "shakespeare-char", "--size", "9B", "--set", data), "--size", "1B, 7B, 70B")
-    one_line_error(run_cli("plan", "shakespeare-char", "--gpus", "3", "--set", data), "train.batch_size=16", "--gpus 3")
+    # the table and the refusals, in this process (the same command, without another interpreter's start-up)
+    from typer.testing import CliRunner
+
+    from genloom.cli import app
+
+    table = CliRunner().invoke(app, ["plan", "shakespeare-char", "--gpus", "2", "--gpu-memory", "16", "--set", data])
+    assert table.exit_code == 0 and "fits 16 GB per GPU with: ddp" in table.stdout, table.output
+    for args, expected in ((["--size", "9B"], "--size: expected one of 1B, 7B, 70B, got '9B'"),
+                           (["--gpus", "3"], "train.batch_size=16 must split evenly into --gpus 3 process(es)")):
+        refused = CliRunner().invoke(app, ["plan", "shakespeare-char", *args, "--set", data])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+        lines = [line for line in refused.output.splitlines() if line.startswith("genloom: error:")]
+        assert len(lines) == 1 and expected in lines[0], refused.output
