@@ -246,7 +246,8 @@ def plan_memory(config, build_model: Callable[[], nn.Module], build_objective: C
 class LiveTensorMemory(TorchDispatchMode):
     """Measures the peak of live tensor memory while it is active: every tensor an operator returns (forward,
     backward, optimizer, collectives) is counted by its storage until the last tensor on that storage is
-    freed. Tensors made before it started are not counted. What checks `plan_memory` against real runs."""
+    freed (and every tensor `copy.deepcopy` makes, which copies storages without an operator). Tensors made
+    before it started are not counted. What checks `plan_memory` against real runs."""
 
     def __init__(self):
         super().__init__()
@@ -278,6 +279,23 @@ class LiveTensorMemory(TorchDispatchMode):
             self.peak = max(self.peak, self.now)
         entry[1] += 1
         weakref.finalize(tensor, self._release, address)
+
+    def __enter__(self):
+        # copy.deepcopy (an EMA copy of a model) copies storages without an operator: count those too
+        self._deepcopies = {cls: cls.__deepcopy__ for cls in (torch.Tensor, nn.Parameter)}
+        for cls, original in self._deepcopies.items():
+            def counted(tensor, memo, original=original):
+                result = original(tensor, memo)
+                if isinstance(result, torch.Tensor) and result.device.type == "cpu" and not is_sharded(result):
+                    self._track(result)
+                return result
+            cls.__deepcopy__ = counted
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for cls, original in self._deepcopies.items():
+            cls.__deepcopy__ = original
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

@@ -223,8 +223,9 @@ class Trainer:
             raise ConfigError(f"train.compile={str(t.compile).lower()}: genloom does not compile FSDP-sharded models "
                               "yet; set train.compile=false (or train.parallel=ddp)")
         if t.fsdp_offload and self.parallel != "fsdp":
-            raise ConfigError(f"train.fsdp_offload=true applies to sharded runs, and this one is {self.parallel} "
-                              f"({why}); set train.parallel=fsdp under torchrun, or train.fsdp_offload=false")
+            kind = "a single process" if self.parallel == "none" else f"{self.parallel} ({why})"
+            raise ConfigError(f"train.fsdp_offload=true applies to sharded runs, and this one is {kind}; set "
+                              "train.parallel=fsdp under torchrun, or train.fsdp_offload=false")
         if rt.is_main and rt.distributed:
             log.info("parallel: %s (%s)", self.parallel, why)
         self.parallel_reason = why
