@@ -2,6 +2,7 @@
 
     python bench/watermark_bench.py --only text --checkpoint runs/shakes [--items 1000]
     python bench/watermark_bench.py --only audio [--items 1000]
+    python bench/watermark_bench.py --only image [--items 1000]
 
 text: `items` samples of 200 tokens from the checkpoint (empty prompt, temperature 1, seed i) without a mark,
 with the green scheme and with the gumbel scheme, all through `TextModel.complete` (batches of `--batch`).
@@ -24,6 +25,14 @@ image` saves it (nearest-neighbour to 64 px, 8-bit), edited (JPEG quality 50, 0.
 back, Gaussian noise of 5/255), read back to 8x8 (area average) and inverted with 50 DDIM steps of the
 unconditional model; the score is the mean distance of the ring's coefficients to the key's. Unmarked
 images (the same seeds without the ring) give the false-positive threshold (their 1st percentile).
+
+image: genloom's image mark (genloom/watermark/image.py) on `items` pictures of each built-in set as `genloom
+generate image` saves them: builtin:digits (8x8, nearest-neighbour to 64x64), builtin:glyphs (32x32 on black,
+to 64x64) and builtin:glyphs64 (64x64 on textured backgrounds), plus the glyphs at 32x32 unscaled (the mark's
+minimum size). Each picture is marked at 38 dB PSNR; marked and unmarked pictures go through the same edits
+(none, JPEG quality 50, a 0.75x bicubic resize, a 10% crop: a random 90%-of-each-side window, not resized
+back, Gaussian noise of sigma 5/255, and all four in a row: crop, resize, JPEG, noise); reported as for audio,
+plus the PSNR of marked vs unmarked and the detection time.
 
 filters: the server's moderation classifier (genloom/text/moderation.py) on builtin:safety's held-out
 requests: harmful ones flagged, harmless ones passed, and the time to train it.
@@ -255,6 +264,71 @@ def bench_tree_ring(checkpoint: Path, items: int, steps: int = 50) -> dict:
     return out
 
 
+def image_edits(picture, rng: np.random.Generator) -> dict:
+    """The benchmark's edits of one Pillow picture (RGB)."""
+    from PIL import Image
+
+    def jpeg(p):
+        buffer = io.BytesIO()
+        p.save(buffer, "JPEG", quality=50)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    def crop(p):
+        w, h = p.size
+        cw, ch = round(0.9 * w), round(0.9 * h)
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        return p.crop((left, top, left + cw, top + ch))
+
+    def resize(p):
+        return p.resize((round(0.75 * p.size[0]), round(0.75 * p.size[1])), Image.BICUBIC)
+
+    def noise(p):
+        a = np.asarray(p, dtype=np.float64) + rng.normal(0, 5, np.asarray(p).shape)
+        return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
+
+    return {"none": picture, "JPEG q50": jpeg(picture), "resize 0.75x": resize(picture), "crop 10%": crop(picture),
+            "noise 5/255": noise(picture), "crop+resize+JPEG+noise": noise(jpeg(resize(crop(picture))))}
+
+
+def image_sets(items: int) -> dict:
+    """{name: uint8 pictures (N, H, W, 3)} as `genloom generate image` saves each built-in set's images."""
+    from sklearn.datasets import load_digits
+
+    from genloom.images.data import render_glyphs
+
+    digits = np.round(load_digits().images * (255 / 16)).astype(np.uint8)
+    digits = np.repeat(digits[np.arange(items) % len(digits)][..., None], 3, axis=3)
+    glyphs = render_glyphs(items, 7, 32)[0]
+    return {"digits 8x8 -> 64 px": digits.repeat(8, 1).repeat(8, 2), "glyphs 32 -> 64 px": glyphs.repeat(2, 1).repeat(2, 2),
+            "glyphs64 (textured) 64 px": render_glyphs(items, 7, 64, True)[0], "glyphs 32 px (unscaled)": glyphs}
+
+
+def bench_image(items: int) -> dict:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from genloom.watermark.image import ImageWatermark
+
+    mark = ImageWatermark(KEY)
+    out = {"items": items, "sets": {}}
+    for name, pictures in image_sets(items).items():
+        rng = np.random.default_rng(0)
+        p_values, psnr, seconds, count = {}, [], 0.0, 0
+        for pixels in tqdm(pictures, desc=f"image: {name}", unit="picture"):
+            picture = Image.fromarray(pixels)
+            marked = mark.mark(picture)
+            psnr.append(10 * math.log10(255.0 ** 2 / np.mean((np.asarray(marked, np.float64) - pixels) ** 2)))
+            for kind, source in ((0, marked), (1, picture)):
+                for edit, edited in image_edits(source, rng).items():
+                    start = time.perf_counter()
+                    p_values.setdefault(edit, ([], []))[kind].append(mark.detect(edited).p_value)
+                    seconds, count = seconds + time.perf_counter() - start, count + 1
+        out["sets"][name] = {"size": list(pictures.shape[1:3]), "psnr_db": [float(np.min(psnr)), float(np.median(psnr))],
+                             "detect_ms": 1000 * seconds / count,
+                             "edits": {e: rates(*v) for e, v in p_values.items()}}
+    return out
+
+
 def bench_filters() -> dict:
     from genloom.text.moderation import train_safety_classifier
     from genloom.text.safety import safety_eval_prompts
@@ -291,6 +365,19 @@ def markdown(results: dict) -> str:
         for name, e in r["edits"].items():
             lines.append(f"| {name} | {100 * e['tpr_at_empirical_1pct']:.1f}% | {e['auc']:.3f} |")
         lines.append("")
+    if "image" in results:
+        r = results["image"]
+        lines += [f"Images ({r['items']} pictures per set and cell, marked at 38 dB PSNR):", "",
+                  "| pictures | edit | detected at p<0.01 | false positives | detected at empirical 1% FPR |",
+                  "|---|---|---|---|---|"]
+        for name, s in r["sets"].items():
+            for edit, e in s["edits"].items():
+                lines.append(f"| {name} | {edit} | {100 * e['tpr']:.1f}% | {100 * e['fpr']:.1f}% | "
+                             f"{100 * e['tpr_at_empirical_1pct']:.1f}% |")
+        lines.append("")
+        lines += [f"- {name}: PSNR min {s['psnr_db'][0]:.2f} dB, median {s['psnr_db'][1]:.2f} dB; detection "
+                  f"{s['detect_ms']:.1f} ms a picture" for name, s in r["sets"].items()]
+        lines.append("")
     if "filters" in results:
         f = results["filters"]
         lines += [f"Moderation classifier on builtin:safety's held-out requests: {f['flagged']}/{f['harmful']} harmful "
@@ -308,7 +395,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("text", "audio", "tree-ring", "filters"), action="append")
+    parser.add_argument("--only", choices=("text", "audio", "image", "tree-ring", "filters"), action="append")
     parser.add_argument("--checkpoint", type=Path, help="a text checkpoint (the text part) or a digits-diffusion "
                         "one (tree-ring)")
     parser.add_argument("--items", type=int, default=1000)
@@ -326,6 +413,8 @@ def main() -> None:
         results["audio"] = bench_audio(args.items)
     if "filters" in parts:
         results["filters"] = bench_filters()
+    if "image" in parts:
+        results["image"] = bench_image(args.items)
     if "tree-ring" in parts:
         if args.checkpoint is None:
             parser.error("the tree-ring part needs --checkpoint (a digits-diffusion run)")
