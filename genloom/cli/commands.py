@@ -308,9 +308,9 @@ def serve(
                                                             "address when it is a specific one.")] = None,
     quantize: Quantize = None,
     watermark: Annotated[Optional[str], typer.Option("--watermark", metavar="KEY", envvar="GENLOOM_WATERMARK_KEY",
-                                                     help="Mark every text the server writes with this secret key "
-                                                     "(green scheme unless a request's watermark field picks "
-                                                     "another); POST /v1/detect checks with it. Never logged or "
+                                                     help="Mark every text (green scheme unless a request's "
+                                                     "watermark field picks another) and image the server writes "
+                                                     "with this secret key; POST /v1/detect checks with it. Never logged or "
                                                      "returned.")] = None,
     moderation: Annotated[Optional[str], typer.Option("--moderation", metavar="refuse|flag", help="Screen text "
                                                       "requests and replies with genloom's safety classifier "
