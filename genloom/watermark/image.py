@@ -7,17 +7,18 @@ its luminance (the same amount to R, G and B, so colours keep their hue), scaled
 is `psnr` dB (default 38) from the original after rounding to 8 bits and clipping.
 
 Detection: for each of SCALES (a resize by 0.5x to 2x, 1% apart, changes the tile's period), the picture's
-luminance is resampled by 1 / scale (bicubic, over a source box of exactly that ratio) and folded onto one
-16x16 tile (every pixel summed into its position modulo 16: the mark adds up, the picture mostly does not) and whitened (each frequency divided by
-the fold's own magnitude there); its circular correlation with the key's tile at all 256 shifts finds a
-picture cut anywhere. Unmarked, the whitened fold's phases are uniform and independent, which gives each
-correlation's standard deviation in closed form (sqrt(sum |T_k|^2) / 256). A third of the
-false-positive budget goes to the picture as marked (scale 1, shift 0), a third to the best shift at scale 1
-(a crop; its p-value multiplied by the 256 shifts), a third to the best scale and shift (multiplied by the
-len(SCALES) x 256 tests): the Bonferroni bound, which is conservative (neighbouring tests are correlated).
+luminance is resampled by 1 / scale (bicubic, over a source box of exactly that ratio), folded onto one 16x16
+tile (every pixel summed into its position modulo 16: the mark adds up, the picture mostly does not) and
+whitened (each frequency divided by the fold's own magnitude there); its circular correlation with the key's
+tile at all 256 shifts finds a picture cut anywhere. Unmarked, the whitened fold's phases are uniform and
+independent, which gives each correlation's standard deviation in closed form (sqrt(sum |T_k|^2) / 256). A
+third of the false-positive budget goes to the picture as marked (scale 1, shift 0), a third to the best
+shift at scale 1 (a crop; its p-value multiplied by the 256 shifts), a third to the best scale and shift
+(multiplied by the len(SCALES) x 256 tests): the Bonferroni bound, which is conservative (neighbouring tests
+are correlated).
 
-Classical, not learned: on genloom's 32-64 px pictures it was measured against nothing learned (see
-docs/watermarks.md for why and for the figures).
+A classical scheme, chosen over a learned encoder/decoder (HiDDeN-style) by measurement: the learned one,
+trained for minutes on the shared CPUs, did not get past chance (docs/watermarks.md has the figures).
 """
 
 from __future__ import annotations
