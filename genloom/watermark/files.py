@@ -24,6 +24,7 @@ __all__ = ["kind_of", "detect_bytes", "detect_text_tokens", "KINDS", "MAX_BYTES"
 KINDS = {"png": "image", "jpeg": "image", "wav": "audio", "flac": "audio", "ogg": "audio", "mp3": "audio",
          "text": "text"}
 MAX_BYTES = 64 * 2**20           # larger files are refused (a detector reads the whole file)
+MAX_PIXELS = 4096 * 4096         # ... and larger images
 
 
 def kind_of(data: bytes, name: str = "the file") -> str:
@@ -127,6 +128,9 @@ def read_image(data: bytes, name: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:          # a small file can decode to gigabytes
+                raise ValueError(f"{image.width}x{image.height} pixels; genloom detect reads images of up to "
+                                 f"{MAX_PIXELS} pixels")
             image.load()
             return np.asarray(image.convert("RGB"), dtype=np.float32)
     except Exception as error:           # PIL's errors for broken, truncated or enormous files

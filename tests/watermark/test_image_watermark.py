@@ -164,3 +164,41 @@ def test_generate_image_marks_detect_finds_and_the_server_marks_its_images(tmp_p
         assert answer["kind"] == "jpeg" and answer["marked"], answer
     finally:
         server.stop()
+
+
+def test_image_detection_never_crashes_on_broken_or_odd_images():
+    """Marked PNG and JPEG files cut at every length, with bytes flipped, and odd but valid images (1x1, a
+    line, 16-bit grey, palette, a 5000x5000 PNG of 24 kB): each ends in a result or one GenloomError."""
+    import random
+
+    from genloom.watermark.files import detect_bytes
+
+    def encoded(picture, fmt, **options):
+        buffer = io.BytesIO()
+        picture.save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    marked = ImageWatermark(KEY).mark(_glyph())
+    real = [encoded(marked, "PNG"), encoded(marked, "JPEG", quality=50)]
+    rng = random.Random(1)
+    samples = [data[:cut] for data in real for cut in sorted(rng.sample(range(1, len(data)), 30))]
+    for data in real:
+        for _ in range(30):
+            flipped = bytearray(data)
+            for _ in range(rng.randrange(1, 8)):
+                flipped[rng.randrange(8, len(flipped))] = rng.randrange(256)
+            samples.append(bytes(flipped))
+    samples += [encoded(Image.new("RGB", (1, 1)), "PNG"), encoded(Image.new("L", (4000, 3)), "PNG"),
+                encoded(Image.new("I;16", (64, 64)), "PNG"), encoded(marked.convert("P"), "PNG"),
+                encoded(Image.new("L", (5000, 5000)), "PNG")]
+    outcomes = {"result": 0, "error": 0}
+    for data in samples:
+        try:
+            result = detect_bytes(data, KEY, name="fuzz.img")
+            assert isinstance(result["marked"], bool) and 0 <= result["p_value"] <= 1
+            outcomes["result"] += 1
+        except GenloomError as error:
+            assert str(error).startswith("fuzz.img: "), error
+            outcomes["error"] += 1
+    assert outcomes["result"] > 10 and outcomes["error"] > 10, outcomes
+    assert detect_bytes(real[0], KEY)["marked"] and detect_bytes(real[1], KEY)["marked"]
