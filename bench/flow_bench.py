@@ -96,6 +96,8 @@ def main() -> None:
                         help="sampler steps of the table, e.g. 4,10,20,50 (10 and 20 are needed for the targets)")
     parser.add_argument("--pairs", type=int, default=8192, help="distillation: teacher samples")
     parser.add_argument("--distill-batch", type=int, default=128, help="distillation: pairs per student step")
+    parser.add_argument("--diffusion-samplers", default="dpmpp_2m,euler", help="the diffusion model's samplers "
+                        "in the table (comma-separated)")
     parser.add_argument("--train-steps", type=int, default=2100, help="distillation: student optimizer steps in all "
                         "(progressive: a third per round of its 3)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
@@ -121,7 +123,7 @@ def main() -> None:
 
     rows = []
     for kind, handle in handles.items():
-        for sampler in SAMPLERS[kind]:
+        for sampler in (SAMPLERS[kind] if kind == "flow" else args.diffusion_samplers.split(",")):
             for steps in args.steps:
                 rows.append(row(handle, RUNS[kind], sampler, steps, args.samples))
     results["quality against function evaluations"] = rows
