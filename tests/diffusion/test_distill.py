@@ -34,7 +34,7 @@ def draw(model_dir, steps: int) -> torch.Tensor:
 
 
 # (method, its options, the largest mean squared distance to the teacher's 8-step samples, as a fraction of the
-# teacher's own at 2 steps). Measured here: reflow 0.70, progressive 0.23 (this tiny budget favours
+# teacher's own at 2 steps). Measured here: reflow 0.70, progressive 0.19 (this tiny budget favours
 # progressive distillation; bench/flow_bench.py compares them at full size).
 @pytest.mark.parametrize("method, options, largest", [
     ("reflow", dict(pairs=512, train_steps=120), 0.85),
