@@ -128,6 +128,10 @@ def main() -> None:
     parser.add_argument("--time", type=float, default=600, help="seconds of training for each denoiser")
     parser.add_argument("--samples", type=int, default=216, help="generated images per FID (6 per class)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every step measured")
+    parser.add_argument("--throughput-only", action="store_true", help="measure only the training throughput "
+                        "(part 1), on --glyphs images, with the autoencoder given by --autoencoder")
+    parser.add_argument("--glyphs", type=int, default=6000, help="with --throughput-only: glyphs rendered")
+    parser.add_argument("--batch", type=int, default=32, help="images per timed training step")
     parser.add_argument("--autoencoder", type=Path, help="use this trained glyphs64-autoencoder run instead of "
                         "training one (its own training time is reported)")
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per throughput row")
@@ -143,6 +147,12 @@ def main() -> None:
                      "time": args.time, "ae_time": args.ae_time}
 
     ae = args.autoencoder or work / "autoencoder"
+    if args.throughput_only:
+        extra = [f"data.glyphs_count={args.glyphs}"]
+        results["throughput"] = {name: throughput(ae, extra + overrides, args.steps, args.batch)
+                                 for name, overrides in VARIANTS.items()}
+        print(json.dumps(results, indent=1))
+        return
     if args.autoencoder is None:
         seconds = run("train", "glyphs64-autoencoder", "--out", str(ae), "--max-time", str(args.ae_time),
                       "--set", "train.progress=false")
@@ -163,7 +173,8 @@ def main() -> None:
               progress=False).prepare()                     # encodes (or finds) the latent cache
     results["autoencoder"]["latent_prepare_s"] = time.perf_counter() - began   # render 6,000 glyphs + encode them
 
-    results["throughput"] = {name: throughput(ae, overrides, args.steps) for name, overrides in VARIANTS.items()}
+    results["throughput"] = {name: throughput(ae, overrides, args.steps, args.batch)
+                             for name, overrides in VARIANTS.items()}
     print(json.dumps(results["throughput"], indent=1), flush=True)
 
     results["quality"] = {}
