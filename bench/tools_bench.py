@@ -5,8 +5,9 @@
 On the quickstart recipe's architecture with a 2,048-token byte-level BPE tokenizer (trained here for 50
 steps: speed does not depend on the weights), one client, greedy, the same chat request with two tools
 (bench's 10-field schema and a small one) and `tool_choice: "required"` (the calls' Lark grammar, each
-function's schema inside `%json`) against `tool_choice: "none"` (the same prompt, tools listed, no grammar):
-completion tokens/s, and the time to the first streamed token (the grammar is compiled for each request).
+function's schema inside `%json`) against `tool_choice: "none"` (the same prompt, tools listed, no grammar;
+newline tokens banned so that the free replies, like the calls, run to about max_tokens): completion tokens/s,
+and the time to the first streamed token (the grammar is compiled for each request).
 Results go to bench/out/tools.json and are printed.
 """
 
@@ -56,8 +57,13 @@ def main() -> None:
         api.train("shakespeare-char", out=checkpoint, overrides=[
             "data.tokenizer=bpe", "data.vocab_size=2048", "train.max_steps=50", "train.progress=false",
             "train.eval_interval=50", "train.eval_batches=1"])
-    server = Server({"m": load(checkpoint)}, Limits(queue_size=64, max_batch=16))
+    handle = load(checkpoint)
+    server = Server({"m": handle}, Limits(queue_size=64, max_batch=16))
     chat = {"model": "m", "tools": TOOLS, "temperature": 0, "parallel_tool_calls": False}
+    # Free replies would end at the plain template's blank line after a few tokens; banning the newline tokens
+    # lets them run to max_tokens like the calls, so both paths are timed over as many tokens.
+    newlines = {str(t): -100 for t in {*handle.tokenizer.encode("\n"), *handle.tokenizer.encode("\n\n")}}
+    extra = {"none": {"logit_bias": newlines}, "required": {}}
     out: dict = {"machine": cpu_name(), "checkpoint": str(checkpoint), "requests": args.requests}
     try:
         with httpx.Client(timeout=300) as http:
@@ -68,7 +74,8 @@ def main() -> None:
             for choice in ("none", "required"):
                 tokens, calls, start = 0, 0, time.perf_counter()
                 for i in range(args.requests):
-                    r = http.post(url, json={**chat, "tool_choice": choice, "max_tokens": 200, "seed": i,
+                    r = http.post(url, json={**chat, **extra[choice], "tool_choice": choice, "max_tokens": 200,
+                                             "seed": i,
                                              "messages": [{"role": "user", "content": f"Character {i}."}]})
                     r.raise_for_status()
                     tokens += r.json()["usage"]["completion_tokens"]
