@@ -338,7 +338,15 @@ async def chat_completions(body: ChatRequest, request: Request):
         chat_template.json, or the plain default: "User: ..." turns closed by a blank line), ending with the
         assistant's prefix for the model to continue; tools shown in the template's tool format."""
         try:
-            return [entry.handle.chat_prompt(messages, tools)]
+            prompt = entry.handle.chat_prompt(messages, tools)
+            named = [i for i, m in enumerate(messages) if m.get("name") is not None]
+            if named:   # a participant's name the template does not write would be silently dropped: refuse it
+                plain = [{k: v for k, v in m.items() if k != "name"} for m in messages]
+                if entry.handle.chat_prompt(plain, tools) == prompt:
+                    raise APIError(400, f"messages[{named[0]}].name: this model's chat template does not use a "
+                                   "participant's name, so it would be ignored; leave name out",
+                                   param=f"messages[{named[0]}].name")
+            return [prompt]
         except ToolError as error:
             raise APIError(400, str(error), param=error.param) from None
         except GenloomError as error:

@@ -70,6 +70,10 @@ def test_the_official_client_sees_the_refusal_and_a_message_field_is_named(clien
         client.chat.completions.create(model="m", max_tokens=2, messages=[
             {"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "audio": {"id": "a"}}])
     assert caught.value.body["param"] == "messages[1].audio" and "OpenAI field" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as caught:     # the plain template writes no names: not dropped
+        client.chat.completions.create(model="m", max_tokens=2, messages=[{"role": "user", "content": "hi",
+                                                                            "name": "ann"}])
+    assert caught.value.body["param"] == "messages[0].name" and "ignored" in caught.value.body["message"]
     done = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
                                           user="someone", seed=1)
     assert done.choices[0].finish_reason in ("length", "stop")
