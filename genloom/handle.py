@@ -103,7 +103,7 @@ def score_with(handle: Handle, request: EvalRequest, what: str, defaults: dict[s
     """`genloom eval` of a content type without named tasks: the options in `defaults` (their default where
     not given; None leaves the handle's own) go to `handle.evaluate`; any other option is refused by name."""
     if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: {what}s have no named tasks (the tasks are safety, concept, "
+        raise GenloomError(f"--task {request.task!r}: {what} has no named tasks (the tasks are safety, concept, "
                            "code, and hallucination, understanding, bias, consistency and context for text models)")
     request.check(set(defaults), what)
     options = {name: request.get(name, default) for name, default in defaults.items()}
