@@ -12,7 +12,7 @@ from conftest import tiny
 from genloom import api, load
 from genloom.text.convert import export_hf
 
-lm_eval = pytest.importorskip("lm_eval")          # the bench extra: lm-eval[api], accelerate
+lm_eval = pytest.importorskip("lm_eval")          # the dev extra: lm-eval[api], accelerate
 pytest.importorskip("tenacity")
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
