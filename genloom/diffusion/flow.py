@@ -87,23 +87,11 @@ class FlowObjective(DiffusionObjective):
         output = model(noisy, self.schedule.model_time(t), labels)
         return (output.float() - self.schedule.target(images, noise, t).float()).pow(2).mean()
 
-    def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        images, labels = batch
-        B = images.shape[0]
-        t = sample_times(self.config, B, images.device)
-        noise = torch.randn_like(images)
-        drop = torch.rand(B, device=images.device) < self.config.label_dropout
-        return self._loss(model, images, labels, t, noise, drop)
+    def train_times(self, batch: int, device: torch.device) -> torch.Tensor:
+        return sample_times(self.config, batch, device)                 # uniform or logit-normal, in (0, 1)
 
-    def eval_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The same loss at evenly spaced times and fixed noise, so evaluations are comparable."""
-        images, labels = batch
-        B = images.shape[0]
-        generator = torch.Generator().manual_seed(0)
-        t = ((torch.arange(B) + 0.5) / B).to(images.device)
-        noise = torch.randn(images.shape, generator=generator).to(images)
-        drop = torch.zeros(B, dtype=torch.bool, device=images.device)
-        return self._loss(model, images, labels, t, noise, drop)
+    def eval_times(self, batch: int, device: torch.device) -> torch.Tensor:
+        return ((torch.arange(batch) + 0.5) / batch).to(device)
 
 
 @register("objective", "flow", FlowConfig)

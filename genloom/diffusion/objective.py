@@ -90,20 +90,28 @@ class DiffusionObjective:
             error = error * self.schedule.min_snr_weight(t, self.config.min_snr_gamma).to(error)
         return error.mean()
 
+    def train_times(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Random timesteps of a training batch (the flow objective draws its own kind of time)."""
+        return torch.randint(0, self.config.timesteps, (batch,), device=device)
+
+    def eval_times(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Evenly spaced timesteps, so evaluations are comparable."""
+        return ((torch.arange(batch) + 0.5) * self.config.timesteps / batch).long().to(device)
+
     def loss(self, phase: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch
         B = images.shape[0]
-        t = torch.randint(0, self.config.timesteps, (B,), device=images.device)
+        t = self.train_times(B, images.device)
         noise = torch.randn_like(images)
         drop = torch.rand(B, device=images.device) < self.config.label_dropout
         return self._loss(model, images, labels, t, noise, drop)
 
     def eval_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The same loss with evenly spaced timesteps and fixed noise, so evaluations are comparable."""
+        """The same loss at `eval_times` and fixed noise, so evaluations are comparable."""
         images, labels = batch
         B = images.shape[0]
         generator = torch.Generator().manual_seed(0)
-        t = ((torch.arange(B) + 0.5) * self.config.timesteps / B).long().to(images.device)
+        t = self.eval_times(B, images.device)
         noise = torch.randn(images.shape, generator=generator).to(images.device)
         drop = torch.zeros(B, dtype=torch.bool, device=images.device)
         return self._loss(model, images, labels, t, noise, drop)
