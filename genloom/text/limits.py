@@ -1,8 +1,9 @@
 """The limits of a language model as figures (`genloom eval --task NAME`): hallucination, understanding, bias,
 consistency and context. Each task returns a `LimitsResult` (summary, JSON, a plot).
 
-The measures are plain functions with closed forms that the tests check (`expected_calibration_error`,
-`auroc`, `coverage_curve`, `distinct_n`, `repeated_ngram_share`, `passkey_prompt`); the tasks ask a
+The measures are plain functions with closed forms that the tests check (in `limit_measures.py`:
+`expected_calibration_error`, `auroc`, `coverage_curve`, `distinct_n`, `repeated_ngram_share`,
+`passkey_prompt`); the tasks ask a
 `TextModel` questions. On a model trained on `builtin:biographies` the questions come from its own people;
 any other text model can be given its own files (`--data` questions, `--pairs` sentence pairs, `--data` text).
 """
@@ -19,119 +20,18 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..core.errors import DataError, GenloomError
 from ..core.sources import jsonl_records
 from ..lm.decoding import Sampling, contrastive_search, encode_prompt, generate_tokens
 from .biographies import FIELDS, IDK, QA, Biographies, generate, passage, qa_prompt, question
+from .limit_measures import (auroc, coverage_curve, distinct_n, expected_calibration_error, normalise_answer,
+                             passkey_prompt, reliability_bins, repeated_ngram_share)
 
-__all__ = ["LimitsResult", "expected_calibration_error", "reliability_bins", "auroc", "coverage_curve",
-           "distinct_n", "repeated_ngram_share", "passkey_prompt", "read_pairs", "read_questions",
-           "normalise_answer", "sequence_logprobs", "TASKS", "run_task"]
+__all__ = ["LimitsResult", "read_pairs", "read_questions", "sequence_logprobs", "TASKS", "run_task"]
 
 TASKS = ("hallucination", "understanding", "bias", "consistency", "context")
 CONFIDENT = 0.5            # an answer whose probability is at least this is "confident"
-
-
-# ----------------------------------------------------------------------------------------------
-# Measures (closed forms, tested on made-up scores)
-# ----------------------------------------------------------------------------------------------
-
-def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> list[dict]:
-    """Equal-width confidence bins (the last one closed): count, mean confidence and accuracy of each."""
-    out = []
-    for b in range(bins):
-        low, high = b / bins, (b + 1) / bins
-        members = [(c, k) for c, k in zip(confidences, correct) if low <= c < high or (b == bins - 1 and c == 1.0)]
-        out.append({"low": low, "high": high, "count": len(members),
-                    "confidence": sum(c for c, _ in members) / len(members) if members else None,
-                    "accuracy": sum(k for _, k in members) / len(members) if members else None})
-    return out
-
-
-def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
-    """ECE (Naeini et al. 2015; Guo et al. 2017): sum over bins of |bin| / n * |accuracy - mean confidence|."""
-    n = len(confidences)
-    if n == 0:
-        return float("nan")
-    return sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
-               for b in reliability_bins(confidences, correct, bins) if b["count"])
-
-
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve of `scores` for the positive `labels`: the probability that a random positive
-    scores above a random negative, ties counting half (the Mann-Whitney U statistic / (n+ n-))."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    order = sorted(scores)
-    ranks: dict[float, float] = {}
-    i = 0
-    while i < len(order):                      # average ranks (1-based) of tied scores
-        j = i
-        while j < len(order) and order[j] == order[i]:
-            j += 1
-        ranks[order[i]] = (i + 1 + j) / 2
-        i = j
-    rank_sum = sum(ranks[s] for s in pos)
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
-
-
-def coverage_curve(confidences: Sequence[float], correct: Sequence[bool],
-                   thresholds: Sequence[float] | None = None) -> list[dict]:
-    """Abstaining below each threshold: the share of questions answered (coverage), the accuracy of those
-    answered, and the share of all questions answered correctly."""
-    thresholds = thresholds if thresholds is not None else [i / 20 for i in range(20)]
-    n = max(len(confidences), 1)
-    out = []
-    for t in thresholds:
-        kept = [k for c, k in zip(confidences, correct) if c >= t]
-        out.append({"threshold": t, "coverage": len(kept) / n,
-                    "accuracy": sum(kept) / len(kept) if kept else None, "correct_share": sum(kept) / n})
-    return out
-
-
-def _ngrams(tokens: Sequence, n: int) -> list[tuple]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def distinct_n(tokens: Sequence, n: int) -> float:
-    """Distinct-n (Li et al. 2016): unique n-grams / n-grams."""
-    grams = _ngrams(tokens, n)
-    return len(set(grams)) / len(grams) if grams else float("nan")
-
-
-def repeated_ngram_share(tokens: Sequence, n: int = 4) -> float:
-    """rep-n (Welleck et al. 2020): 1 - unique n-grams / n-grams, the share of n-grams that repeat an earlier one."""
-    grams = _ngrams(tokens, n)
-    return 1 - len(set(grams)) / len(grams) if grams else float("nan")
-
-
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-
-
-def passkey_prompt(tokenizer, length: int, key: str, depth: float) -> tuple[list[int], str]:
-    """A passkey-retrieval prompt (Mohtashami & Jaggi 2023) of exactly `length` tokens: filler text with "The
-    pass key is KEY. Remember it." at relative `depth` (0 start, 1 end) and the question at the end. Returns
-    the token ids and the expected answer (" KEY")."""
-    needle = tokenizer.encode(f"The pass key is {key}. Remember it. {key} is the pass key. ")
-    ask = tokenizer.encode("What is the pass key? The pass key is")
-    filler_ids = tokenizer.encode(FILLER)
-    room = length - len(needle) - len(ask)
-    if room < 0:
-        raise GenloomError(f"a passkey prompt needs at least {len(needle) + len(ask)} tokens; {length} were asked for")
-    fill = (filler_ids * (room // len(filler_ids) + 1))[:room]
-    at = round(depth * room)
-    ids = fill[:at] + needle + fill[at:] + ask
-    assert len(ids) == length
-    return ids, f" {key}"
-
-
-def normalise_answer(text: str) -> str:
-    text = text.strip().lower().rstrip(".")
-    return re.sub(r"^the ", "", re.sub(r"\s+", " ", text))
 
 
 def _is_idk(text: str) -> bool:

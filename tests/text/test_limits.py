@@ -10,17 +10,16 @@ import pytest
 import torch
 
 from genloom.core.errors import DataError, GenloomError
-from genloom.text.limits import (
+from genloom.text.limit_measures import (
     auroc,
     coverage_curve,
     distinct_n,
     expected_calibration_error,
     passkey_prompt,
-    read_pairs,
     reliability_bins,
     repeated_ngram_share,
-    stated_facts,
 )
+from genloom.text.limits import read_pairs, stated_facts
 
 
 def test_ece_closed_form():
