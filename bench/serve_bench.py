@@ -37,6 +37,20 @@ sys.path.insert(0, str(ROOT / "tests" / "serve"))           # test_serve.Server
 from text_bench import cpu_name, markdown  # noqa: E402
 
 
+def quick_checkpoint(checkpoint: Path | None, bpe: bool = False) -> Path:
+    """`checkpoint`, or a 50-step quickstart model trained here (with a 2,048-token BPE when `bpe`: JSON and
+    tool calls need a vocabulary that can write them) when none is given."""
+    if checkpoint is not None:
+        return checkpoint
+    from genloom import api
+
+    out = Path(tempfile.mkdtemp()) / ("quickstart-bpe" if bpe else "quickstart")
+    tokenizer = ["data.tokenizer=bpe", "data.vocab_size=2048"] if bpe else []
+    api.train("shakespeare-char", out=out, overrides=[*tokenizer, "train.max_steps=50", "train.progress=false",
+                                                      "train.eval_interval=50", "train.eval_batches=1"])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="a text checkpoint (default: quickstart architecture)")
@@ -51,14 +65,10 @@ def main() -> None:
 
     from test_serve import Server
 
-    from genloom import api, load
+    from genloom import load
     from genloom.serve.app import Limits
 
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        checkpoint = Path(tempfile.mkdtemp()) / "quickstart"
-        api.train("shakespeare-char", out=checkpoint, overrides=["train.max_steps=50", "train.progress=false",
-                                                                 "train.eval_interval=50", "train.eval_batches=1"])
+    checkpoint = quick_checkpoint(args.checkpoint)
     server = Server({"m": load(checkpoint)}, Limits(queue_size=64, max_batch=16))
     body = {"model": "m", "max_tokens": args.max_tokens, "temperature": 0.8}
     results: dict = {"machine": cpu_name(), "checkpoint": str(checkpoint), "max_tokens": args.max_tokens}
@@ -154,15 +164,10 @@ def schema_overhead(args) -> dict:
     """Chat tokens/s and time to first token with SCHEMA_10 against free decoding, on a BPE model."""
     from test_serve import Server
 
-    from genloom import api, load
+    from genloom import load
     from genloom.serve.app import Limits
 
-    checkpoint = args.schema_checkpoint
-    if checkpoint is None:
-        checkpoint = Path(tempfile.mkdtemp()) / "quickstart-bpe"
-        api.train("shakespeare-char", out=checkpoint, overrides=[
-            "data.tokenizer=bpe", "data.vocab_size=2048", "train.max_steps=50", "train.progress=false",
-            "train.eval_interval=50", "train.eval_batches=1"])
+    checkpoint = quick_checkpoint(args.schema_checkpoint, bpe=True)
     server = Server({"m": load(checkpoint)}, Limits(queue_size=64, max_batch=16))
     chat = {"model": "m", "messages": [{"role": "user", "content": "Describe a character."}], "temperature": 0}
     fmt = {"type": "json_schema", "json_schema": {"name": "character", "schema": SCHEMA_10, "strict": True}}

@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "serve"))           # test_serve.Server
 
-from serve_bench import SCHEMA_10  # noqa: E402
+from serve_bench import SCHEMA_10, quick_checkpoint  # noqa: E402
 from text_bench import cpu_name  # noqa: E402
 
 TOOLS = [{"type": "function", "function": {"name": "describe", "description": "Describe a character.",
@@ -48,15 +47,10 @@ def main() -> None:
 
     from test_serve import Server
 
-    from genloom import api, load
+    from genloom import load
     from genloom.serve.app import Limits
 
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        checkpoint = Path(tempfile.mkdtemp()) / "quickstart-bpe"
-        api.train("shakespeare-char", out=checkpoint, overrides=[
-            "data.tokenizer=bpe", "data.vocab_size=2048", "train.max_steps=50", "train.progress=false",
-            "train.eval_interval=50", "train.eval_batches=1"])
+    checkpoint = quick_checkpoint(args.checkpoint, bpe=True)
     handle = load(checkpoint)
     server = Server({"m": handle}, Limits(queue_size=64, max_batch=16))
     chat = {"model": "m", "tools": TOOLS, "temperature": 0, "parallel_tool_calls": False}
