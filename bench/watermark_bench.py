@@ -445,6 +445,16 @@ def bench_filters() -> dict:
             "harmless": len(harmless), "passed": sum(s < 0.5 for s in harmless)}
 
 
+def image_table(sets: dict) -> list[str]:
+    """Markdown rows: detection of each picture set under each edit (the image and learned-image parts)."""
+    rows = ["| pictures | edit | detected at p<0.01 | false positives | detected at empirical 1% FPR |",
+            "|---|---|---|---|---|"]
+    for name, s in sets.items():
+        rows += [f"| {name} | {edit} | {100 * e['tpr']:.1f}% | {100 * e['fpr']:.1f}% | "
+                 f"{100 * e['tpr_at_empirical_1pct']:.1f}% |" for edit, e in s["edits"].items()]
+    return rows
+
+
 def markdown(results: dict) -> str:
     lines = []
     if "text" in results:
@@ -471,13 +481,7 @@ def markdown(results: dict) -> str:
     if "image" in results:
         r = results["image"]
         lines += [f"Images ({r['items']} pictures per set and cell, marked at 38 dB PSNR):", "",
-                  "| pictures | edit | detected at p<0.01 | false positives | detected at empirical 1% FPR |",
-                  "|---|---|---|---|---|"]
-        for name, s in r["sets"].items():
-            for edit, e in s["edits"].items():
-                lines.append(f"| {name} | {edit} | {100 * e['tpr']:.1f}% | {100 * e['fpr']:.1f}% | "
-                             f"{100 * e['tpr_at_empirical_1pct']:.1f}% |")
-        lines.append("")
+                  *image_table(r["sets"]), ""]
         lines += [f"- {name}: PSNR min {s['psnr_db'][0]:.2f} dB, median {s['psnr_db'][1]:.2f} dB; detection "
                   f"{s['detect_ms']:.1f} ms a picture" for name, s in r["sets"].items()]
         lines.append("")
@@ -485,12 +489,7 @@ def markdown(results: dict) -> str:
         r = results["learned-image"]
         lines += [f"Learned image mark experiment ({r['bits']} bits, trained {r['seconds']:.0f} s = {r['steps']} steps, "
                   f"final bit loss {r['final_loss']:.3f}; 100 pictures per set and cell):", "",
-                  "| pictures | edit | detected at p<0.01 | false positives | detected at empirical 1% FPR |",
-                  "|---|---|---|---|---|"]
-        for name, s in r["sets"].items():
-            for edit, e in s["edits"].items():
-                lines.append(f"| {name} | {edit} | {100 * e['tpr']:.1f}% | {100 * e['fpr']:.1f}% | "
-                             f"{100 * e['tpr_at_empirical_1pct']:.1f}% |")
+                  *image_table(r["sets"])]
         lines += [""] + [f"- {name}: PSNR min {s['psnr_db'][0]:.2f} dB, median {s['psnr_db'][1]:.2f} dB"
                          for name, s in r["sets"].items()] + [""]
     if "filters" in results:
