@@ -445,7 +445,8 @@ def _machine_rate(train: dict[str, Any]) -> float:
 
 def _start_from(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
     """A fine-tuning recipe on top of a base checkpoint: the model is the base's (a recipe's [model] table may
-    change only dropout), the data and objective default to the base's, and finetune.base names it."""
+    change only dropout and the context, `CONTEXT_KEYS`: see `_longer_context`), the data and objective default
+    to the base's, and finetune.base names it."""
     base = Path(base).expanduser()
     config_path = base / "config.json"
     if not config_path.is_file():
@@ -460,12 +461,47 @@ def _start_from(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
     if recipe_model.get("kind", saved["model"].get("kind")) != saved["model"].get("kind"):
         raise ConfigError(f"recipe {label} is for model.kind = {recipe_model['kind']!r} but {base} holds a "
                           f"{saved['model'].get('kind')!r} model")
-    raw["model"] = {**saved["model"], **{k: v for k, v in recipe_model.items() if k == "dropout"}}
+    raw["model"] = {**saved["model"],
+                    **{k: v for k, v in recipe_model.items() if k == "dropout" or k in CONTEXT_KEYS}}
     for section in ("data", "objective"):
         if section not in raw:
             raw[section] = dict(saved.get(section, {}))
     raw["finetune"] = {**raw.get("finetune", {}), "base": str(base.resolve())}
     return raw
+
+
+CONTEXT_KEYS = ("block_size", "rope_scaling", "rope_factor", "rope_original_context", "rope_beta_fast",
+                "rope_beta_slow")
+MAX_CONTEXT_FACTOR = 64          # how far past its training context a rotary model is stretched at most
+
+
+def _longer_context(model: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Fine-tuning at another context (block_size or the rope_* keys in the recipe's [model] table or --set):
+    rope_original_context keeps the context the base was pre-trained on, rope_factor defaults to the new
+    block_size over it and block_size to rope_factor times it; past MAX_CONTEXT_FACTOR times it is refused."""
+    saved = read_json(base / "config.json", "config file")["model"]
+    if all(model.get(k) == saved.get(k) for k in CONTEXT_KEYS):
+        return model
+    if saved.get("position") != "rope":
+        raise ConfigError(f"model.block_size: {base} has {saved.get('position', 'learned')} positions, which cannot "
+                          f"be stretched past its context of {saved.get('block_size')}; only rotary models can be "
+                          "fine-tuned at a longer context")
+    original = int(saved.get("rope_original_context") or saved["block_size"])
+    model = dict(model)
+    block = coerce(model.get("block_size"), int, "model.block_size")
+    factor = coerce(model.get("rope_factor", 1.0), float, "model.rope_factor")
+    scaling = model.get("rope_scaling", "none")
+    if not model.get("rope_original_context"):
+        model["rope_original_context"] = original
+    factor_given = model.get("rope_factor") != saved.get("rope_factor")
+    if scaling != "none" and block != saved.get("block_size") and not factor_given:
+        model["rope_factor"] = factor = block / original
+    elif scaling != "none" and block == saved.get("block_size") and factor_given:
+        model["block_size"] = block = round(original * factor)
+    if block > original * MAX_CONTEXT_FACTOR:
+        raise ConfigError(f"model.block_size: {block} tokens is longer than {base} can be scaled to ("
+                          f"{MAX_CONTEXT_FACTOR}x its training context of {original}: {original * MAX_CONTEXT_FACTOR})")
+    return model
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None, base: str | Path | None = None) -> RunConfig:
@@ -496,4 +532,6 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, base: str
     elif "finetune" in raw:
         raise ConfigError(f"recipe {label} fine-tunes a trained model: run genloom finetune {label} --from CHECKPOINT_DIR")
     with_overrides = apply_overrides(raw, overrides or [])
+    if base is not None:
+        with_overrides["model"] = _longer_context(with_overrides["model"], Path(base).expanduser())
     return RunConfig.from_dict(with_overrides, source=f"recipe {label}")

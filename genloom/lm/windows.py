@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.config import MAX_CONTEXT_FACTOR   # how far past its training context a rotary model is stretched
 from ..core.errors import DataError, GenloomError
 from ..train.data import SPLITS
 from .tokenizers import TextTokenizer
@@ -102,9 +103,6 @@ def score_split(model: nn.Module, data: TokenWindows, batch_size: int = 16, prog
         bar.update(len(group))
     bar.close()
     return total_nats, total_tokens
-
-
-MAX_CONTEXT_FACTOR = 64          # how far past its training context a rotary model is stretched at most
 
 
 def extend_context(model: nn.Module, length: int, scaling: str = "keep", factor: float = 1.0) -> nn.Module:

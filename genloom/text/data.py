@@ -87,12 +87,20 @@ def _split_stream(chunks: Iterator[str], train_chars: int) -> Iterator[tuple[str
 
 
 
-def open_source(config: TextDataConfig):
-    """The text source `data.path` names (builtin:biographies included), with `data.counterfactual`'s copy."""
+def open_source(config: TextDataConfig, block_size: int = 0):
+    """The text source `data.path` names (builtin:biographies and builtin:passkey included, the latter sized
+    for a context of `block_size` tokens), with `data.counterfactual`'s copy."""
     from .biographies import VARIANTS, BiographySource
     from .counterfactual import CounterfactualSource, word_pairs
+    from .passkey import BUILTIN as PASSKEY, PasskeySource
 
     pairs = word_pairs(config.counterfactual, config.path) if config.counterfactual else ()
+    if config.path == PASSKEY:
+        if pairs:
+            raise DataError("data.counterfactual: builtin:passkey has no words to swap; leave it empty")
+        return PasskeySource(config.path, block_size, config.tokenizer)
+    if config.path.startswith(PASSKEY):
+        raise DataError(f"data.path: unknown built-in data {config.path!r}; did you mean {PASSKEY}?")
     if config.path in VARIANTS:
         return BiographySource(config.path, config.val_fraction, config.both_ways, pairs)
     if config.path.startswith("builtin:biographies"):
@@ -107,7 +115,7 @@ class TextData(TokenWindows):
     def __init__(self, config: TextDataConfig, block_size: int, tokenizer: TextTokenizer | None = None):
         self.config = config
         self.block_size = block_size
-        self.source = open_source(config)
+        self.source = open_source(config, block_size)
         self.tokenizer = tokenizer
         self._arrays: dict[str, np.ndarray] = {}
         self.meta: dict = {}

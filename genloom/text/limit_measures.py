@@ -11,7 +11,8 @@ from typing import Sequence
 from ..core.errors import GenloomError
 
 __all__ = ["reliability_bins", "expected_calibration_error", "auroc", "coverage_curve", "distinct_n",
-           "repeated_ngram_share", "passkey_prompt", "normalise_answer"]
+           "repeated_ngram_share", "passkey_prompt", "passkey_text", "normalise_answer", "FILLER_SENTENCES",
+           "NEEDLE", "QUESTION"]
 
 
 def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> list[dict]:
@@ -86,22 +87,46 @@ def repeated_ngram_share(tokens: Sequence, n: int = 4) -> float:
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+FILLER_SENTENCES = tuple(s + "." for s in FILLER.strip().rstrip(".").split(". "))
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key? The pass key is"
 
 
-def passkey_prompt(tokenizer, length: int, key: str, depth: float) -> tuple[list[int], str]:
-    """A passkey-retrieval prompt (Mohtashami & Jaggi 2023) of exactly `length` tokens: filler text with "The
-    pass key is KEY. Remember it." at relative `depth` (0 start, 1 end) and the question at the end. Returns
-    the token ids and the expected answer (" KEY")."""
-    needle = tokenizer.encode(f"The pass key is {key}. Remember it. {key} is the pass key. ")
-    ask = tokenizer.encode("What is the pass key? The pass key is")
-    filler_ids = tokenizer.encode(FILLER)
-    room = length - len(needle) - len(ask)
-    if room < 0:
-        raise GenloomError(f"a passkey prompt needs at least {len(needle) + len(ask)} tokens; {length} were asked for")
-    fill = (filler_ids * (room // len(filler_ids) + 1))[:room]
-    at = round(depth * room)
-    ids = fill[:at] + needle + fill[at:] + ask
-    assert len(ids) == length
+def passkey_text(key: str, before: Sequence[str], after: Sequence[str]) -> str:
+    """The text of a passkey prompt: the filler sentences `before`, the needle naming `key`, the sentences
+    `after` and the question, joined by spaces (the answer, " KEY", is what follows). `builtin:passkey`
+    writes its examples with this too, so that training text and eval prompts tokenize alike."""
+    return " ".join([*before, NEEDLE.format(key=key), *after, QUESTION])
+
+
+def passkey_prompt(tokenizer, length: int, key: str, depth: float,
+                   filler: Sequence[str] = FILLER_SENTENCES) -> tuple[list[int], str]:
+    """A passkey-retrieval prompt (Mohtashami & Jaggi 2023) of exactly `length` tokens: filler sentences
+    (cycling through `filler`) with "The pass key is KEY. Remember it." at relative `depth` (0 start, 1 end)
+    and the question at the end. The text is tokenized whole (see `passkey_text`); its first tokens are cut to
+    make the length exact, as a window into a longer text would start. Returns the token ids and the expected
+    answer (" KEY")."""
+    fixed = len(tokenizer.encode(passkey_text(key, [], [])))
+    if length < fixed:
+        raise GenloomError(f"a passkey prompt needs at least {fixed} tokens; {length} were asked for")
+    per_sentence = max(len(tokenizer.encode(" " + " ".join(filler))) / len(filler), 1.0)
+    room = length - fixed
+    n_after = round((1 - depth) * room / per_sentence)
+    while True:
+        after = [filler[i % len(filler)] for i in range(n_after)]
+        n_before = int(depth * room / per_sentence) + 2
+        before = [filler[-1 - i % len(filler)] for i in range(n_before)][::-1]
+        ids = tokenizer.encode(passkey_text(key, before, after))
+        needle_end = len(tokenizer.encode(passkey_text(key, [], after)))    # tokens from the needle on
+        if needle_end <= length or n_after == 0:
+            break
+        n_after -= 1                                      # the needle would be cut: fewer sentences after it
+    while len(ids) < length:                              # too short: more filler before
+        before = [filler[-1 - len(before) % len(filler)], *before]
+        ids = tokenizer.encode(passkey_text(key, before, after))
+    ids = ids[len(ids) - length:]
+    if needle_end > length:
+        raise GenloomError(f"a passkey prompt of {length} tokens cannot hold the needle and the question")
     return ids, f" {key}"
 
 

@@ -26,7 +26,7 @@ from ..core.sources import jsonl_records
 from ..lm.decoding import Sampling, contrastive_search, encode_prompt, generate_tokens
 from .biographies import FIELDS, IDK, QA, Biographies, generate, passage, qa_prompt, question
 from .limit_measures import (auroc, coverage_curve, distinct_n, expected_calibration_error, normalise_answer,
-                             passkey_prompt, reliability_bins, repeated_ngram_share)
+                             passkey_prompt, passkey_text, reliability_bins, repeated_ngram_share)
 
 __all__ = ["LimitsResult", "read_pairs", "read_questions", "sequence_logprobs", "TASKS", "run_task"]
 
@@ -626,14 +626,16 @@ def context(handle, *, data: str | None = None, num_samples: int = 20, seed: int
         buckets = [float(losses[b * trained:(b + 1) * trained].mean().exp()) for b in range(max(multiples))]
         passkey = {}
         for m in multiples:
-            if trained * m - 8 < len(tok.encode(f"The pass key is {keys[0]}. Remember it. {keys[0]} is the pass key. "
-                                                "What is the pass key? The pass key is")):
+            if trained * m - 8 < len(tok.encode(passkey_text(keys[0], [], []))):
                 passkey[str(m)] = None                  # the prompt does not fit this length
                 continue
+            # Retrieval at m x the context stretches the frequencies by m (the factor a model fine-tuned for that
+            # length would use); the perplexity above, over 8x windows, by the largest multiple.
+            reader = scaled if kind == "none" else extend_context(model, trained * m, kind, factor=max(m, 1))
             hits = 0
             for j, key in enumerate(keys):
                 ids, expected = passkey_prompt(tok, trained * m - 8, key, (j + 0.5) / len(keys))
-                out = _greedy(scaled, ids, len(tok.encode(expected)) + 1)
+                out = _greedy(reader, ids, len(tok.encode(expected)) + 1)
                 hits += tok.decode(out).startswith(expected)
             passkey[str(m)] = hits / len(keys)
         figures["scalings"][label] = {"perplexity_by_block": buckets, "passkey": passkey}
@@ -647,8 +649,9 @@ def context(handle, *, data: str | None = None, num_samples: int = 20, seed: int
         streaming[f"sinks_{sinks}"] = sum(ppl) / len(ppl)
     streaming["cache_bytes"] = SinkCache(model, 4, cfg.block_size - 4).nbytes
     figures["streaming"] = streaming
+    figures["passkey_factor"] = "m at m x the training context (scaled rows); perplexity: the largest multiple"
     lines = [f"training context {trained} tokens; perplexity per {trained}-token block of {len(windows)} windows "
-             f"of {longest}; passkey over {len(keys)} keys"]
+             f"of {longest} (scaled by {max(multiples)}x); passkey over {len(keys)} keys (scaled by m at m x)"]
     lines.append(f"streaming {longest} tokens through a {cfg.block_size}-position cache "
                  f"({streaming['cache_bytes'] / 1024:.0f} KiB, constant): perplexity {streaming['sinks_4']:.2f} with 4 "
                  f"attention sinks, {streaming['sinks_0']:.2f} with a plain sliding window")
