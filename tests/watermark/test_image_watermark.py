@@ -65,12 +65,12 @@ def test_the_mark_is_38_db_and_survives_the_edits_with_the_key_only():
         assert marked.size == picture.size and marked.mode == picture.mode
         assert 37.9 < _psnr(marked, picture) < 38.2
         assert mark.detect(marked).z > 5            # as marked: scale 1, shift 0
-        for edit, edited in _edits(marked, rng).items():
-            found = mark.detect(edited)
-            assert found.marked and found.p_value < 1e-3, (edit, found)
-            assert not other.detect(edited).marked, edit
+        for edit, edited in _edits(marked, rng).items():      # at the 1% false-positive level
+            found = mark.detect(edited, threshold=0.01)
+            assert found.marked and found.p_value < 0.01, (edit, found)
+            assert not other.detect(edited, threshold=0.01).marked, edit
         for edit, edited in _edits(picture, rng).items():
-            assert not mark.detect(edited).marked, edit
+            assert not mark.detect(edited, threshold=0.01).marked, edit
     found = mark.detect(_edits(mark.mark(pictures[0]), rng)["resize 0.75x"])
     assert abs(found.scale - 0.75) < 0.02          # the search finds the resize it undoes
 
