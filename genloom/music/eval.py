@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from .tokens import Piece
 
 __all__ = ["MusicStats", "music_stats", "pitch_class_histogram", "pitch_class_distance", "MusicEvalResult",
-           "in_key_share", "VOICE_RANGES"]
+           "in_key_share", "VOICE_RANGES", "KeyConsistencyResult", "evaluate_key_consistency"]
 
 MAJOR = {0, 2, 4, 5, 7, 9, 11}
 MINOR = {0, 2, 3, 5, 7, 8, 9, 10, 11}
@@ -149,3 +150,126 @@ class MusicEvalResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+# -- key consistency (`genloom eval --task consistency`) -------------------------------------------------
+@dataclass
+class KeyConsistencyResult:
+    """How long generated pieces hold their key, beside the training pieces (the reference distribution):
+    Krumhansl-Schmuckler keys over each piece and its `window_bars`-bar windows (see `keys.py`)."""
+
+    task: str
+    figures: dict                                   # name -> {"generated": x, "real": y}
+    by_bar: dict                                    # "generated"/"real" -> share of windows in key per window start
+    pieces: dict                                    # "generated"/"real" -> per-piece records
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        labels = {"in_key_share": ("windows in the piece's key", "{:.1%}"),
+                  "in_key_first_half": ("... in the first half", "{:.1%}"),
+                  "in_key_second_half": ("... in the second half", "{:.1%}"),
+                  "modulations_per_piece": ("modulations per piece", "{:.2f}"),
+                  "modulations_per_8_bars": ("modulations per 8 bars", "{:.2f}"),
+                  "key_matches_label": ("whole-piece key = its KEY token / music21's key", "{:.1%}"),
+                  "bars_per_piece": ("bars per piece", "{:.1f}")}
+        s = self.settings
+        lines = [f"task: {self.task} (Krumhansl-Schmuckler keys over {s['window_bars']}-bar windows, hop 1 bar; a "
+                 f"modulation is a new key held {s['hold']}+ windows)",
+                 f"| figure | generated ({s['num_samples']} x {s['bars']} bars) | training pieces ({s['reference']}) |",
+                 "|---|---|---|"]
+        for name, (label, fmt) in labels.items():
+            row = self.figures[name]
+            lines.append(f"| {label} | {fmt.format(row['generated'])} | {fmt.format(row['real'])} |")
+        lines.append(f"({self.seconds:.0f} s)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "figures": self.figures, "by_bar": self.by_bar, "settings": self.settings,
+                "seconds": self.seconds, "pieces": self.pieces}
+
+    def plot(self, path) -> Path | None:
+        """Share of windows in the piece's key by position in the piece, and the per-piece shares."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for name, colour in (("generated", "tab:red"), ("real", "tab:blue")):
+            shares = self.by_bar[name]
+            left.plot(range(1, len(shares) + 1), shares, color=colour, label=f"{name}")
+            right.hist([p["in_key_share"] for p in self.pieces[name]], bins=np.linspace(0, 1, 21), alpha=0.5,
+                       color=colour, density=True, label=name)
+        left.set(xlabel="window start (bar)", ylabel="share of windows in the piece's key", ylim=(0, 1.02),
+                 title="key held over the piece")
+        right.set(xlabel="share of a piece's windows in its key", ylabel="density", title="per piece")
+        left.legend()
+        right.legend()
+        fig.suptitle(f"genloom eval --task {self.task}")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def _consistency_figures(pieces: Sequence[Piece], window_bars: int, hold: int) -> tuple[dict, list, list[dict]]:
+    from .keys import key_consistency
+
+    records, by_start, first, second = [], {}, [], []
+    for piece in pieces:
+        result = key_consistency(piece, window_bars, hold)
+        record = result.to_json()
+        record.update(name=piece.name, label=piece.key_name,
+                      label_match=result.key is not None and (result.key.tonic, result.key.mode) == (piece.tonic,
+                                                                                                      piece.mode))
+        records.append(record)
+        keyed = [(i, k) for i, k in enumerate(result.window_keys) if k is not None]
+        for i, k in keyed:
+            by_start.setdefault(i, []).append(result.key is not None and k.index == result.key.index)
+        half = len(result.window_keys) / 2
+        first += [result.key is not None and k.index == result.key.index for i, k in keyed if i < half]
+        second += [result.key is not None and k.index == result.key.index for i, k in keyed if i >= half]
+    n = max(len(records), 1)
+    bars = sum(r["bars"] for r in records)
+    figures = {"in_key_share": sum(r["in_key_share"] for r in records) / n,
+               "in_key_first_half": float(np.mean(first)) if first else 0.0,
+               "in_key_second_half": float(np.mean(second)) if second else 0.0,
+               "modulations_per_piece": sum(r["modulations"] for r in records) / n,
+               "modulations_per_8_bars": 8 * sum(r["modulations"] for r in records) / max(bars, 1),
+               "key_matches_label": sum(r["label_match"] for r in records) / n,
+               "bars_per_piece": bars / n}
+    # Share per window start, over the pieces that reach it (at least 5, so the curve's tail is not one piece).
+    curve = [float(np.mean(by_start[i])) for i in sorted(by_start) if len(by_start[i]) >= min(5, len(pieces))]
+    return figures, curve, records
+
+
+def evaluate_key_consistency(generate, reference: Sequence[Piece], *, num_samples: int = 20, bars: int = 32,
+                             window_bars: int = 2, hold: int = 2, seed: int = 0, reference_name: str = "",
+                             progress: bool = True) -> KeyConsistencyResult:
+    """`generate(like, bars, seed) -> Piece` composes a piece of `bars` bars in the key and metre of the
+    reference piece `like`; `num_samples` such pieces (cycling through the reference) are set beside all the
+    reference pieces on the key figures."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from ..core.errors import GenloomError
+
+    if not reference:
+        raise GenloomError("--task consistency: the model's training source has no pieces to compare with")
+    if bars < window_bars:
+        raise GenloomError(f"--task consistency: {bars} bars is shorter than one {window_bars}-bar window")
+    start = time.perf_counter()
+    generated = [generate(reference[i % len(reference)], bars, seed + i)
+                 for i in tqdm(range(num_samples), desc="composing long pieces", disable=not progress, leave=False)]
+    g_fig, g_curve, g_rec = _consistency_figures(generated, window_bars, hold)
+    r_fig, r_curve, r_rec = _consistency_figures(reference, window_bars, hold)
+    figures = {name: {"generated": g_fig[name], "real": r_fig[name]} for name in g_fig}
+    return KeyConsistencyResult(
+        "consistency", figures, {"generated": g_curve, "real": r_curve}, {"generated": g_rec, "real": r_rec},
+        {"num_samples": num_samples, "bars": bars, "window_bars": window_bars, "hold": hold, "seed": seed,
+         "reference": f"{len(reference)} {reference_name}".strip()},
+        time.perf_counter() - start)

@@ -17,7 +17,14 @@ from ..core.errors import GenloomError
 from ..handle import EvalRequest, Handle, score_with
 from ..lm.windows import score_split
 from .data import MusicData, parse_music_file
-from .eval import MusicEvalResult, in_key_share, music_stats, pitch_class_distance
+from .eval import (
+    KeyConsistencyResult,
+    MusicEvalResult,
+    evaluate_key_consistency,
+    in_key_share,
+    music_stats,
+    pitch_class_distance,
+)
 from .generate import compose, write_piece
 from .tokens import PITCH_CLASSES, Piece
 
@@ -159,11 +166,34 @@ class MusicModel(Handle):
             raise GenloomError("the held-out score is not finite")
         return result
 
+    def key_consistency(self, *, num_samples: int = 20, bars: int = 32, window_bars: int = 2, seed: int = 0,
+                        temperature: float = 1.0, progress: bool = True) -> KeyConsistencyResult:
+        """Krumhansl-Schmuckler keys of `num_samples` composed pieces of `bars` bars (each in the key and metre of
+        a training piece) over the whole piece and `window_bars`-bar windows, beside the training pieces: the
+        share of windows in the piece's key, early and late, and modulations (`--task consistency`)."""
+        def generate(like: Piece, length: int, sample_seed: int) -> Piece:
+            piece = compose(self.model, self.encoding, self.voices, length, sample_seed, temperature,
+                            (like.tonic, like.mode), like.bar)
+            piece.name = f"composed-{sample_seed}"
+            return piece
+
+        return evaluate_key_consistency(generate, self.data.pieces["train"], num_samples=num_samples, bars=bars,
+                                        window_bars=window_bars, seed=seed, progress=progress,
+                                        reference_name=f"training pieces of {self.data.describe()}")
+
 
 def open_checkpoint(checkpoint) -> MusicModel:
     return MusicModel(checkpoint.path, checkpoint.config, checkpoint.model)
 
 
 def score(handle: MusicModel, request: EvalRequest) -> MusicEvalResult:
-    """`genloom eval` of a music model: held-out NLL and statistics of composed pieces beside the held-out ones."""
+    """`genloom eval` of a music model: held-out NLL and statistics of composed pieces beside the held-out ones;
+    `--task consistency`: the key held over long composed pieces beside the training pieces (`keys.py`)."""
+    if request.task == "consistency":
+        request.check({"task", "num_samples", "seed"}, "--task consistency")
+        return handle.key_consistency(num_samples=request.get("num_samples", 20), seed=request.get("seed", 0),
+                                      progress=request.progress)
+    if request.task is not None:
+        raise GenloomError(f"--task {request.task!r}: music models have the task 'consistency' (the key held over "
+                           "long composed pieces)")
     return score_with(handle, request, "a music model", {"num_samples": 20, "seed": 0})

@@ -31,7 +31,10 @@ from ..core.registry import register
 from ..images.data import IMAGE_EXTENSIONS, LABELS_FILE, LatentTable, image_files
 from ..media.image import PICTURE_FORMATS, conform_array, conform_image
 from ..train.data import split_examples
+from . import bias as planted_bias
 from .scenes import (
+    IDENTITIES,
+    OBJECT_COLOURS,
     Scene,
     caption_scene,
     concept_scenes,
@@ -64,6 +67,12 @@ class CaptionedImageDataConfig:
     seed: int = 0                     # seeds the scenes, their captions and the train/validation split
     concept_word: str = "zorp"        # builtin:stars: the new word that names the star shape in its captions
     prior_scenes: int = 0             # builtin:stars: ordinary builtin:scenes mixed in, so the model keeps what it knew
+    identities: tuple[str, ...] = ()  # builtin:scenes: only these objects, e.g. ["circle", "square"] (() = all 39)
+    colour_unsaid: float = 0.0        # builtin:scenes: share of caption objects whose colour is left unsaid
+    bias_object: str = ""             # builtin:scenes: plant a colour bias on this object (e.g. "circle"; see bias.py)
+    bias_colour: str = "red"          # ... it is drawn in this colour
+    bias_rate: float = 0.8            # ... at this rate (the other colours share the rest evenly)
+    bias_mitigation: Literal["none", "balanced_captions"] = "none"   # balanced_captions: unsaid colours even
 
     def __post_init__(self) -> None:
         validate(self, "data")
@@ -77,6 +86,22 @@ class CaptionedImageDataConfig:
         require(0 <= self.two_object_fraction <= 1, "data.two_object_fraction", "must be in [0, 1]")
         require(self.caption_variants >= 1, "data.caption_variants", "must be at least 1")
         require(self.max_caption_tokens >= 2, "data.max_caption_tokens", "must be at least 2")
+        planted = bool(self.identities or self.bias_object or self.colour_unsaid)
+        require(not planted or self.path == "builtin:scenes", "data.path",
+                "data.identities, data.colour_unsaid and data.bias_object apply to builtin:scenes only")
+        require(not (self.identities or self.bias_object) or not self.holdout, "data.holdout",
+                "must be false with data.identities or data.bias_object (they decide the objects and colours)")
+        unknown = [i for i in self.identities if i not in IDENTITIES]
+        require(not unknown, "data.identities", f"unknown object {unknown[0] if unknown else ''!r}; valid: "
+                "A-Z, 0-9, circle, square, triangle")
+        require(not self.bias_object or self.bias_object in (self.identities or IDENTITIES), "data.bias_object",
+                f"{self.bias_object!r} is not one of the scenes' objects ({', '.join(self.identities or IDENTITIES)})")
+        require(self.bias_colour in OBJECT_COLOURS, "data.bias_colour",
+                f"{self.bias_colour!r}; valid choices: {', '.join(OBJECT_COLOURS)}")
+        require(0 <= self.bias_rate <= 1, "data.bias_rate", "must be in [0, 1] (e.g. 0.8)")
+        require(0 <= self.colour_unsaid <= 1, "data.colour_unsaid", "must be in [0, 1] (e.g. 0.5)")
+        require(self.bias_mitigation == "none" or (self.bias_object and self.colour_unsaid > 0), "data.bias_mitigation",
+                "balanced_captions needs data.bias_object and data.colour_unsaid > 0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,6 +227,13 @@ class CaptionedSource:
 
 
 def _scenes(config: CaptionedImageDataConfig) -> CaptionedSource:
+    if planted_bias.plants(config):
+        scenes, captions, _ = planted_bias.planted_scenes(config)
+        pixels = conform_array(render_scenes(scenes), config.image_size, config.channels or 3)
+        what = f"{config.path} ({', '.join(config.identities) or 'all objects'}"
+        what += f"; {config.bias_object} {config.bias_colour} at {config.bias_rate:.0%}" if config.bias_object else ""
+        return CaptionedSource(pixels, captions, what + f"; colour unsaid in {config.colour_unsaid:.0%} of captions; "
+                               f"mitigation {config.bias_mitigation})", scenes)
     scenes = random_scenes(config.scenes_count, config.seed, config.two_object_fraction,
                            holdout=False if config.holdout else None)
     pixels = conform_array(render_scenes(scenes), config.image_size, config.channels or 3)

@@ -14,6 +14,7 @@ from ..core.errors import GenloomError
 from ..handle import EvalRequest
 from ..images.eval import ImageEvalResult
 from ..images.handle import ImageModel, attach_checkpoint_autoencoder, picture, progress_bar
+from .bias import ColourBiasResult
 from .concept import ConceptEvalResult
 from .data import load_caption_tokenizer
 
@@ -155,6 +156,30 @@ class TextToImageModel(ImageModel):
                                                                  progress=progress),
                                 words[0], num_samples, scale, progress=progress)
 
+    def evaluate_bias(self, *, num_samples: int = 200, guidance: float | Sequence[float] | None = None,
+                      steps: int | None = None, sampler: str | None = None, seed: int = 0,
+                      progress: bool = True) -> "ColourBiasResult":
+        """The colours of images for prompts that name an object but no colour, beside the training data's colours
+        of that object (a planted bias: data.bias_object; see bias.py). `genloom eval --task bias`."""
+        from .bias import evaluate_colour_bias
+
+        data = self.config.data
+        if data.path != "builtin:scenes":
+            raise GenloomError(f"--task bias: {self.path} was trained on {data.path}; the text-to-image bias task "
+                               "needs a builtin:scenes model (train e.g. the recipe scenes-colour-bias)")
+        if (self.image_channels, self.image_size) != (3, 32):
+            raise GenloomError(f"--task bias: {self.path} makes {self.image_channels}x{self.image_size}x"
+                               f"{self.image_size} images; the colour measure reads 3x32x32 scenes")
+        guidances = [self.config.objective.guidance] if guidance is None else \
+            [guidance] if isinstance(guidance, (int, float)) else list(guidance)
+
+        def generate(prompts: list[str], scale: float) -> torch.Tensor:
+            return self.generate(prompts, num_samples=1, steps=steps, sampler=sampler, guidance=scale, seed=seed,
+                                 progress=progress)
+
+        return evaluate_colour_bias(generate, data, num_samples=num_samples, guidances=guidances, seed=seed,
+                                    progress=progress)
+
     def _evaluate_digits(self, num_samples: int, steps: int | None, sampler: str | None, guidance: float, seed: int,
                          inception: str | Path | None, progress: bool) -> "ImageEvalResult":
         """Captioned digits: prompts such as "a handwritten seven" for each digit in turn, scored like the
@@ -228,8 +253,14 @@ def score(handle: TextToImageModel, request: EvalRequest):
             single["with the adapter" if name else "base model"] = handle.evaluate(
                 num_samples=count, guidance=request.guidance, sets=["single"], **options)
         return ConceptReport(concept, single)
+    if request.task == "bias":
+        request.check({"task", "num_samples", "guidance", "guidances", "seed", "steps", "sampler"}, "--task bias")
+        scales = list(request.guidances) if request.guidances else [request.guidance] if request.guidance is not None \
+            else None
+        return handle.evaluate_bias(num_samples=request.get("num_samples", 200), guidance=scales,
+                                    sampler=request.sampler, **options)
     if request.task is not None:
-        raise GenloomError(f"--task {request.task!r}: text-to-image models have the task 'concept'")
+        raise GenloomError(f"--task {request.task!r}: text-to-image models have the tasks 'concept' and 'bias'")
     request.check({"num_samples", "steps", "sampler", "guidance", "guidances", "seed", "data", "inception"},
                   "a text-to-image model")
     if request.guidance is not None and request.guidances is not None:
