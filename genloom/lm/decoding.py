@@ -216,11 +216,58 @@ def ban_repeated_ngrams(logits: torch.Tensor, tokens: torch.Tensor, valid: torch
 
 @torch.no_grad()
 def contrastive_search(model: nn.Module, prompt: Sequence[int], max_new_tokens: int, top_k: int = 4,
-                       alpha: float = 0.6) -> list[int]:
+                       alpha: float = 0.6, use_cache: bool = True) -> list[int]:
     """Contrastive search (Su et al. 2022, eq. 5): of the `top_k` most likely next tokens, the one maximising
     (1 - alpha) * p(v) - alpha * max_j cos(h_v, h_j), h the final hidden states (after the last norm) of the
-    candidate and of the text before it; alpha 0 is greedy. Past the context the model reads (and compares
-    with) the last `block_size` tokens. Returns the generated token ids."""
+    candidate and of the text before it; alpha 0 is greedy. Returns the generated token ids.
+
+    With the KV cache (the default) each step is one forward pass of the k candidates, one position each, over
+    k copies of the cache; the chosen candidate's copy is kept, and its logits are the next step's. Past the
+    context the cache is refilled from the last half context (as `generate_tokens` does) and the candidates
+    are compared with the hidden states of the last `block_size - 1` tokens. `use_cache=False` recomputes the
+    last `block_size - 1` tokens and every candidate at each step (slower; the same tokens within the first
+    context)."""
+    if not use_cache:
+        return _contrastive_search_uncached(model, prompt, max_new_tokens, top_k, alpha)
+    block = model.config.block_size
+    device = next(model.parameters()).device
+    hidden: list[torch.Tensor] = []
+    hook = model.final_norm.register_forward_hook(lambda module, inputs, output: hidden.append(output))
+    tokens = list(prompt)
+    past: list[torch.Tensor] = []                    # normalised hidden states of the tokens so far, (d,) each
+
+    def refill() -> tuple:
+        window = tokens[-(block // 2):] if len(tokens) >= block else tokens
+        cache = model.new_cache(top_k, block)
+        hidden.clear()
+        logits = model(torch.tensor([window], device=device).expand(top_k, -1), cache)[0, -1]
+        if not past:
+            past.extend(F.normalize(hidden[-1][0].float(), dim=-1).unbind(0))
+        return cache, logits
+
+    try:
+        cache, logits = refill()
+        for _ in range(max_new_tokens):
+            if cache.length + 1 > block:
+                cache, logits = refill()
+            p, candidates = logits.float().softmax(-1).topk(top_k)          # (k,)
+            hidden.clear()
+            logits_k = model(candidates[:, None], cache)[:, -1]            # (k, V): each candidate's next step
+            h = F.normalize(hidden[-1][:, -1].float(), dim=-1)              # (k, d)
+            context = torch.stack(past[-(block - 1):])                      # (T, d)
+            score = (1 - alpha) * p - alpha * (h @ context.T).max(-1).values
+            best = int(score.argmax())
+            tokens.append(int(candidates[best]))
+            past.append(h[best])
+            cache.reorder(torch.full((top_k,), best, device=device))
+            logits = logits_k[best]
+    finally:
+        hook.remove()
+    return tokens[len(prompt):]
+
+
+def _contrastive_search_uncached(model: nn.Module, prompt: Sequence[int], max_new_tokens: int, top_k: int,
+                                 alpha: float) -> list[int]:
     block = model.config.block_size
     device = next(model.parameters()).device
     hidden: list[torch.Tensor] = []

@@ -139,6 +139,17 @@ def test_contrastive_search_is_the_papers_rule_and_greedy_at_alpha_zero():
     assert contrastive_search(model, prompt, 12, 4, 0.9) != greedy
 
 
+def test_contrastive_search_with_the_cache_is_the_search_without_it():
+    model = _tiny()
+    block = model.config.block_size
+    prompt = [3, 7, 1, 9]
+    with torch.no_grad():
+        cached = contrastive_search(model, prompt, block - len(prompt), 4, 0.6)
+        assert cached == contrastive_search(model, prompt, block - len(prompt), 4, 0.6, use_cache=False)
+        long = contrastive_search(model, prompt, 3 * block, 4, 0.6)       # past the context: refilled, no error
+    assert len(long) == 3 * block and long[:len(cached)] == cached
+
+
 def test_no_repeat_ngram_matches_transformers_and_never_repeats():
     from transformers import NoRepeatNGramLogitsProcessor
 
