@@ -215,6 +215,7 @@ def ban_repeated_ngrams(logits: torch.Tensor, tokens: torch.Tensor, valid: torch
 
 
 @torch.no_grad()
+@torch.no_grad()
 def contrastive_search(model: nn.Module, prompt: Sequence[int], max_new_tokens: int, top_k: int = 4,
                        alpha: float = 0.6, use_cache: bool = True) -> list[int]:
     """Contrastive search (Su et al. 2022, eq. 5): of the `top_k` most likely next tokens, the one maximising
@@ -266,6 +267,7 @@ def contrastive_search(model: nn.Module, prompt: Sequence[int], max_new_tokens: 
     return tokens[len(prompt):]
 
 
+@torch.no_grad()
 def _contrastive_search_uncached(model: nn.Module, prompt: Sequence[int], max_new_tokens: int, top_k: int,
                                  alpha: float) -> list[int]:
     block = model.config.block_size
