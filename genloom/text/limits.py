@@ -520,19 +520,7 @@ def consistency(handle, *, data: str | None = None, num_samples: int = 4, length
     tok = handle.tokenizer
     from tqdm.auto import tqdm
 
-    results: dict[str, dict] = {}
-    examples: dict[str, str] = {}
-    bar = tqdm(total=len(DECODINGS) * len(prompts), desc="writing", unit="text", disable=not progress, leave=False)
-    for name, options in DECODINGS.items():
-        texts = []
-        for j, (prompt, _) in enumerate(prompts):
-            if "contrastive" in options:
-                k, alpha = options["contrastive"]
-                ids = contrastive_search(handle.model, encode_prompt(tok, prompt), length, k, alpha)
-                texts.append(tok.decode(ids))
-            else:
-                texts.append(_sample_text(handle, prompt, length, Sampling(**options), seed + j))
-            bar.update(1)
+    def measure(texts: list[str]) -> dict:
         ids = [tok.encode(t) for t in texts]
         contradicted, stated = 0, 0
         for (prompt, first), text in zip(prompts, texts):
@@ -540,7 +528,7 @@ def consistency(handle, *, data: str | None = None, num_samples: int = 4, length
                 facts = stated_facts(prompt + text, first)
                 stated += len(facts)
                 contradicted += sum(len(v) > 1 for v in facts.values())
-        results[name] = {
+        return {
             "contradicted_facts_per_text": contradicted / len(texts) if bio is not None or data is None else None,
             "contradicted_share": contradicted / stated if stated else None,
             "rep_4": sum(repeated_ngram_share(i, 4) for i in ids) / len(ids),
@@ -550,8 +538,36 @@ def consistency(handle, *, data: str | None = None, num_samples: int = 4, length
             "perplexity": sum(text_perplexity(handle.model, tok.encode(p) + i) for (p, _), i in zip(prompts, ids))
             / len(ids),
             "tokens": sum(map(len, ids)) / len(ids)}
+
+    def write(options: dict) -> list[str]:
+        texts = []
+        for j, (prompt, _) in enumerate(prompts):
+            if "contrastive" in options:
+                k, alpha = options["contrastive"]
+                texts.append(tok.decode(contrastive_search(handle.model, encode_prompt(tok, prompt), length, k, alpha)))
+            else:
+                texts.append(_sample_text(handle, prompt, length, Sampling(**options), seed + j))
+            bar.update(1)
+        return texts
+
+    sampled = [name for name, options in DECODINGS.items() if options.get("temperature", 0) > 0]
+    results: dict[str, dict] = {}
+    sweeps: dict[str, list[dict]] = {name: [] for name in sampled}
+    examples: dict[str, str] = {}
+    bar = tqdm(total=(len(DECODINGS) + len(sampled) * (len(SWEEP) - 1)) * len(prompts), desc="writing", unit="text",
+               disable=not progress, leave=False)
+    for name, options in DECODINGS.items():
+        texts = write(options)
+        results[name] = measure(texts)
         examples[name] = texts[0][:600]
+        if name in sampled:
+            for temperature in SWEEP:
+                row = results[name] if temperature == options["temperature"] else \
+                    measure(write({**options, "temperature": temperature}))
+                sweeps[name].append({"temperature": temperature, **row})
     bar.close()
+    reference = results["contrastive"]["perplexity"]
+    matched = {name: at_perplexity(rows, reference) for name, rows in sweeps.items()}
     lines = [f"{len(prompts)} texts of {length} tokens per decoding"
              f" ({'biography openings of seen people' if data is None else data})",
              f"{'decoding':<20} {'contradicted':>12} {'rep-4':>7} {'distinct-2':>10} {'perplexity':>10}"]
@@ -559,8 +575,38 @@ def consistency(handle, *, data: str | None = None, num_samples: int = 4, length
         c = r["contradicted_facts_per_text"]
         lines.append(f"{name:<20} {'n/a' if c is None else f'{c:.2f}':>12} {r['rep_4']:>7.3f} {r['distinct_2']:>10.3f} "
                      f"{r['perplexity']:>10.2f}")
-    return LimitsResult("consistency", {"length": length, "texts": len(prompts), "decodings": results},
-                        {"examples": examples}, lines, _draw_consistency)
+    lines.append(f"at the contrastive search's perplexity ({reference:.2f}), the sampled decodings' temperature "
+                 f"swept over {', '.join(map(str, SWEEP))}:")
+    for name, r in matched.items():
+        c = r["contradicted_facts_per_text"]
+        where = f"T {r['temperature']:.2f}" + ("" if r["reached"] else f", nearest: perplexity {r['perplexity']:.2f}")
+        lines.append(f"{name:<20} {'n/a' if c is None else f'{c:.2f}':>12} {r['rep_4']:>7.3f} {r['distinct_2']:>10.3f} "
+                     f"{'(' + where + ')':>10}")
+    figures = {"length": length, "texts": len(prompts), "decodings": results,
+               "equal_perplexity": {"perplexity": reference, "decodings": matched}, "temperature_sweeps": sweeps}
+    return LimitsResult("consistency", figures, {"examples": examples}, lines, _draw_consistency)
+
+
+SWEEP = (0.5, 0.7, 1.0)     # the sampled decodings' temperatures, to compare them at the contrastive search's perplexity
+
+
+def at_perplexity(rows: list[dict], target: float) -> dict:
+    """The figures of a temperature sweep (rows with "perplexity" and numbers) at perplexity `target`: linear in
+    log perplexity between the two rows around it; outside the swept range, the nearest row (reached False)."""
+    rows = sorted(rows, key=lambda r: r["perplexity"])
+    logs = [math.log(r["perplexity"]) for r in rows]
+    t = math.log(target)
+    if t <= logs[0] or t >= logs[-1]:
+        nearest = rows[0] if t <= logs[0] else rows[-1]
+        return {**nearest, "reached": math.isclose(t, logs[0 if t <= logs[0] else -1], rel_tol=1e-9)}
+    i = next(i for i in range(1, len(rows)) if logs[i] >= t)
+    w = (t - logs[i - 1]) / (logs[i] - logs[i - 1]) if logs[i] > logs[i - 1] else 0.0
+    out = {}
+    for key, a in rows[i - 1].items():
+        b = rows[i][key]
+        out[key] = None if a is None or b is None else a + w * (b - a)
+    out["perplexity"] = target
+    return {**out, "reached": True}
 
 
 def _draw_consistency(figures, details, axes) -> None:
@@ -570,8 +616,16 @@ def _draw_consistency(figures, details, axes) -> None:
     axes[0].set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
     axes[0].set(ylabel="repeated 4-gram share", title="repetition")
     for n in names:
-        axes[1].scatter(results[n]["perplexity"], results[n]["distinct_2"], label=n)
-    axes[1].set(xlabel="perplexity of its own text", ylabel="distinct-2", title="diversity vs perplexity")
+        sweep = figures.get("temperature_sweeps", {}).get(n)
+        if sweep:
+            sweep = sorted(sweep, key=lambda r: r["perplexity"])
+            axes[1].plot([r["perplexity"] for r in sweep], [r["distinct_2"] for r in sweep], marker="o", label=n)
+        else:
+            axes[1].scatter(results[n]["perplexity"], results[n]["distinct_2"], label=n, zorder=3)
+    if "equal_perplexity" in figures:
+        axes[1].axvline(figures["equal_perplexity"]["perplexity"], color="grey", linestyle=":", linewidth=1)
+    axes[1].set(xlabel="perplexity of its own text", ylabel="distinct-2",
+                title="diversity vs perplexity (lines: temperature sweeps)")
     axes[1].legend(fontsize=8)
 
 

@@ -135,6 +135,10 @@ def test_tasks_run_on_a_tiny_model(tiny_bio, tmp_path):
     assert set(c.figures["decodings"]) == {"greedy", "sampling", "repetition_penalty", "no_repeat_ngram",
                                            "contrastive"}
     assert c.figures["decodings"]["greedy"]["perplexity"] > 1
+    matched = c.figures["equal_perplexity"]
+    assert matched["perplexity"] == c.figures["decodings"]["contrastive"]["perplexity"]
+    assert set(matched["decodings"]) == {"sampling", "repetition_penalty", "no_repeat_ngram"}
+    assert [r["temperature"] for r in c.figures["temperature_sweeps"]["sampling"]] == [0.5, 0.7, 1.0]
     x = context(tiny_bio, num_samples=2, multiples=(1, 2, 8))
     scalings = x.figures["scalings"]
     assert set(scalings) == {"none", "linear", "ntk", "yarn"}
@@ -173,3 +177,16 @@ def test_cli_writes_report_and_plot_and_refuses_bad_input_in_one_line(tiny_bio, 
         run_task(tiny_bio, EvalRequest(task="understanding", pairs=str(pairs)))
     with pytest.raises(GenloomError, match="hallucination"):
         run_task(tiny_bio, EvalRequest(task="halucination"))
+
+
+def test_figures_at_equal_perplexity_interpolate_in_log_perplexity():
+    from genloom.text.limits import at_perplexity
+
+    rows = [{"temperature": 1.0, "perplexity": 4.0, "rep_4": 0.0, "x": None},
+            {"temperature": 0.5, "perplexity": 1.0, "rep_4": 0.6, "x": None}]
+    mid = at_perplexity(rows, 2.0)                        # log 2 is halfway between log 1 and log 4
+    assert mid["reached"] and mid["temperature"] == pytest.approx(0.75) and mid["rep_4"] == pytest.approx(0.3)
+    assert mid["perplexity"] == 2.0 and mid["x"] is None
+    low = at_perplexity(rows, 0.5)                        # below the sweep: the nearest row, not reached
+    assert not low["reached"] and low["temperature"] == 0.5 and low["perplexity"] == 1.0
+    assert at_perplexity(rows, 4.0)["reached"] and at_perplexity(rows, 9.0)["temperature"] == 1.0
