@@ -50,8 +50,9 @@ def _encoder(tokenizer: Path | None):
 
 def detect(
     files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Files to check: text (scored over the "
-                                                "tokens of --tokenizer), PNG or JPEG images, WAV, FLAC, OGG or MP3 "
-                                                "sound. The type is read from the file's first bytes.")],
+                                                "tokens of --tokenizer), PNG, JPEG or GIF images (a GIF: its "
+                                                "first frame), WAV, FLAC, OGG or MP3 sound. The type is read from "
+                                                "the file's first bytes.")],
     key: Annotated[str, typer.Option("--key", envvar="GENLOOM_WATERMARK_KEY", help="The secret key the content "
                                      "was marked with (or GENLOOM_WATERMARK_KEY).")],
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="Text files: the tokenizer.json of the "

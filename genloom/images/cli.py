@@ -22,7 +22,7 @@ from ..cli.watermark import Watermark
 from ..core.errors import GenloomError
 from ..core.io import sha256_file
 from ..media.image import read_generation_params, save_gif, save_image_grid, save_png, to_pil_image
-from .handle import AutoencoderModel, GANModel, ImageHandle
+from .handle import AutoencoderModel, GANModel, ImageHandle, watermark_images
 from .params import file_record, generation_params, weights_of
 
 __all__ = ["register"]
@@ -282,18 +282,24 @@ def generate_variations(
                                       "written next to it.")] = Path("variations.gif"),
     scale: Annotated[int, typer.Option("--scale", min=0, help="Enlarge the frames this many times; 0 = to at "
                                        "least 64 pixels.")] = 0,
+    watermark: Watermark = None,
     no_verify: NoVerify = False,
     device: Device = "auto",
 ) -> None:
     """Walk the latent space of a GAN from one seed to another: an animated GIF of smooth variations."""
+    mark = _image_watermark(watermark)
     model = load_handle(checkpoint, device, GANModel, "a GAN; variations walk a GAN's latent space (train e.g. "
                         "digits-gan)", verify=not no_verify)
     if out.suffix.lower() != ".gif":
         raise GenloomError(f"--out {out}: the variations are an animated GIF; give a name ending in .gif")
     images = model.interpolate(label, seed=seed, to_seed=to_seed, frames=frames)
     scale = scale or max(1, 64 // model.model.config.image_size)
-    save_gif(images, out, scale=scale, seconds=seconds)
+    if mark is None:
+        save_gif(images, out, scale=scale, seconds=seconds)
+    else:                               # each frame marked as saved (the GIF's palette keeps grey exactly)
+        save_gif(watermark_images(images, mark, scale), out, scale=1, seconds=seconds)
     save_image_grid(images, out.with_suffix(".png"), nrow=frames, scale=scale)
+    _mark_file(out.with_suffix(".png"), mark)       # the strip is marked as one picture, like grid.png
     typer.echo(f"genloom: wrote {out} ({frames} frames, seed {seed} to {to_seed}) and {out.with_suffix('.png')}",
                err=True)
 

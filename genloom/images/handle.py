@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .eval import AutoencoderEvalResult, ImageEvalResult
 
 __all__ = ["ImageHandle", "ImageModel", "GANModel", "AutoencoderModel", "picture", "open_checkpoint", "score",
-           "progress_bar", "attach_checkpoint_autoencoder"]
+           "progress_bar", "attach_checkpoint_autoencoder", "image_watermark", "watermark_images"]
 
 
 def progress_bar(steps: int, total: int, desc: str, progress: bool, callback=None):
@@ -37,6 +37,33 @@ def progress_bar(steps: int, total: int, desc: str, progress: bool, callback=Non
 
     report.close = bar.close
     return report
+
+
+def image_watermark(watermark, where: str = "watermark"):
+    """The ImageWatermark a `watermark` argument asks for (a key, checked before anything is drawn, or an
+    ImageWatermark), or None."""
+    if watermark is None:
+        return None
+    from ..watermark.image import ImageWatermark
+
+    return watermark if isinstance(watermark, ImageWatermark) else ImageWatermark(watermark, where=where)
+
+
+def watermark_images(images: torch.Tensor, watermark, scale: int = 0) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] as genloom saves them, marked: enlarged `scale` times (nearest neighbour;
+    0 = to at least 64 pixels, as `genloom generate image` does), on the 8-bit grid, with `watermark` (a key or
+    an ImageWatermark) added; back in [-1, 1]. `to_pil_image` (and so `save_image`) of each gives exactly the
+    marked picture, which `genloom detect` finds."""
+    import numpy as np
+
+    from ..media.image import to_pil_image
+
+    mark = image_watermark(watermark)
+    scale = scale or max(1, 64 // images.shape[-1])
+    marked = [np.asarray(mark.mark(to_pil_image(image, scale), where=f"image {i}")) for i, image in enumerate(images)]
+    pixels = torch.from_numpy(np.stack(marked)).float()                       # (N, H, W) or (N, H, W, 3)
+    pixels = pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+    return pixels / 127.5 - 1
 
 
 class ImageHandle(Handle):
@@ -162,23 +189,28 @@ class ImageModel(ImageHandle):
     def generate(self, labels: str | int | Sequence[str | int] | None = None, *, num_samples: int = 1,
                  steps: int | None = None, sampler: str | None = None, guidance: float | None = None,
                  seed: int | None = None, spacing: str = "leading", eta: float = 0.0,
-                 progress: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None,
+                 watermark=None) -> torch.Tensor:
         """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
 
         Sample i uses seed + i. Steps, sampler and guidance default to the recipe's objective settings.
-        `callback(i, n)` runs after each sampler step (the server reports progress with it).
+        `callback(i, n)` runs after each sampler step (the server reports progress with it). `watermark`: a
+        key (or a `genloom.watermark.image.ImageWatermark`): the images come back marked, as `watermark_images`
+        makes them (enlarged to at least 64 pixels, 8-bit; `genloom detect` finds the mark in their PNG).
         """
         from ..diffusion.sampling import generate_images
 
+        mark = image_watermark(watermark)
         steps, sampler, guidance = self.sampling(steps, sampler, guidance)
         seed = self.draw_seed(seed)
         indices, total = self._requests(labels, num_samples)
         report = progress_bar(steps, total, "sampling", progress, callback)
         try:
-            return generate_images(self.model, self.schedule, indices, total, seed, sampler, steps, guidance, spacing,
-                                   eta, callback=report)
+            images = generate_images(self.model, self.schedule, indices, total, seed, sampler, steps, guidance,
+                                     spacing, eta, callback=report)
         finally:
             report.close()
+        return images if mark is None else watermark_images(images, mark)
 
     def _images_for_eval(self, labels, num_samples, seed, progress, steps=None, sampler=None,
                          guidance=None) -> torch.Tensor:
@@ -243,12 +275,14 @@ class GANModel(ImageHandle):
 
     def generate(self, labels: str | int | Sequence[str | int] | None = None, *, num_samples: int = 1,
                  seed: int | None = None, truncation: float = 1.0, progress: bool = False,
-                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                 callback: Callable[[int, int], None] | None = None, watermark=None) -> torch.Tensor:
         """`num_samples` images (N, C, H, W) in [-1, 1] for each label (label-major order), or unconditional.
         Sample i comes from the latent of seed + i; `truncation` < 1 shrinks the latents (less varied,
-        more typical). (`progress` is accepted for symmetry with the diffusion models: there is one pass.)"""
+        more typical). (`progress` is accepted for symmetry with the diffusion models: there is one pass.)
+        `watermark`: a key: the images come back marked, as `watermark_images` makes them."""
         from ..gan.objective import generate_gan_images
 
+        mark = image_watermark(watermark)
         if not 0 < truncation <= 2:
             raise GenloomError(f"truncation={truncation}: must be in (0, 2] (1 = the training distribution)")
         seed = self.draw_seed(seed)
@@ -256,7 +290,7 @@ class GANModel(ImageHandle):
         images = generate_gan_images(self.model, indices, total, seed, truncation=truncation)
         if callback is not None:
             callback(1, 1)                                               # one pass: done
-        return images
+        return images if mark is None else watermark_images(images, mark)
 
     def _images_for_eval(self, labels, num_samples, seed, progress) -> torch.Tensor:
         from ..gan.objective import generate_gan_images
@@ -271,9 +305,11 @@ class GANModel(ImageHandle):
 
     @torch.no_grad()
     def interpolate(self, label: str | int | None = None, *, seed: int = 0, to_seed: int = 1,
-                    frames: int = 16) -> torch.Tensor:
+                    frames: int = 16, watermark=None, scale: int = 0) -> torch.Tensor:
         """Images (frames, C, H, W) along the great circle from the latent of `seed` to that of `to_seed`
-        (spherical interpolation keeps every intermediate latent as likely as the ends)."""
+        (spherical interpolation keeps every intermediate latent as likely as the ends). `watermark`: a key:
+        the frames come back marked, enlarged `scale` times (0: to at least 64 pixels; `watermark_images`)."""
+        mark = image_watermark(watermark)
         if frames < 2:
             raise GenloomError(f"frames={frames}: an interpolation needs at least 2 frames")
         gan = self.model
@@ -289,7 +325,8 @@ class GANModel(ImageHandle):
             labels = torch.full((frames,), self.label_index(label), dtype=torch.long, device=device)
         elif label is not None:
             self.label_index(label)                                     # raises: unconditional
-        return gan.generator(z, labels).float().clamp(-1, 1).cpu()
+        images = gan.generator(z, labels).float().clamp(-1, 1).cpu()
+        return images if mark is None else watermark_images(images, mark, scale)
 
 
 class AutoencoderModel(ImageHandle):

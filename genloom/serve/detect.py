@@ -1,9 +1,10 @@
-"""Watermarks on the server: marking text (a server key from `genloom serve --watermark KEY`, or a request's
-`watermark` field) and POST /v1/detect (genloom's own endpoint).
+"""Watermarks on the server: marking text and images (a server key from `genloom serve --watermark KEY`, or a
+request's `watermark` field) and POST /v1/detect (genloom's own endpoint).
 
-A request's `watermark` field: `true` (mark with the server's key), or an object {"key", "scheme", "context",
-"gamma", "delta"} (the key may be left out when the server has one; a server with a key marks every text with
-it, so a request cannot turn marking off or swap the key). Keys are never logged, echoed or returned: errors
+A text request's `watermark` field: `true` (mark with the server's key), or an object {"key", "scheme",
+"context", "gamma", "delta"}; an image request's: `true` or {"key"} (the key may be left out when the server
+has one; a server with a key marks every text and image with it, so a request cannot turn marking off or swap
+the key). Keys are never logged, echoed or returned: errors
 say what is wrong with a key, never what it is.
 
 POST /v1/detect takes {"text" | "tokens" | "file" (base64 of a PNG, JPEG, WAV, FLAC, OGG or MP3), "model"
@@ -24,9 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from ..core.errors import GenloomError
 from ..watermark.keys import check_key
 from .errors import APIError
-from .schemas import BODIES, WatermarkField
+from .schemas import BODIES, ImageWatermarkField, WatermarkField
 
-__all__ = ["router", "configure", "request_watermark", "DetectRequest"]
+__all__ = ["router", "configure", "request_watermark", "request_image_watermark", "DetectRequest"]
 
 router = APIRouter()
 
@@ -92,6 +93,21 @@ def request_watermark(request: Request, field: Union[bool, WatermarkField, None]
     except GenloomError as error:
         raise APIError(400, f"watermark: {error}", param="watermark") from None
     return mark
+
+
+def request_image_watermark(request: Request, field: Union[bool, ImageWatermarkField, None]):
+    """The ImageWatermark an image request's pictures are marked with (None: unmarked)."""
+    from ..watermark.image import ImageWatermark
+
+    server = getattr(request.app.state, "watermark_key", None)
+    if field is None or field is False:
+        if server is None:
+            return None
+        if field is False:
+            raise APIError(400, "watermark: this server marks every image it makes; leave watermark out",
+                           param="watermark")
+    key = _key(request, field.key if isinstance(field, ImageWatermarkField) else None, "watermark.key")
+    return ImageWatermark(key, where="watermark.key")
 
 
 @router.post("/v1/detect")

@@ -27,9 +27,12 @@ class APIError(Exception):
 
 
 def _param(location: list) -> str:
-    """OpenAI's spelling of a field's place: messages[0].content."""
+    """OpenAI's spelling of a field's place: messages[0].content (without pydantic's union member names, such
+    as the WatermarkField in watermark.WatermarkField.scheme: genloom's field names are lower case)."""
     out = ""
     for part in location:
+        if isinstance(part, str) and part[:1].isupper():
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

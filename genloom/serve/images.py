@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..core.errors import GenloomError
+from .detect import request_image_watermark
 from .errors import APIError
 from .events import collect, event_stream, sse
 from .limits import Limits
@@ -45,7 +46,7 @@ def card(handle, kind: str) -> dict:
 
 def _png_base64(image, params: dict, mark=None) -> str:
     """The image as a PNG (enlarged to at least 64 pixels) carrying `params['scale']` and the rest of its recipe;
-    marked by `mark` (the server's ImageWatermark, `genloom serve --watermark KEY`) before it is encoded."""
+    marked by `mark` (an ImageWatermark: the server's key or the request's `watermark`) before it is encoded."""
     from ..media.image import png_bytes, to_pil_image
 
     picture = to_pil_image(image, params["scale"])
@@ -153,6 +154,7 @@ async def images(body: ImageRequest, request: Request):
     if body.steps is not None and body.steps > limits.max_steps:
         raise APIError(400, f"steps={body.steps} is more than the server's limit of {limits.max_steps}",
                        param="steps")
+    mark = request_image_watermark(request, body.watermark)     # the server's key, or the request's
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     options = _options(entry, body, seed)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -165,13 +167,6 @@ async def images(body: ImageRequest, request: Request):
         raise APIError(429, f"the model {entry.name!r} is busy ({limits.queue_size} requests waiting); retry "
                        "shortly", "rate_limit_exceeded", code="queue_full") from None
     created = int(time.time())
-    key = getattr(request.app.state, "watermark_key", None)
-    if key is not None:
-        from ..watermark.image import ImageWatermark
-
-        mark = ImageWatermark(key)
-    else:
-        mark = None
 
     def result(images) -> dict:
         server.metrics.images(entry.name, len(images))

@@ -10,8 +10,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StreamOptions", "WatermarkField", "SamplingRequest", "CompletionRequest", "ContentPart", "Message",
-           "ToolCall", "Tool", "ChatRequest", "ImageRequest", "BODIES", "OPENAI_FIELDS",
+__all__ = ["StreamOptions", "WatermarkField", "ImageWatermarkField", "SamplingRequest", "CompletionRequest",
+           "ContentPart", "Message", "ToolCall", "Tool", "ChatRequest", "ImageRequest", "BODIES", "OPENAI_FIELDS",
            "accepted_fields"]
 
 
@@ -31,6 +31,12 @@ class WatermarkField(_Body):
     context: int = Field(0, ge=0, le=16)
     gamma: float = Field(0.25, gt=0, lt=1)
     delta: float = Field(2.0, ge=0, le=20)
+
+
+class ImageWatermarkField(_Body):
+    """An image request's `watermark` (genloom's; serve/detect.py): the key, unless the server has one."""
+
+    key: Optional[str] = None
 
 
 class SamplingRequest(_Body):
@@ -138,6 +144,7 @@ class ImageRequest(_Body):
     seed: Optional[int] = Field(None, ge=0, le=2**31 - 1)
     truncation: Optional[float] = Field(None, gt=0, le=2)
     stream: bool = False                       # server-sent progress events, then the result
+    watermark: Union[bool, ImageWatermarkField, None] = None     # mark the images (serve/detect.py)
 
 
 BODIES: dict[str, type[BaseModel]] = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest,

@@ -13,7 +13,8 @@ from ..core.config import RunConfig
 from ..core.errors import GenloomError
 from ..handle import EvalRequest
 from ..images.eval import ImageEvalResult
-from ..images.handle import ImageModel, attach_checkpoint_autoencoder, picture, progress_bar
+from ..images.handle import (ImageModel, attach_checkpoint_autoencoder, image_watermark, picture, progress_bar,
+                             watermark_images)
 from .bias import ColourBiasResult
 from .concept import ConceptEvalResult
 from .data import load_caption_tokenizer
@@ -62,9 +63,9 @@ class TextToImageModel(ImageModel):
                  sampler: str | None = None, guidance: float | None = None, seed: int | None = None,
                  spacing: str = "leading", eta: float = 0.0, progress: bool = False,
                  negative_prompt: str | None = None, init_image=None, strength: float | None = None,
-                 mask=None, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                 mask=None, callback: Callable[[int, int], None] | None = None, watermark=None) -> torch.Tensor:
         """`num_samples` images (N, C, H, W) in [-1, 1] for each prompt (prompt-major order); sample i uses
-        seed + i.
+        seed + i. `watermark`: a key: the images come back marked (`genloom.images.handle.watermark_images`).
 
         `negative_prompt`: what guidance steers away from (instead of "no caption"). `init_image` (a path,
         PIL image or tensor; resized and centre-cropped to the model's size): start from it, noised to
@@ -74,6 +75,7 @@ class TextToImageModel(ImageModel):
         """
         from ..diffusion.sampling import generate_images
 
+        mark = image_watermark(watermark)
         if num_samples < 1:
             raise GenloomError(f"num_samples={num_samples}: must be at least 1")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -109,11 +111,12 @@ class TextToImageModel(ImageModel):
         seed = self.draw_seed(seed)
         report = progress_bar(steps, total, "sampling", progress, callback)
         try:
-            return generate_images(self.model, self.schedule, ids, total, seed, sampler, steps, guidance, spacing,
-                                   eta, callback=report, negative=negative, init=init, strength=strength,
-                                   mask=mask_tensor)
+            images = generate_images(self.model, self.schedule, ids, total, seed, sampler, steps, guidance, spacing,
+                                     eta, callback=report, negative=negative, init=init, strength=strength,
+                                     mask=mask_tensor)
         finally:
             report.close()
+        return images if mark is None else watermark_images(images, mark)
 
     def evaluate(self, *, num_samples: int = 200, steps: int | None = None, sampler: str | None = None,
                  guidance: float | Sequence[float] | None = None, seed: int = 0, data_path: str | None = None,

@@ -1,6 +1,6 @@
 """What a file is, by its first bytes (never by its name), and looking for a watermark in it.
 
-`kind_of(data)` names the content: "png", "jpeg" (images), "wav", "flac", "ogg", "mp3" (sound) or "text"
+`kind_of(data)` names the content: "png", "jpeg", "gif" (images), "wav", "flac", "ogg", "mp3" (sound) or "text"
 (UTF-8 without NUL bytes); anything else is refused in one line. `detect_bytes` decodes the content and runs
 the detector of its kind. Every failure to decode is a `GenloomError` naming the file, so arbitrary bytes
 never end in a traceback (tests/watermark/test_detect.py feeds it random and truncated files).
@@ -21,7 +21,7 @@ from .text import SCHEMES, TextWatermark
 
 __all__ = ["kind_of", "detect_bytes", "detect_text_tokens", "KINDS", "MAX_BYTES"]
 
-KINDS = {"png": "image", "jpeg": "image", "wav": "audio", "flac": "audio", "ogg": "audio", "mp3": "audio",
+KINDS = {"png": "image", "jpeg": "image", "gif": "image", "wav": "audio", "flac": "audio", "ogg": "audio", "mp3": "audio",
          "text": "text"}
 MAX_BYTES = 64 * 2**20           # larger files are refused (a detector reads the whole file)
 MAX_PIXELS = 4096 * 4096         # ... and larger images
@@ -33,6 +33,8 @@ def kind_of(data: bytes, name: str = "the file") -> str:
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"                    # its first frame is checked (genloom generate variations writes GIFs)
     if len(data) >= 12 and data[:4] in (b"RIFF", b"RIFX") and data[8:12] == b"WAVE":
         return "wav"
     if data.startswith(b"fLaC"):
@@ -50,7 +52,7 @@ def kind_of(data: bytes, name: str = "the file") -> str:
             pass
     if not data:
         raise GenloomError(f"{name}: the file is empty")
-    raise GenloomError(f"{name}: is not text (UTF-8), PNG, JPEG, WAV, FLAC, OGG or MP3 (by its first bytes); "
+    raise GenloomError(f"{name}: is not text (UTF-8), PNG, JPEG, GIF, WAV, FLAC, OGG or MP3 (by its first bytes); "
                        "genloom detect reads those")
 
 

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from genloom.core.errors import GenloomError
@@ -148,8 +149,49 @@ def test_generate_image_marks_detect_finds_and_the_server_marks_its_images(tmp_p
                                      "--out", str(tmp_path / "small")])
     assert small.exit_code != 0 and "image too small for the mark" in small.output
 
+    # the Python API: marked tensors, as saved (64 px, 8-bit), that the saved PNG keeps
+    from genloom.media.image import to_pil_image
+
+    handle = load(run)
+    images = handle.generate("3", num_samples=2, steps=2, seed=5, watermark=KEY)
+    assert images.shape == (2, 1, 64, 64)
+    assert torch.equal(images, (images + 1).mul(127.5).round().div(127.5).sub(1))      # on the 8-bit grid
+    plain_images = handle.generate("3", num_samples=2, steps=2, seed=5)
+    for marked_image, plain_image in zip(images, plain_images):
+        assert ImageWatermark(KEY).detect(to_pil_image(marked_image), threshold=0.01).marked
+        assert not ImageWatermark(KEY).detect(to_pil_image(plain_image, 8), threshold=0.01).marked
+    assert _psnr(to_pil_image(images[0]), to_pil_image(plain_images[0], 8)) > 37.9
+    with pytest.raises(WatermarkKeyError, match="watermark: a watermark key is 8 to 256"):
+        handle.generate("3", steps=2, watermark="short")
+
+    plain_server = _Server({"d": handle}, Limits())
+    try:
+        def image(server, **extra):
+            return httpx.post(f"{server.url}/v1/images/generations", timeout=120,
+                              json={"model": "d", "prompt": "3", "n": 1, "steps": 2, "seed": 1, **extra})
+
+        reply = image(plain_server, watermark={"key": KEY})           # marked by request
+        assert reply.status_code == 200 and KEY not in reply.text, reply.text
+        png = base64.b64decode(reply.json()["data"][0]["b64_json"])
+        assert ImageWatermark(KEY).detect(Image.open(io.BytesIO(png))).marked
+        png = base64.b64decode(image(plain_server).json()["data"][0]["b64_json"])
+        assert not ImageWatermark(KEY).detect(Image.open(io.BytesIO(png))).marked
+        for extra, words in [({"watermark": True}, "the server has no watermark key"),
+                             ({"watermark": {"key": "bad"}}, "a watermark key is 8 to 256"),
+                             ({"watermark": {"key": KEY, "psnr": 30}}, "watermark.psnr (not a field")]:
+            reply = image(plain_server, **extra)
+            assert reply.status_code == 400 and words in reply.json()["error"]["message"], reply.text
+            assert KEY not in reply.text
+    finally:
+        plain_server.stop()
     server = _Server({"d": load(run)}, Limits(), watermark=KEY)
     try:
+        for extra, words in [({"watermark": False}, "marks every image"),
+                             ({"watermark": {"key": "another-key-456"}}, "its own key")]:
+            reply = httpx.post(f"{server.url}/v1/images/generations", timeout=120,
+                               json={"model": "d", "prompt": "3", "n": 1, "steps": 2, **extra})
+            assert reply.status_code == 400 and words in reply.json()["error"]["message"], reply.text
+            assert KEY not in reply.text and "another-key-456" not in reply.text
         reply = httpx.post(f"{server.url}/v1/images/generations", timeout=120,
                            json={"model": "d", "prompt": "3", "n": 1, "steps": 2, "seed": 1})
         assert reply.status_code == 200, reply.text
@@ -164,6 +206,42 @@ def test_generate_image_marks_detect_finds_and_the_server_marks_its_images(tmp_p
         assert answer["kind"] == "jpeg" and answer["marked"], answer
     finally:
         server.stop()
+
+
+def test_gan_images_and_variations_are_marked(tmp_path):
+    """A GAN's images by the API, and `generate variations --watermark`: every GIF frame and the PNG strip."""
+    from test_detect import _detect_cli
+    from typer.testing import CliRunner
+
+    from genloom import api, load
+    from genloom.cli import app
+    from genloom.media.image import to_pil_image
+
+    run = tmp_path / "gan"
+    api.train("digits-gan", out=run, overrides=["model.generator_channels=8", "model.discriminator_channels=8",
+                                                 "model.mapping_layers=1", "train.batch_size=8", "train.max_steps=1",
+                                                 "train.eval_interval=1", "train.eval_batches=1",
+                                                 "train.progress=false", "train.precision=fp32",
+                                                 "objective.samples_per_class=1", "objective.coverage_samples=2"])
+    gan = load(run)
+    mark = ImageWatermark(KEY)
+    images = gan.generate("4", num_samples=2, seed=0, watermark=KEY)
+    assert images.shape == (2, 1, 64, 64) and all(mark.detect(to_pil_image(x)).marked for x in images)
+    assert not mark.detect(to_pil_image(gan.generate("4", seed=0)[0], 8)).marked
+    gif = tmp_path / "walk.gif"
+    result = CliRunner().invoke(app, ["generate", "variations", "--checkpoint", str(run), "--label", "4",
+                                      "--frames", "3", "--watermark", KEY, "--out", str(gif)])
+    assert result.exit_code == 0, result.output
+    with Image.open(gif) as animation:
+        frames = []
+        for i in range(animation.n_frames):
+            animation.seek(i)
+            frames.append(animation.convert("RGB"))
+    assert len(frames) == 4 and all(mark.detect(f).marked for f in frames)     # 3 there, 1 back
+    found = _detect_cli("--key", KEY, "--json", str(gif), str(gif.with_suffix(".png")))
+    assert found.exit_code == 0, found.output
+    verdicts = [json.loads(line) for line in found.output.splitlines()]
+    assert [(v["kind"], v["marked"]) for v in verdicts] == [("gif", True), ("png", True)], verdicts
 
 
 def test_image_detection_never_crashes_on_broken_or_odd_images():
