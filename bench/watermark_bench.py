@@ -89,7 +89,8 @@ def bench_text(checkpoint: Path, items: int, batch: int, length: int) -> dict:
 
     model = load(checkpoint, device="cpu")
     vocab = model.tokenizer.vocab_size
-    marks = {"none": None, "green": TextWatermark(KEY, "green"), "gumbel": TextWatermark(KEY, "gumbel")}
+    marks = {"none": None, "green": TextWatermark(KEY, "green"), "green delta 2": TextWatermark(KEY, "green", delta=2.0),
+             "gumbel": TextWatermark(KEY, "gumbel")}
     texts: dict[str, list] = {name: [] for name in marks}
     seconds = {name: 0.0 for name in marks}
     for start in tqdm(range(0, items, batch), desc="generating", unit="batch"):
@@ -104,7 +105,7 @@ def bench_text(checkpoint: Path, items: int, batch: int, length: int) -> dict:
     plain = texts["none"]
     out["perplexity_unmarked"] = math.exp(-statistics.fmean(lp for c in plain for lp in c.logprobs))
     out["tokens_per_s_unmarked"] = sum(len(c.tokens) for c in plain) / seconds["none"]
-    for name in ("green", "gumbel"):
+    for name in ("green", "green delta 2", "gumbel"):
         mark, marked = marks[name], texts[name]
         row = {"perplexity": math.exp(-statistics.fmean(lp for c in marked for lp in c.logprobs)),
                "tokens_per_s": sum(len(c.tokens) for c in marked) / seconds[name]}

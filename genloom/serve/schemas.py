@@ -30,7 +30,7 @@ class WatermarkField(_Body):
     scheme: Literal["green", "gumbel"] = "green"
     context: int = Field(0, ge=0, le=16)
     gamma: float = Field(0.25, gt=0, lt=1)
-    delta: float = Field(2.0, ge=0, le=20)
+    delta: float = Field(2.5, ge=0, le=20)
 
 
 class ImageWatermarkField(_Body):
