@@ -300,8 +300,9 @@ def image_edits(picture, rng: np.random.Generator) -> dict:
             "noise 5/255": noise(picture), "crop+resize+JPEG+noise": noise(jpeg(resize(crop(picture))))}
 
 
-def image_sets(items: int) -> dict:
-    """{name: uint8 pictures (N, H, W, 3)} as `genloom generate image` saves each built-in set's images."""
+def image_sets(items: int, scenes: bool = False) -> dict:
+    """{name: uint8 pictures (N, H, W, 3)} as `genloom generate image` saves each built-in set's images (and,
+    with `scenes`, builtin:scenes' 32 px pictures, what the text-to-image recipes learn to draw, saved at 64 px)."""
     from sklearn.datasets import load_digits
 
     from genloom.images.data import render_glyphs
@@ -309,11 +310,18 @@ def image_sets(items: int) -> dict:
     digits = np.round(load_digits().images * (255 / 16)).astype(np.uint8)
     digits = np.repeat(digits[np.arange(items) % len(digits)][..., None], 3, axis=3)
     glyphs = render_glyphs(items, 7, 32)[0]
-    return {"digits 8x8 -> 64 px": digits.repeat(8, 1).repeat(8, 2), "glyphs 32 -> 64 px": glyphs.repeat(2, 1).repeat(2, 2),
-            "glyphs64 (textured) 64 px": render_glyphs(items, 7, 64, True)[0], "glyphs 32 px (unscaled)": glyphs}
+    sets = {"digits 8x8 -> 64 px": digits.repeat(8, 1).repeat(8, 2), "glyphs 32 -> 64 px": glyphs.repeat(2, 1).repeat(2, 2),
+            "glyphs64 (textured) 64 px": render_glyphs(items, 7, 64, True)[0]}
+    if scenes:
+        from genloom.text_to_image.scenes import random_scenes, render_scenes
+
+        sets["scenes 32 -> 64 px (text-to-image data)"] = render_scenes(random_scenes(items, 7)).repeat(2, 1).repeat(2, 2)
+    sets["glyphs 32 px (unscaled)"] = glyphs
+    return sets
 
 
-def bench_image(items: int) -> dict:
+def bench_image(items: int, save=None) -> dict:
+    """The image part; `save(partial)` runs after each picture set (a run cut short keeps the sets it did)."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -321,7 +329,7 @@ def bench_image(items: int) -> dict:
 
     mark = ImageWatermark(KEY)
     out = {"items": items, "sets": {}}
-    for name, pictures in image_sets(items).items():
+    for name, pictures in image_sets(items, scenes=True).items():
         rng = np.random.default_rng(0)
         p_values, psnr, seconds, count = {}, [], 0.0, 0
         for pixels in tqdm(pictures, desc=f"image: {name}", unit="picture"):
@@ -336,6 +344,8 @@ def bench_image(items: int) -> dict:
         out["sets"][name] = {"size": list(pictures.shape[1:3]), "psnr_db": [float(np.min(psnr)), float(np.median(psnr))],
                              "detect_ms": 1000 * seconds / count,
                              "edits": {e: rates(*v) for e, v in p_values.items()}}
+        if save is not None:
+            save(out)
     return out
 
 
@@ -531,7 +541,11 @@ def main() -> None:
     if "filters" in parts:
         results["filters"] = bench_filters()
     if "image" in parts:
-        results["image"] = bench_image(args.items)
+        def save(partial: dict) -> None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps({**results, "image": partial}, indent=1))
+
+        results["image"] = bench_image(args.items, save)
     if "learned-image" in parts:
         results["learned-image"] = bench_learned_image(args.seconds)
     if "tree-ring" in parts:
