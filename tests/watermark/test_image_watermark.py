@@ -57,23 +57,41 @@ def _edits(picture: Image.Image, rng: np.random.Generator) -> dict[str, Image.Im
             "noise 5/255": Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))}
 
 
+def _scenes(count: int) -> list[Image.Image]:
+    """builtin:scenes pictures (what the text-to-image recipes draw, 32 px) as genloom saves them: 64 px."""
+    from genloom.text_to_image.scenes import random_scenes, render_scenes
+
+    return [Image.fromarray(p.repeat(2, 0).repeat(2, 1)) for p in render_scenes(random_scenes(count, 3))]
+
+
+def _glyphs64(count: int) -> list[Image.Image]:
+    from genloom.images.data import render_glyphs
+
+    return [Image.fromarray(p) for p in render_glyphs(count, 5, 64, textured=True)[0]]
+
+
 def test_the_mark_is_38_db_and_survives_the_edits_with_the_key_only():
+    """Eight pictures of four sets, at the detector's default threshold (p < 0.001): each edit leaves at most
+    one of the eight marks unfound (a digit after the crop: the benchmark's rates on 1,000 pictures a cell are
+    96.5-100% at 1% false positives), and no mark is found in the unmarked pictures or with another key."""
     mark, other = ImageWatermark(KEY), ImageWatermark("another-key-456")
     rng = np.random.default_rng(0)
-    pictures = _digits(3) + [_glyph()]
+    pictures = _digits(3) + [_glyph()] + _glyphs64(2) + _scenes(2)
+    found = {}
     for picture in pictures:
         marked = mark.mark(picture)
         assert marked.size == picture.size and marked.mode == picture.mode
         assert 37.9 < _psnr(marked, picture) < 38.2
         assert mark.detect(marked).z > 5            # as marked: scale 1, shift 0
-        for edit, edited in _edits(marked, rng).items():      # at the issue's 1% false-positive level
-            found = mark.detect(edited, threshold=0.01)
-            assert found.marked and found.p_value < 0.01, (edit, found)
-            assert not other.detect(edited, threshold=0.01).marked, edit
+        for edit, edited in _edits(marked, rng).items():
+            found.setdefault(edit, []).append(mark.detect(edited).marked)
+            assert not other.detect(edited).marked, edit
         for edit, edited in _edits(picture, rng).items():
-            assert not mark.detect(edited, threshold=0.01).marked, edit
-    found = mark.detect(_edits(mark.mark(pictures[0]), rng)["resize 0.75x"])
-    assert abs(found.scale - 0.75) < 0.02          # the search finds the resize it undoes
+            assert not mark.detect(edited).marked, edit
+    assert {edit: sum(hits) for edit, hits in found.items()} == {"none": 8, "jpeg q50": 8, "resize 0.75x": 8,
+                                                                  "crop 10%": 7, "noise 5/255": 8}
+    resized = mark.detect(_edits(mark.mark(pictures[0]), rng)["resize 0.75x"])
+    assert abs(resized.scale - 0.75) < 0.02          # the search finds the resize it undoes
 
 
 def test_the_p_value_is_conservative_on_unmarked_pictures():
