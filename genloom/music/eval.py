@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .tokens import Piece
+from .tokens import Note, Piece
 
 __all__ = ["MusicStats", "music_stats", "pitch_class_histogram", "pitch_class_distance", "MusicEvalResult",
            "in_key_share", "VOICE_RANGES", "KeyConsistencyResult", "evaluate_key_consistency"]
@@ -176,11 +176,13 @@ class KeyConsistencyResult:
         s = self.settings
         lines = [f"task: {self.task} (Krumhansl-Schmuckler keys over {s['window_bars']}-bar windows, hop 1 bar; a "
                  f"modulation is a new key held {s['hold']}+ windows)",
-                 f"| figure | generated ({s['num_samples']} x {s['bars']} bars) | training pieces ({s['reference']}) |",
-                 "|---|---|---|"]
+                 f"| figure | generated ({s['num_samples']} x {s['bars']} bars) | the same, cut to their training "
+                 f"piece's length | training pieces ({s['reference']}) |",
+                 "|---|---|---|---|"]
         for name, (label, fmt) in labels.items():
             row = self.figures[name]
-            lines.append(f"| {label} | {fmt.format(row['generated'])} | {fmt.format(row['real'])} |")
+            lines.append(f"| {label} | {fmt.format(row['generated'])} | {fmt.format(row['generated_cut'])} | "
+                         f"{fmt.format(row['real'])} |")
         lines.append(f"({self.seconds:.0f} s)")
         return "\n".join(lines)
 
@@ -263,11 +265,20 @@ def evaluate_key_consistency(generate, reference: Sequence[Piece], *, num_sample
     if bars < window_bars:
         raise GenloomError(f"--task consistency: {bars} bars is shorter than one {window_bars}-bar window")
     start = time.perf_counter()
-    generated = [generate(reference[i % len(reference)], bars, seed + i)
-                 for i in tqdm(range(num_samples), desc="composing long pieces", disable=not progress, leave=False)]
+    likes = [reference[i % len(reference)] for i in range(num_samples)]
+    generated = [generate(like, bars, seed + i) for i, like in
+                 enumerate(tqdm(likes, desc="composing long pieces", disable=not progress, leave=False))]
+    # The same pieces cut to the length (in whole bars) of the training piece each imitates: like for like.
+    cut = []
+    for piece, like in zip(generated, likes):
+        end = max(-(-like.length // like.bar), window_bars) * piece.bar
+        cut.append(Piece(piece.name, [Note(n.start, n.voice, n.pitch, min(n.duration, end - n.start))
+                                      for n in piece.notes if n.start < end], piece.voices, piece.bar, piece.tonic,
+                         piece.mode))
     g_fig, g_curve, g_rec = _consistency_figures(generated, window_bars, hold)
+    c_fig, _, _ = _consistency_figures(cut, window_bars, hold)
     r_fig, r_curve, r_rec = _consistency_figures(reference, window_bars, hold)
-    figures = {name: {"generated": g_fig[name], "real": r_fig[name]} for name in g_fig}
+    figures = {name: {"generated": g_fig[name], "generated_cut": c_fig[name], "real": r_fig[name]} for name in g_fig}
     return KeyConsistencyResult(
         "consistency", figures, {"generated": g_curve, "real": r_curve}, {"generated": g_rec, "real": r_rec},
         {"num_samples": num_samples, "bars": bars, "window_bars": window_bars, "hold": hold, "seed": seed,

@@ -122,6 +122,9 @@ def test_key_consistency_figures_against_pieces_that_leave_their_key():
     # 15 two-bar windows: 0-8 in the key, 9 straddles the change, 10-14 a tritone away.
     assert f["in_key_share"]["generated"] in (pytest.approx(9 / 15), pytest.approx(10 / 15))
     assert f["in_key_first_half"]["generated"] == 1
+    # Cut to their 8-bar training pieces' length, the pieces end before they leave the key.
+    assert f["in_key_share"]["generated_cut"] == 1 and f["modulations_per_piece"]["generated_cut"] == 0
+    assert f["bars_per_piece"]["generated_cut"] == 8
     assert f["in_key_second_half"]["generated"] in (pytest.approx(1 / 7), pytest.approx(2 / 7))
     assert len(result.by_bar["generated"]) == 15 and result.by_bar["generated"][0] == 1
     assert result.by_bar["generated"][-1] == 0 and "windows in the piece's key" in result.summary()
