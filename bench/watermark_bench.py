@@ -29,11 +29,12 @@ images (the same seeds without the ring) give the false-positive threshold (thei
 
 image: genloom's image mark (genloom/watermark/image.py) on `items` pictures of each built-in set as `genloom
 generate image` saves them: builtin:digits (8x8, nearest-neighbour to 64x64), builtin:glyphs (32x32 on black,
-to 64x64) and builtin:glyphs64 (64x64 on textured backgrounds), plus the glyphs at 32x32 unscaled (the mark's
-minimum size). Each picture is marked at 38 dB PSNR; marked and unmarked pictures go through the same edits
-(none, JPEG quality 50, a 0.75x bicubic resize, a 10% crop: a random 90%-of-each-side window, not resized
-back, Gaussian noise of sigma 5/255, and all four in a row: crop, resize, JPEG, noise); reported as for audio,
-plus the PSNR of marked vs unmarked and the detection time.
+to 64x64) and builtin:glyphs64 (64x64 on textured backgrounds), builtin:scenes (what the text-to-image recipes
+draw: 32x32, to 64x64), plus the glyphs at 32x32 unscaled (the mark's minimum size). Each picture is marked at
+38 dB PSNR; marked and unmarked pictures go through the same edits (none, JPEG quality 50, a 0.75x bicubic
+resize, a 10% crop: a random 90%-of-each-side window, not resized back, Gaussian noise of sigma 5/255, all
+four in a row: crop, resize, JPEG, noise, and a GIF's adaptive palette); reported as for audio, plus the PSNR
+of marked vs unmarked and the detection time.
 
 learned-image (an experiment, not a shipped mark): a HiDDeN-style encoder/decoder for a 32-bit message (the
 encoder adds a one-channel residual, scaled to exactly 38 dB PSNR before clipping; the decoder pools to 32
@@ -296,8 +297,14 @@ def image_edits(picture, rng: np.random.Generator) -> dict:
         a = np.asarray(p, dtype=np.float64) + rng.normal(0, 5, np.asarray(p).shape)
         return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
 
+    def gif(p):                           # Pillow's adaptive palette, as `generate variations` writes frames
+        buffer = io.BytesIO()
+        p.save(buffer, "GIF")
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
     return {"none": picture, "JPEG q50": jpeg(picture), "resize 0.75x": resize(picture), "crop 10%": crop(picture),
-            "noise 5/255": noise(picture), "crop+resize+JPEG+noise": noise(jpeg(resize(crop(picture))))}
+            "noise 5/255": noise(picture), "crop+resize+JPEG+noise": noise(jpeg(resize(crop(picture)))),
+            "GIF (palette)": gif(picture)}
 
 
 def image_sets(items: int, scenes: bool = False) -> dict:
