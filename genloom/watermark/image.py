@@ -24,10 +24,10 @@ spread was 0.72-1.10 times the closed form, and the p-value at 1% let through up
 p-value reads each z divided by NULL_SPREAD = 1.1; with it, 3 keys x 5 picture sets x 6 edits x 1,000
 unmarked pictures gave at most 0.8% under p < 0.01 (bench/watermark_bench.py and docs/watermarks.md).
 
-Why 32x32 at 4-10 cycles: a whitened 16x16 fold has about 66 frequencies in its band, and phase-only
-correlation cannot score above about sqrt(66) = 8, however strong the mark; a 32x32 tile has four times the
-frequencies, and on 64 px pictures its scores after a resize or a crop are 1.5x higher (docs/watermarks.md
-has the comparison, and the ones against lower bands, a 64x64 tile and a texture-masked amplitude).
+Why 32x32 at 4-10 cycles: a whitened 16x16 fold has 72 frequencies in its band (2-5 cycles), and phase-only
+correlation cannot score above about sqrt(72) = 8.5, however strong the mark; a 32x32 tile has 272, and on 64
+px pictures its median scores after a resize or a crop are 1.4-1.7x higher (docs/watermarks.md has the
+comparison, and the ones against lower bands, a 64x64 tile and a texture-masked amplitude).
 
 A classical scheme, chosen over a learned encoder/decoder (HiDDeN-style) by measurement: the learned one,
 trained for minutes on the shared CPUs, did not get past chance (docs/watermarks.md has the figures).
@@ -164,7 +164,7 @@ def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
     return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)            # 4.6 MB for a 256 px side, less for smaller ones
 def _fold_matrices(size: int) -> np.ndarray:
     """(len(SCALES), TILE, size) float32: row k turns one side of a picture into that side resampled by 1 /
     SCALES[k] (output pixel j at (j + 1/2) * scale - 1/2, floor(size / scale) of them, a kernel widened by the
