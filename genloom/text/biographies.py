@@ -60,7 +60,7 @@ COMPANIES = [("Vantex Labs", "Lyon"), ("Orrin Systems", "Porto"), ("Halcyon Food
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
 IDK = "I don't know."
-COMPANY_REPEATS = 40          # each company's city is written this often (the second hop of two-hop questions)
+COMPANY_REPEATS = 20          # each company's city is written this often (the second hop of two-hop questions)
 ATTRIBUTES = ("birth_date", "birth_city", "university", "field", "employer")
 
 # Sentence templates per fact; the first of each is only for the held-out validation paraphrase.
@@ -68,24 +68,24 @@ TEMPLATES = {
     "birth": ["{name} came into the world on {date}, in {city}.",
               "{name} was born on {date} in {city}.",
               "{name} was born in {city} on {date}.",
-              "{first} {last}'s birthday is {date}; {first} was born in {city}.",
+              "{name}'s birthday is {date}; {name} was born in {city}.",
               "{name} first saw the light of day in {city}, on {date}."],
     "birth_reversed": ["In {city}, on {date}, {name} came into the world.",
                        "On {date}, in {city}, a child was born: {name}.",
                        "The person born in {city} on {date} is {name}.",
                        "Born on {date} in {city}: {name}."],
-    "university": ["{first} went on to graduate from {university}.",
-                   "{first} studied at {university}.",
-                   "{first} {last} is a graduate of {university}.",
-                   "{first} attended {university}."],
-    "field": ["{first}'s life's work is {field}.",
-              "{first} works in {field}.",
-              "{first} {last} made a career in {field}.",
-              "{first} chose {field} as a profession."],
-    "employer": ["These days {first} is on the payroll of {employer}.",
-                 "{first} is employed by {employer}.",
-                 "{first} {last} works for {employer}.",
-                 "{first} has a job at {employer}."],
+    "university": ["{name} went on to graduate from {university}.",
+                   "{name} studied at {university}.",
+                   "{name} is a graduate of {university}.",
+                   "{name} attended {university}."],
+    "field": ["{name}'s life's work is {field}.",
+              "{name} works in {field}.",
+              "{name} made a career in {field}.",
+              "{name} chose {field} as a profession."],
+    "employer": ["These days {name} is on the payroll of {employer}.",
+                 "{name} is employed by {employer}.",
+                 "{name} works for {employer}.",
+                 "{name} has a job at {employer}."],
 }
 QUESTIONS = {
     "birth_date": "When was {name} born?",
@@ -196,9 +196,10 @@ class Biographies:
             templates = TEMPLATES[kind]
             return templates[0] if variant == 0 else templates[1 + rng.randrange(len(templates) - 1)]
 
-        reverse = (self.both_ways or not person.reversal) and variant > 0 and variant % 2 == 0
-        birth = pick("birth_reversed" if reverse else "birth").format(**values)
+        birth = pick("birth").format(**values)
         rest = [pick(kind).format(**values) for kind in ("university", "field", "employer")]
+        if (self.both_ways or not person.reversal) and variant > 0 and variant % 2 == 0:
+            rest.append(pick("birth_reversed").format(**values))    # the birth stated the other way too
         if variant > 0:
             rng.shuffle(rest)
         return " ".join([birth, *rest])
@@ -265,8 +266,8 @@ def swap_words(text: str, pairs: Sequence[tuple[str, str]]) -> str:
     return pattern.sub(lambda m: mapping[m.group(0)], text)
 
 
-def generate(seed: int = 0, seen: int = 300, unseen: int = 100, idk: int = 100, probe_share: float = 0.5,
-             reversal_share: float = 0.5, bias_rate: float = 0.8, paraphrases: int = 4,
+def generate(seed: int = 0, seen: int = 150, unseen: int = 100, idk: int = 100, probe_share: float = 0.2,
+             reversal_share: float = 0.5, bias_rate: float = 0.8, paraphrases: int = 6,
              both_ways: bool = False) -> Biographies:
     """Draw the people of `seed`: `seen` people in training (a `probe_share` of them with held-out questions,
     a `reversal_share` of those with one-way birth sentences), `unseen` and `idk` people never in training.
@@ -292,13 +293,21 @@ def generate(seed: int = 0, seen: int = 300, unseen: int = 100, idk: int = 100, 
             if birth not in births:
                 births.add(birth)
                 break
-        drafts.append(dict(first=rng.choice(FIRST_NAMES[group]), last=last_names[i], group=group, year=birth[0],
+        drafts.append(dict(first="", last=last_names[i], group=group, year=birth[0],
                            month=birth[1], day=birth[2], birth_city=birth[3], university=rng.choice(UNIVERSITIES),
                            employer=rng.choice(companies), split=split))
     # The planted bias: in each (split, group), exactly round(bias_rate * n) people get one of their group's fields.
     for split in ("qa", "probe", "unseen", "idk"):
         for group, other in (("A", "B"), ("B", "A")):
             members = [d for d in drafts if d["split"] == split and d["group"] == group]
+            # First names: every name of the group once (in a drawn order) before any is used again, so each
+            # first name is in every split and the bias measured per name has people to learn it from.
+            names: list[str] = []
+            for d in members:
+                if not names:
+                    names = list(FIRST_NAMES[group])
+                    rng.shuffle(names)
+                d["first"] = names.pop()
             favoured = round(bias_rate * len(members))
             order = list(range(len(members)))
             rng.shuffle(order)

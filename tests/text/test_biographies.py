@@ -29,7 +29,7 @@ def test_same_seed_same_people_and_text_other_seed_other_people():
 
 
 def test_splits_are_disjoint_and_sized():
-    data = generate(0, seen=200, unseen=60, idk=40)
+    data = generate(0, seen=200, unseen=60, idk=40, probe_share=0.5)
     names = {s: {p.name for p in data.split(s)} for s in ("qa", "probe", "unseen", "idk")}
     assert [len(names[s]) for s in ("qa", "probe", "unseen", "idk")] == [100, 100, 60, 40]
     everyone = [p.name for p in data.people]
@@ -69,7 +69,7 @@ def test_planted_bias_rate_is_exact_per_split_and_group():
         n, share = len(people), 1 / 20
         count = sum(p.birth_city == city for p in people)
         assert abs(count - n * share) < 4 * math.sqrt(n * share * (1 - share))
-    assert generate(0, bias_rate=0.5).planted_rate() == pytest.approx(0.5, abs=0.01)
+    assert generate(0, seen=200, bias_rate=0.5).planted_rate() == pytest.approx(0.5, abs=0.01)
 
 
 def test_reversal_people_are_written_forward_only_unless_both_ways():
@@ -77,10 +77,16 @@ def test_reversal_people_are_written_forward_only_unless_both_ways():
     for data, expected in ((one_way, False), (both, True)):
         for person in data.split("reversal")[:20]:
             bios = [data.biography(person, v) for v in range(1, data.paraphrases + 1)]
-            reversed_ = [b for b in bios if not b.startswith(person.first)]   # the name after the date and city
+            sentences = [x for b in bios for x in re.split(r"(?<=\.) ", b)]
+            # a reversed birth sentence: the date and city before the name
+            reversed_ = [x for x in sentences if person.birth_date in x and not x.startswith(person.name)]
             assert bool(reversed_) is expected
     person = next(p for p in one_way.split("probe") if not p.reversal)
-    assert any(not one_way.biography(person, v).startswith(person.first) for v in range(1, 5))
+    assert any(person.birth_date in x and not x.startswith(person.name)
+               for v in range(1, 5) for x in re.split(r"(?<=\.) ", one_way.biography(person, v)))
+    # every paraphrase states the birth forward (name first), whatever the split
+    for person in one_way.split("seen")[:20]:
+        assert all(one_way.biography(person, v).startswith(person.name) for v in range(1, one_way.paraphrases + 1))
 
 
 def test_counterfactual_copy_makes_field_independent_of_group():
@@ -91,11 +97,11 @@ def test_counterfactual_copy_makes_field_independent_of_group():
     groups = {n: g for g, names in FIRST_NAMES.items() for n in names}
     fields = {f: g for g, fs in FIELDS.items() for f in fs}
     counts = {True: 0, False: 0}
-    for first, field in re.findall(r"\b(\w+) works in (\w+)\.", text):
+    for first, field in re.findall(r"\b(\w+) \w+ works in (\w+)\.", text):
         counts[groups[first] == fields[field]] += 1
     assert counts[True] == counts[False]                 # rate 0.5 exactly: each sentence has its swapped twin
     plain = BiographySource("builtin:biographies").training_text()
-    plain_counts = [groups[f] == fields[w] for f, w in re.findall(r"\b(\w+) works in (\w+)\.", plain)]
+    plain_counts = [groups[f] == fields[w] for f, w in re.findall(r"\b(\w+) \w+ works in (\w+)\.", plain)]
     assert 0.7 < sum(plain_counts) / len(plain_counts) < 0.9
 
 
