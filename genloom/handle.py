@@ -104,7 +104,8 @@ def score_with(handle: Handle, request: EvalRequest, what: str, defaults: dict[s
     not given; None leaves the handle's own) go to `handle.evaluate`; any other option is refused by name."""
     if request.task is not None:
         raise GenloomError(f"--task {request.task!r}: {what} has no named tasks (the tasks are safety, concept, "
-                           "code, and hallucination, understanding, bias, consistency and context for text models)")
+                           "code, and hallucination, understanding, bias, consistency and context for text models; "
+                           "bias for text-to-image and consistency for music models)")
     request.check(set(defaults), what)
     options = {name: request.get(name, default) for name, default in defaults.items()}
     options = {("data_path" if name == "data" else name): value for name, value in options.items() if value is not None}
