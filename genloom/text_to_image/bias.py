@@ -198,6 +198,10 @@ def unsaid_prompts(identity: str, count: int, seed: int) -> list[str]:
     return prompts
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"     # None: the training data never shows that colour
+
+
 @dataclass
 class ColourBiasResult:
     """Per object and guidance scale: the colours of images from prompts that leave the colour unsaid, beside the
@@ -223,7 +227,7 @@ class ColourBiasResult:
         for r in self.rows:
             c = s["colour"]
             lines.append(f"| {r['object']} | {r['guidance']:g} | {r['model'][c]:.1%} | {r['data_images'][c]:.1%} | "
-                         f"{r['data_unsaid'][c]:.1%} | {r['amplification']:.2f} | {r['vs_parity']:.2f} | "
+                         f"{r['data_unsaid'][c]:.1%} | {_ratio(r['amplification'])} | {r['vs_parity']:.2f} | "
                          f"{r['model'][NO_OBJECT]:.1%} |")
         lines.append(f"({self.seconds:.0f} s)")
         return "\n".join(lines)
@@ -267,7 +271,7 @@ class ColourBiasResult:
             row[1].set_xticks(x, names, fontsize=8)
             row[1].set_ylim(0, 1)
             row[1].set_ylabel("share")
-            row[1].set_title(f"{identity}: amplification {r['amplification']:.2f}", fontsize=9)
+            row[1].set_title(f"{identity}: amplification {_ratio(r['amplification'])}", fontsize=9)
         axes[0][1].legend(fontsize=7)
         fig.suptitle(f"genloom eval --task {self.task}")
         fig.tight_layout()
@@ -304,7 +308,7 @@ def evaluate_colour_bias(generate: Callable[[list[str], float], torch.Tensor], c
             row = {"object": identity, "guidance": guidance, "n": num_samples, "model": model,
                    "model_rate_among_read": rate, "data_images": data["images"], "data_unsaid": data["unsaid captions"],
                    "data_counts": data["counts"],
-                   "amplification": model[colour] / data["images"][colour] if data["images"][colour] else float("nan"),
+                   "amplification": model[colour] / data["images"][colour] if data["images"][colour] else None,
                    "vs_parity": model[colour] * len(COLOURS)}
             rows.append(row)
             if identity == config.bias_object:
