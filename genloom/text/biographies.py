@@ -266,7 +266,7 @@ def swap_words(text: str, pairs: Sequence[tuple[str, str]]) -> str:
     return pattern.sub(lambda m: mapping[m.group(0)], text)
 
 
-def generate(seed: int = 0, seen: int = 150, unseen: int = 100, idk: int = 100, probe_share: float = 0.2,
+def generate(seed: int = 0, seen: int = 140, unseen: int = 100, idk: int = 100, probe_share: float = 0.3,
              reversal_share: float = 0.5, bias_rate: float = 0.8, paraphrases: int = 6,
              both_ways: bool = False) -> Biographies:
     """Draw the people of `seed`: `seen` people in training (a `probe_share` of them with held-out questions,
