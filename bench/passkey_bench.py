@@ -90,6 +90,8 @@ def main() -> None:
     for stage, what, leaves, how in pieces(args.out, args):
         if leaves.is_file() or args.stage not in (stage, "all"):
             continue
+        if stage == "eval" and not (leaves.parent / leaves.stem.removeprefix("context-") / "model.safetensors").is_file():
+            continue                                  # its run is not there (yet)
         started = time.time()
         how()
         print(f"{what}: {time.time() - started:.0f} s", flush=True)
