@@ -1,19 +1,20 @@
 """`builtin:passkey`: passkey-retrieval examples (Mohtashami & Jaggi 2023) to teach a language model to find a
 fact in its context, so that `genloom eval --task context` has an ability to measure past the training length.
 
-Each example is filler text with "The pass key is 48213. Remember it. 48213 is the pass key." at a random depth,
+Each example is filler text with "The pass key is 48213. Remember it. 48213 is the pass key." at a random depth
+(far from the question more often than near: see `passkey_examples`),
 then "What is the pass key? The pass key is 48213." (the text `limit_measures.passkey_text` builds, the same
 function the eval's prompts come from, so training text and prompts tokenize alike). Half the examples are
 filled with the eval's sentences (The grass is green. ...), half with consecutive lines of Shakespeare
-(`builtin:shakespeare`), so the validation split also scores real text. Example lengths are spread uniformly up
-to the model's context (`block_size` tokens, estimated in characters), so a model trained at 128 tokens sees
-keys up to ~128 tokens back, and the same data read by a model fine-tuned at 512 tokens holds keys up to ~512
-back. Everything follows from the seed: the same seed, context and tokenizer kind give the same text.
+(`builtin:shakespeare`), so the validation split also scores real text. Examples are sized to the model's
+context (`block_size` tokens, estimated in characters), so a model trained at 128 tokens sees keys up to ~128
+tokens back, and the same data read by a model fine-tuned at 512 tokens holds keys up to ~512 back. Everything follows from the seed: the same seed, context and tokenizer kind give the same text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from .limit_measures import FILLER_SENTENCES, passkey_text
 __all__ = ["BUILTIN", "PasskeyExample", "PasskeySource", "passkey_examples", "CHARS_PER_TOKEN"]
 
 BUILTIN = "builtin:passkey"
-CHARS_PER_TOKEN = {"char": 1.0, "bpe": 2.5}   # about what a token holds (BPE of 512 here: 2.7), to size examples
+# What a token holds, to size examples to a context: (the eval's filler, Shakespeare), measured with the passkey
+# recipe's BPE of 512 (3.7 and 1.9 characters a token).
+CHARS_PER_TOKEN = {"char": (1.0, 1.0), "bpe": (3.5, 1.9)}
 TOTAL_CHARS = 2_000_000                         # the size of the data set (train + validation)
 SHAKESPEARE_LINES = 40_000                      # lines of the first plays kept as the second filler
 
@@ -65,31 +68,42 @@ def _shakespeare_lines() -> list[str]:
     return lines[:SHAKESPEARE_LINES]
 
 
-def passkey_examples(seed: int, max_chars: int, total_chars: int, shakespeare: list[str] | None = None
-                     ) -> Iterator[PasskeyExample]:
-    """Examples of at most about `max_chars` characters each (uniformly from none to all of it filler), until
-    `total_chars` characters are written. `shakespeare`: lines for the second kind of filler (None: the eval's
-    sentences only)."""
+def passkey_examples(seed: int, max_tokens: int, total_chars: int, shakespeare: list[str] | None = None,
+                     chars_per_token: tuple[float, float] = (1.0, 1.0)) -> Iterator[PasskeyExample]:
+    """Examples of at most about `max_tokens` tokens each (`chars_per_token` of the eval's filler and of
+    Shakespeare), until `total_chars` characters are written. `shakespeare`: lines for the second kind of filler
+    (None: the eval's sentences only).
+
+    The filler after the needle (the distance the key must be carried) is drawn with a density rising with its
+    length (the square root of a uniform draw), the filler before it uniformly from what is left: a training
+    window holds a whole example less often the longer it is (a distance d of a context B fits in a window of
+    B with probability (B - d) / B), so uniform distances would leave the far ones almost untaught."""
     rng = random.Random(seed)
     fixed = len(passkey_text("00000", [], [])) + 8
     written = 0
     while written < total_chars:
         key = str(rng.randrange(10000, 100000))
-        budget = rng.randint(0, max(max_chars - fixed, 0))
-        if shakespeare and rng.random() < 0.5:
+        kind = 1 if shakespeare and rng.random() < 0.5 else 0
+        room = max(int(max_tokens * chars_per_token[kind] - fixed), 0)
+        after_budget = int(room * rng.random() ** 0.5)
+        before_budget = int((room - after_budget) * rng.random())
+        if kind:
             at = rng.randrange(len(shakespeare))
-            source = (shakespeare[(at + i) % len(shakespeare)] for i in range(len(shakespeare)))
+            source = (shakespeare[(at + i) % len(shakespeare)] for i in itertools.count())
         else:
             at = rng.randrange(len(FILLER_SENTENCES))
-            source = [FILLER_SENTENCES[(at + i) % len(FILLER_SENTENCES)] for i in range(budget // 10 + 2)]
-        sentences, used = [], 0
+            source = (FILLER_SENTENCES[(at + i) % len(FILLER_SENTENCES)] for i in itertools.count())
+        before: list[str] = []
+        after: list[str] = []
+        used = 0
         for sentence in source:
-            if used + len(sentence) + 1 > budget:
+            part, budget = (before, before_budget) if not after and used + len(sentence) + 1 <= before_budget \
+                else (after, before_budget + after_budget)
+            if part is after and (used + len(sentence) + 1 > budget):
                 break
-            sentences.append(sentence)
+            part.append(sentence)
             used += len(sentence) + 1
-        cut = rng.randint(0, len(sentences))
-        example = PasskeyExample(key, tuple(sentences[:cut]), tuple(sentences[cut:]))
+        example = PasskeyExample(key, tuple(before), tuple(after))
         written += len(example.text) + 1
         yield example
 
@@ -105,12 +119,9 @@ class PasskeySource:
     seed: int = 0
     total_chars: int = TOTAL_CHARS
 
-    @property
-    def max_chars(self) -> int:
-        return int(self.block_size * CHARS_PER_TOKEN.get(self.tokenizer, 2.5))
-
     def examples(self) -> Iterator[PasskeyExample]:
-        return passkey_examples(self.seed, self.max_chars, self.total_chars, _shakespeare_lines())
+        return passkey_examples(self.seed, self.block_size, self.total_chars, _shakespeare_lines(),
+                                CHARS_PER_TOKEN.get(self.tokenizer, CHARS_PER_TOKEN["bpe"]))
 
     def fingerprint(self) -> str:
         from importlib.metadata import version
