@@ -748,6 +748,7 @@ def _draw_context(figures, details, axes) -> None:
                 xscale="log", title="passkey retrieval")
     axes[1].set_xticks([int(m) for m in next(iter(figures["scalings"].values()))["passkey"]])
     axes[1].get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
+    axes[1].get_xaxis().set_minor_formatter(__import__("matplotlib").ticker.NullFormatter())
     for ax in axes:
         ax.legend(fontsize=8)
 
