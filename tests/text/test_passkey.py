@@ -56,7 +56,7 @@ def test_examples_grow_with_the_context_and_tokenize_like_the_eval_prompts():
 
 
 def test_finetune_at_4x_with_yarn_records_the_scaling_and_refuses_too_long(tmp_path):
-    from conftest import TINY
+    from conftest import TINY, one_line_error, run_cli
 
     from genloom import api, load
     from genloom.nn.attention import RopeScaling, RotaryEmbedding
@@ -80,6 +80,8 @@ def test_finetune_at_4x_with_yarn_records_the_scaling_and_refuses_too_long(tmp_p
     assert (plain.block_size, plain.rope_scaling, plain.rope_original_context) == (128, "none", 32)
     with pytest.raises(ConfigError, match=r"longer than .* can be scaled to \(64x its training context of 32: 2048\)"):
         api.finetune("passkey-yarn", base, tmp_path / "no", overrides=["model.block_size=4096"])
+    one_line_error(run_cli("finetune", "passkey-yarn", "--from", str(out), "--out", str(tmp_path / "no1"),
+                           "--set", "model.block_size=2560"), "model.block_size: 2560 tokens is longer than")
     learned = tmp_path / "learned"
     api.train("passkey", out=learned, overrides=["data.tokenizer=char", *TINY, "train.max_steps=1",
                                                  "model.position=learned"])
