@@ -472,6 +472,26 @@ def _start_from(raw: dict[str, Any], base: Path, label: str) -> dict[str, Any]:
 
 CONTEXT_KEYS = ("block_size", "rope_scaling", "rope_factor", "rope_original_context", "rope_beta_fast",
                 "rope_beta_slow")
+
+
+def _keep_model(model: dict[str, Any], saved: dict[str, Any], base: Path, where: str) -> None:
+    """Refuse a --set change to the base's model other than dropout and the context keys (one line, the key
+    named). A recipe's own [model] table is read the other way: a pre-training recipe used to fine-tune
+    describes the model it would build, and the base's model is kept."""
+    def same(value: Any, old: Any, key: str) -> bool:
+        if value == old or old is None or not isinstance(value, str):
+            return value == old
+        try:                                       # a --set string against the saved number, flag or list
+            return coerce(value, type(old) if not isinstance(old, list) else list[type(old[0]) if old else str],
+                          f"model.{key}") == old
+        except ConfigError:
+            return False
+
+    for key, value in model.items():
+        if key not in ("kind", "dropout", *CONTEXT_KEYS) and not same(value, saved.get(key), key):
+            raise ConfigError(f"model.{key} = {value!r} ({where}): a fine-tune keeps the model of {base} "
+                              f"({key} = {saved.get(key)!r}); it may change only model.dropout and the context "
+                              f"({', '.join('model.' + k for k in CONTEXT_KEYS)})")
 MAX_CONTEXT_FACTOR = 64          # how far past its training context a rotary model is stretched at most
 
 
@@ -533,5 +553,6 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, base: str
         raise ConfigError(f"recipe {label} fine-tunes a trained model: run genloom finetune {label} --from CHECKPOINT_DIR")
     with_overrides = apply_overrides(raw, overrides or [])
     if base is not None:
+        _keep_model(with_overrides["model"], raw["model"], Path(base).expanduser(), "--set")
         with_overrides["model"] = _longer_context(with_overrides["model"], Path(base).expanduser())
     return RunConfig.from_dict(with_overrides, source=f"recipe {label}")

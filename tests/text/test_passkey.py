@@ -82,6 +82,10 @@ def test_finetune_at_4x_with_yarn_records_the_scaling_and_refuses_too_long(tmp_p
         api.finetune("passkey-yarn", base, tmp_path / "no", overrides=["model.block_size=4096"])
     one_line_error(run_cli("finetune", "passkey-yarn", "--from", str(out), "--out", str(tmp_path / "no1"),
                            "--set", "model.block_size=2560"), "model.block_size: 2560 tokens is longer than")
+    with pytest.raises(ConfigError, match=r"model.n_layer = '7' \(--set\): a fine-tune keeps the model of .*it may change"):
+        api.finetune("passkey-yarn", base, tmp_path / "no4", overrides=["model.n_layer=7"])
+    api.finetune("passkey-yarn", base, tmp_path / "same", overrides=[*train, "train.max_steps=1", "model.n_layer=2",
+                                                                       "model.block_size=128"])   # unchanged: fine
     learned = tmp_path / "learned"
     api.train("passkey", out=learned, overrides=["data.tokenizer=char", *TINY, "train.max_steps=1",
                                                  "model.position=learned"])
