@@ -552,21 +552,18 @@ def consistency(handle, *, data: str | None = None, num_samples: int = 4, length
 
     sampled = [name for name, options in DECODINGS.items() if options.get("temperature", 0) > 0]
     results: dict[str, dict] = {}
-    sweeps: dict[str, list[dict]] = {name: [] for name in sampled}
     examples: dict[str, str] = {}
-    bar = tqdm(total=(len(DECODINGS) + len(sampled) * (len(SWEEP) - 1)) * len(prompts), desc="writing", unit="text",
+    bar = tqdm(total=(len(DECODINGS) + len(sampled) * SEARCH_STEPS) * len(prompts), desc="writing", unit="text",
                disable=not progress, leave=False)
     for name, options in DECODINGS.items():
         texts = write(options)
         results[name] = measure(texts)
         examples[name] = texts[0][:600]
-        if name in sampled:
-            for temperature in SWEEP:
-                row = results[name] if temperature == options["temperature"] else \
-                    measure(write({**options, "temperature": temperature}))
-                sweeps[name].append({"temperature": temperature, **row})
-    bar.close()
     reference = results["contrastive"]["perplexity"]
+    sweeps = {name: temperature_search(lambda t, o=DECODINGS[name]: measure(write({**o, "temperature": t})),
+                                       {"temperature": DECODINGS[name]["temperature"], **results[name]}, reference)
+              for name in sampled}
+    bar.close()
     matched = {name: at_perplexity(rows, reference) for name, rows in sweeps.items()}
     lines = [f"{len(prompts)} texts of {length} tokens per decoding"
              f" ({'biography openings of seen people' if data is None else data})",
@@ -575,8 +572,8 @@ def consistency(handle, *, data: str | None = None, num_samples: int = 4, length
         c = r["contradicted_facts_per_text"]
         lines.append(f"{name:<20} {'n/a' if c is None else f'{c:.2f}':>12} {r['rep_4']:>7.3f} {r['distinct_2']:>10.3f} "
                      f"{r['perplexity']:>10.2f}")
-    lines.append(f"at the contrastive search's perplexity ({reference:.2f}), the sampled decodings' temperature "
-                 f"swept over {', '.join(map(str, SWEEP))}:")
+    lines.append(f"at the contrastive search's perplexity ({reference:.2f}), each sampled decoding at the temperature "
+                 "that reaches it:")
     for name, r in matched.items():
         c = r["contradicted_facts_per_text"]
         where = f"T {r['temperature']:.2f}" + ("" if r["reached"] else f", nearest: perplexity {r['perplexity']:.2f}")
@@ -587,7 +584,31 @@ def consistency(handle, *, data: str | None = None, num_samples: int = 4, length
     return LimitsResult("consistency", figures, {"examples": examples}, lines, _draw_consistency)
 
 
-SWEEP = (0.5, 0.7, 1.0)     # the sampled decodings' temperatures, to compare them at the contrastive search's perplexity
+SEARCH_STEPS = 5            # temperatures tried per sampled decoding to reach the contrastive search's perplexity
+
+
+def temperature_search(measure, first: dict, target: float, steps: int = SEARCH_STEPS) -> list[dict]:
+    """Rows {"temperature", "perplexity", ...} from `first` (the decoding as asked) and up to `steps` more
+    temperatures: doubled or halved (within 1/8 to 8) until one row is on each side of perplexity `target`,
+    then the geometric mean of the two around it; stops within 5% of the target."""
+    rows = [first]
+    for _ in range(steps):
+        if any(abs(math.log(r["perplexity"] / target)) < 0.05 for r in rows):
+            break
+        below = [r for r in rows if r["perplexity"] < target]
+        above = [r for r in rows if r["perplexity"] > target]
+        if below and above:
+            low = max(below, key=lambda r: r["perplexity"])["temperature"]
+            high = min(above, key=lambda r: r["perplexity"])["temperature"]
+            temperature = math.sqrt(low * high)
+        elif below:
+            temperature = min(8.0, 2 * max(r["temperature"] for r in rows))
+        else:
+            temperature = max(0.125, min(r["temperature"] for r in rows) / 2)
+        if any(math.isclose(temperature, r["temperature"]) for r in rows):
+            break
+        rows.append({"temperature": temperature, **measure(temperature)})
+    return sorted(rows, key=lambda r: r["temperature"])
 
 
 def at_perplexity(rows: list[dict], target: float) -> dict:
