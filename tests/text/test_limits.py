@@ -19,7 +19,8 @@ from genloom.text.limit_measures import (
     reliability_bins,
     repeated_ngram_share,
 )
-from genloom.text.limits import read_pairs, stated_facts
+from genloom.text.limits import read_pairs
+from genloom.text.limits_long import stated_facts
 
 
 def test_ece_closed_form():
@@ -113,7 +114,8 @@ def tiny_bio(tmp_path_factory):
 
 
 def test_tasks_run_on_a_tiny_model(tiny_bio, tmp_path):
-    from genloom.text.limits import bias, consistency, context, hallucination, understanding, write_report
+    from genloom.text.limits import bias, hallucination, understanding, write_report
+    from genloom.text.limits_long import consistency, context
 
     h = hallucination(tiny_bio, num_samples=2, limit=12)
     f = h.figures
@@ -181,7 +183,7 @@ def test_cli_writes_report_and_plot_and_refuses_bad_input_in_one_line(tiny_bio, 
 
 
 def test_temperature_search_brackets_the_target_perplexity():
-    from genloom.text.limits import temperature_search
+    from genloom.text.limits_long import temperature_search
 
     tried = []
 
@@ -199,7 +201,7 @@ def test_temperature_search_brackets_the_target_perplexity():
 
 
 def test_figures_at_equal_perplexity_interpolate_in_log_perplexity():
-    from genloom.text.limits import at_perplexity
+    from genloom.text.limits_long import at_perplexity
 
     rows = [{"temperature": 1.0, "perplexity": 4.0, "rep_4": 0.0, "x": None},
             {"temperature": 0.5, "perplexity": 1.0, "rep_4": 0.6, "x": None}]
