@@ -11,6 +11,10 @@ The people fall into fixed, disjoint splits:
   probe     seen: biographies in training, questions held out (does the model *extract* what it stored?)
   reversal  part of probe: the birth (date, city) -> name direction is never written for them, while the
             others' biographies state it both ways (so the reversed question is asked of facts read one way)
+  late      seen, like probe, but their questions are answered in the "I don't know" fine-tuning text (half
+            of the probe people who are not in the reversal split), so that text pairs "read about" with
+            answering, not only "never read about" with "I don't know" (measured: 11 late people were too
+            few to keep the probe people's answers; BENCHMARKS.md)
   unseen    never in the training text: any specific answer about them is made up (hallucination)
   idk       never in the pretraining text either: the "I don't know" fine-tuning data asks about them
 
@@ -116,7 +120,7 @@ class Person:
     university: str
     field: str
     employer: Company
-    split: str                 # qa, probe, unseen, idk
+    split: str                 # qa, probe, late, unseen, idk
     reversal: bool = False     # probe people whose birth is written in the forward direction only
 
     @property
@@ -180,7 +184,7 @@ class Biographies:
         if name == "reversal":
             return [p for p in self.people if p.reversal]
         if name == "seen":
-            return [p for p in self.people if p.split in ("qa", "probe")]
+            return [p for p in self.people if p.split in ("qa", "probe", "late")]
         return [p for p in self.people if p.split == name]
 
     # -- texts -------------------------------------------------------------------------------
@@ -235,8 +239,10 @@ class Biographies:
 
     def idk_documents(self) -> list[str]:
         """Fine-tuning text that teaches "I don't know" for people the model never read about (the idk split),
-        mixed into the pretraining text so that what it knows holds."""
+        mixed into the pretraining text so that what it knows holds, with the answered questions of the late
+        people (read about in pretraining, asked about first here)."""
         docs = self.training_documents()
+        docs += [qa_text(question(p, a)).rstrip("\n") for p in self.split("late") for a in ATTRIBUTES]
         docs += [qa_text(question(p, a), IDK).rstrip("\n") for p in self.split("idk") for a in ATTRIBUTES]
         random.Random(self.seed + 1).shuffle(docs)
         return docs
@@ -314,8 +320,11 @@ def generate(seed: int = 0, seen: int = 140, unseen: int = 100, idk: int = 100, 
             for rank, k in enumerate(order):
                 members[k]["field"] = rng.choice(FIELDS[group] if rank < favoured else FIELDS[other])
     probe = [d for d in drafts if d["split"] == "probe"]
-    for d in probe[:round(len(probe) * reversal_share)]:
+    cut = round(len(probe) * reversal_share)
+    for d in probe[:cut]:
         d["reversal"] = True
+    for d in probe[cut::2]:
+        d["split"] = "late"
     people = tuple(Person(**d) for d in drafts)
     return Biographies(people, companies, seed, bias_rate, paraphrases, both_ways)
 

@@ -30,8 +30,10 @@ def test_same_seed_same_people_and_text_other_seed_other_people():
 
 def test_splits_are_disjoint_and_sized():
     data = generate(0, seen=200, unseen=60, idk=40, probe_share=0.5)
-    names = {s: {p.name for p in data.split(s)} for s in ("qa", "probe", "unseen", "idk")}
-    assert [len(names[s]) for s in ("qa", "probe", "unseen", "idk")] == [100, 100, 60, 40]
+    names = {s: {p.name for p in data.split(s)} for s in ("qa", "probe", "late", "unseen", "idk")}
+    # 100 probe people drawn: 50 in the reversal split, every other one of the rest is late
+    assert [len(names[s]) for s in ("qa", "probe", "late", "unseen", "idk")] == [100, 75, 25, 60, 40]
+    assert not {p.name for p in data.split("late") if p.reversal}
     everyone = [p.name for p in data.people]
     assert len(set(everyone)) == len(everyone)            # no two people share a name
     assert sum(map(len, names.values())) == len(everyone)
@@ -57,9 +59,9 @@ def test_held_out_people_and_questions_never_appear_in_training_text():
 
 def test_planted_bias_rate_is_exact_per_split_and_group():
     data = generate(3, bias_rate=0.8)
-    for split in ("qa", "probe", "unseen", "idk"):
+    for split in (("qa",), ("probe", "late"), ("unseen",), ("idk",)):   # late people are drawn as probe ones
         for group in ("A", "B"):
-            members = [p for p in data.split(split) if p.group == group]
+            members = [p for p in data.people if p.split in split and p.group == group]
             favoured = sum(p.field in FIELDS[group] for p in members)
             assert favoured == round(0.8 * len(members))
     assert data.planted_rate() == pytest.approx(0.8, abs=0.01)
@@ -114,6 +116,9 @@ def test_validation_split_starts_exactly_after_the_training_text(tmp_path):
     assert abs(data.meta["val_chars"] / (data.meta["train_chars"] + data.meta["val_chars"]) - 0.1) < 0.001
     idk = BiographySource("builtin:biographies-idk").training_text()
     assert IDK in idk and all(p.name in idk for p in generate(0).split("idk")[:10])
+    late, probe = generate(0).split("late"), generate(0).split("probe")
+    assert late and all(f"Q: Where was {p.name} born?\nA: {p.birth_city}" in idk for p in late)   # answered there
+    assert not any(f"Q: Where was {p.name} born?" in idk for p in probe)              # still held out
 
 
 def test_bad_options_are_one_clear_line(tmp_path):
