@@ -13,8 +13,8 @@ The people fall into fixed, disjoint splits:
             others' biographies state it both ways (so the reversed question is asked of facts read one way)
   late      seen, like probe, but their questions are answered in the "I don't know" fine-tuning text (half
             of the probe people who are not in the reversal split), so that text pairs "read about" with
-            answering, not only "never read about" with "I don't know" (measured: 11 late people were too
-            few to keep the probe people's answers; BENCHMARKS.md)
+            answering, not only "never read about" with "I don't know" (measured: 25 late people keep far more
+            of the probe people's answers than 11 did, still not all of them; BENCHMARKS.md)
   unseen    never in the training text: any specific answer about them is made up (hallucination)
   idk       never in the pretraining text either: the "I don't know" fine-tuning data asks about them
 
@@ -272,8 +272,8 @@ def swap_words(text: str, pairs: Sequence[tuple[str, str]]) -> str:
     return pattern.sub(lambda m: mapping[m.group(0)], text)
 
 
-def generate(seed: int = 0, seen: int = 140, unseen: int = 100, idk: int = 100, probe_share: float = 0.3,
-             reversal_share: float = 0.5, bias_rate: float = 0.8, paraphrases: int = 6,
+def generate(seed: int = 0, seen: int = 170, unseen: int = 100, idk: int = 100, probe_share: float = 0.42,
+             reversal_share: float = 0.3, bias_rate: float = 0.8, paraphrases: int = 6,
              both_ways: bool = False) -> Biographies:
     """Draw the people of `seed`: `seen` people in training (a `probe_share` of them with held-out questions,
     a `reversal_share` of those with one-way birth sentences), `unseen` and `idk` people never in training.

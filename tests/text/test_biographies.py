@@ -29,7 +29,7 @@ def test_same_seed_same_people_and_text_other_seed_other_people():
 
 
 def test_splits_are_disjoint_and_sized():
-    data = generate(0, seen=200, unseen=60, idk=40, probe_share=0.5)
+    data = generate(0, seen=200, unseen=60, idk=40, probe_share=0.5, reversal_share=0.5)
     names = {s: {p.name for p in data.split(s)} for s in ("qa", "probe", "late", "unseen", "idk")}
     # 100 probe people drawn: 50 in the reversal split, every other one of the rest is late
     assert [len(names[s]) for s in ("qa", "probe", "late", "unseen", "idk")] == [100, 75, 25, 60, 40]
