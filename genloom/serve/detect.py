@@ -72,19 +72,25 @@ def _key(request: Request, given: str | None, param: str) -> str:
     return key
 
 
+def _marked(request: Request, field, what: str) -> bool:
+    """Whether a request's output is marked: asked for (`watermark` true or an object), or always on a server
+    started with a key, which refuses `watermark: false`."""
+    if field is not None and field is not False:
+        return True
+    if getattr(request.app.state, "watermark_key", None) is None:
+        return False
+    if field is False:
+        raise APIError(400, f"watermark: this server marks every {what}; leave watermark out", param="watermark")
+    return True
+
+
 def request_watermark(request: Request, field: Union[bool, WatermarkField, None], temperature: float):
     """The TextWatermark a text request is decoded with (None: unmarked)."""
     from ..watermark.text import TextWatermark
 
-    server = getattr(request.app.state, "watermark_key", None)
-    if field is None or field is False:
-        if server is None:
-            return None
-        if field is False:
-            raise APIError(400, "watermark: this server marks every text it writes; leave watermark out",
-                           param="watermark")
-        field = WatermarkField()
-    if field is True:
+    if not _marked(request, field, "text it writes"):
+        return None
+    if field is None or field is True:
         field = WatermarkField()
     key = _key(request, field.key, "watermark.key")
     try:
@@ -99,13 +105,8 @@ def request_image_watermark(request: Request, field: Union[bool, ImageWatermarkF
     """The ImageWatermark an image request's pictures are marked with (None: unmarked)."""
     from ..watermark.image import ImageWatermark
 
-    server = getattr(request.app.state, "watermark_key", None)
-    if field is None or field is False:
-        if server is None:
-            return None
-        if field is False:
-            raise APIError(400, "watermark: this server marks every image it makes; leave watermark out",
-                           param="watermark")
+    if not _marked(request, field, "image it makes"):
+        return None
     key = _key(request, field.key if isinstance(field, ImageWatermarkField) else None, "watermark.key")
     return ImageWatermark(key, where="watermark.key")
 
