@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.figures import pyplot, save_figure
 from .tokens import Note, Piece
 
 __all__ = ["MusicStats", "music_stats", "pitch_class_histogram", "pitch_class_distance", "MusicEvalResult",
@@ -192,11 +193,8 @@ class KeyConsistencyResult:
 
     def plot(self, path) -> Path | None:
         """Share of windows in the piece's key by position in the piece, and the per-piece shares."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = pyplot()
+        if plt is None:
             return None
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         for name, colour in (("generated", "tab:red"), ("real", "tab:blue")):
@@ -209,12 +207,7 @@ class KeyConsistencyResult:
         right.set(xlabel="share of a piece's windows in its key", ylabel="density", title="per piece")
         left.legend()
         right.legend()
-        fig.suptitle(f"genloom eval --task {self.task}")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, f"genloom eval --task {self.task}")
 
 
 def _consistency_figures(pieces: Sequence[Piece], window_bars: int, hold: int) -> tuple[dict, list, list[dict]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.errors import GenloomError
+from ..core.figures import pyplot, save_figure
 from .biographies import Biographies, generate
 
 __all__ = ["LimitsResult", "biographies_of", "sample_of", "pct"]
@@ -47,20 +48,13 @@ class LimitsResult:
         """Draw the task's figure as a PNG (needs matplotlib); None when there is nothing to draw."""
         if self.draw is None:
             return None
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = pyplot()
+        if plt is None:
             raise GenloomError("the plot needs matplotlib: pip install 'genloom[plots]' (the JSON report was "
-                               "written)") from None
+                               "written)")
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         self.draw(self.figures, self.details, axes)
-        fig.suptitle(f"genloom eval --task {self.task}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return Path(path)
+        return save_figure(fig, path, f"genloom eval --task {self.task}", dpi=110)
 
 
 def pct(x) -> str:

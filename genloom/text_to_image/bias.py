@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..core.errors import GenloomError
+from ..core.figures import pyplot, save_figure
 from .scenes import (
     BACKGROUNDS,
     IDENTITIES,
@@ -238,11 +239,8 @@ class ColourBiasResult:
 
     def plot(self, path) -> Path | None:
         """A grid of samples per object (rows) beside a bar chart of colour shares: made vs training data."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = pyplot()
+        if plt is None:
             return None
         objects = list(self.samples)
         guidance = self.rows[0]["guidance"]
@@ -273,12 +271,7 @@ class ColourBiasResult:
             row[1].set_ylabel("share")
             row[1].set_title(f"{identity}: amplification {_ratio(r['amplification'])}", fontsize=9)
         axes[0][1].legend(fontsize=7)
-        fig.suptitle(f"genloom eval --task {self.task}")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, f"genloom eval --task {self.task}")
 
 
 def evaluate_colour_bias(generate: Callable[[list[str], float], torch.Tensor], config, *, num_samples: int = 200,
