@@ -492,6 +492,8 @@ def _keep_model(model: dict[str, Any], saved: dict[str, Any], base: Path, where:
             raise ConfigError(f"model.{key} = {value!r} ({where}): a fine-tune keeps the model of {base} "
                               f"({key} = {saved.get(key)!r}); it may change only model.dropout and the context "
                               f"({', '.join('model.' + k for k in CONTEXT_KEYS)})")
+
+
 MAX_CONTEXT_FACTOR = 64          # how far past its training context a rotary model is stretched at most
 
 
