@@ -22,7 +22,7 @@ from ..cli.watermark import Watermark
 from ..core.errors import GenloomError
 from ..core.io import sha256_file
 from ..media.image import read_generation_params, save_gif, save_image_grid, save_png, to_pil_image
-from .handle import AutoencoderModel, GANModel, ImageHandle, watermark_images
+from .handle import AutoencoderModel, GANModel, ImageHandle, image_watermark, watermark_images
 from .params import file_record, generation_params, weights_of
 
 __all__ = ["register"]
@@ -87,7 +87,7 @@ def generate_image(
     """Draw images with a diffusion model, a text-to-image model or a GAN; writes OUT/LABEL_SEED.png (or
     OUT/PROMPT_SEED.png) for each sample and OUT/grid.png. Every PNG carries the parameters that drew it
     (text chunks); --like FILE.png draws it again."""
-    mark = _image_watermark(watermark)
+    mark = image_watermark(watermark, where="--watermark")
     recipe = read_generation_params(like) if like is not None else None
     if recipe is not None:
         checkpoint = checkpoint or _recorded_checkpoint(recipe, like)
@@ -152,15 +152,6 @@ def generate_image(
         save_image_grid(images, out / "grid.png", nrow=num_samples if labels else None, scale=scale)
         _mark_file(out / "grid.png", mark)
         typer.echo(f"genloom: seed {seed}; wrote {len(images)} images and grid.png to {out}", err=True)
-
-
-def _image_watermark(key: str | None):
-    """The ImageWatermark --watermark asks for (the key checked before any drawing), or None."""
-    if key is None:
-        return None
-    from ..watermark.image import ImageWatermark
-
-    return ImageWatermark(key)
 
 
 def _mark_file(path: Path, mark) -> None:
@@ -287,7 +278,7 @@ def generate_variations(
     device: Device = "auto",
 ) -> None:
     """Walk the latent space of a GAN from one seed to another: an animated GIF of smooth variations."""
-    mark = _image_watermark(watermark)
+    mark = image_watermark(watermark, where="--watermark")
     model = load_handle(checkpoint, device, GANModel, "a GAN; variations walk a GAN's latent space (train e.g. "
                         "digits-gan)", verify=not no_verify)
     if out.suffix.lower() != ".gif":
